@@ -1,0 +1,91 @@
+# bnbook: two commands do everything.  `make book` builds the HTML book,
+# `make test` runs every check.  Both create .venv/ on first use.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+NOTEBOOKS := $(sort $(wildcard chapters/*.ipynb))
+# Notebooks run with the same threads everywhere, so stored outputs reproduce.
+export OMP_NUM_THREADS := 2
+export MKL_NUM_THREADS := 2
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: help venv dev book test unit notebooks notebooks-strict notebooks-gpu browser execute lab serve bench lint clean
+
+help:
+	@echo "make book     build the HTML book into _build/html (creates .venv on first use)"
+	@echo "make test     unit tests, notebooks under nbval, book build, browser tests"
+	@echo "make execute  re-run every chapter notebook in place, storing its outputs"
+	@echo "make lab      open the chapters in JupyterLab"
+	@echo "make serve    serve _build/html on http://127.0.0.1:8000"
+	@echo "make bench    forward+backward speed against torch.nn.BatchNorm2d"
+	@echo "make notebooks-strict  strict nbval: stored outputs must match a re-run"
+	@echo "make clean    remove the build and caches (keeps .venv)"
+
+# --- environment -----------------------------------------------------------
+$(VENV)/.book-installed: requirements.txt constraints.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install -r requirements.txt -c constraints.txt
+	$(PIP) install --no-deps --no-build-isolation -e . || $(PIP) install --no-deps -e .
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/.book-installed requirements-dev.txt
+	$(PIP) install -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+venv: $(VENV)/.book-installed
+dev: $(VENV)/.dev-installed
+
+# --- the book ----------------------------------------------------------------
+book: venv
+	$(BIN)/jupyter-book build . --builder html -W -n --keep-going
+
+# --- tests -------------------------------------------------------------------
+test: dev
+	$(MAKE) --no-print-directory lint unit notebooks notebooks-gpu book browser
+
+lint: dev
+	$(BIN)/ruff check bnbook tests tools
+
+unit: dev
+	$(BIN)/pytest -q -m "not browser" tests
+
+# Lax: runs every cell, compares only cells marked NBVAL_CHECK_OUTPUT, so it
+# passes on any reader's hardware.
+notebooks: dev
+	BNBOOK_STATIC=1 $(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(NOTEBOOKS)
+
+# Strict: every stored output must equal what a re-run on the CPU produces.
+notebooks-strict: dev
+	BNBOOK_STATIC=1 BNBOOK_DEVICE=cpu $(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env $(NOTEBOOKS)
+
+notebooks-gpu: dev
+	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		echo "CUDA found: running the notebooks again with BNBOOK_DEVICE=cuda"; \
+		BNBOOK_STATIC=1 BNBOOK_DEVICE=cuda $(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(NOTEBOOKS); \
+	else \
+		echo "No CUDA device: skipped the GPU run of the notebooks (it runs where torch.cuda.is_available())."; \
+	fi
+
+browser: dev
+	$(BIN)/pytest -q -m browser tests
+
+# --- authoring ---------------------------------------------------------------
+execute: venv
+	BNBOOK_STATIC=1 BNBOOK_DEVICE=cpu $(PY) tools/execute.py $(NOTEBOOKS)
+
+lab: venv
+	$(BIN)/jupyter lab chapters
+
+serve: book
+	$(PY) -m http.server --bind 127.0.0.1 --directory _build/html 8000
+
+bench: venv
+	$(PY) -m bnbook.bench
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +

@@ -1,0 +1,256 @@
+"""Explorers: one drawing function, shown live with sliders or as a static slider in HTML.
+
+A chapter writes a function ``draw(fig, **params)`` that draws one picture on
+an empty matplotlib figure, and lists a few values per parameter:
+
+>>> ex = Explorer(draw, {"gamma": [0.5, 1, 2], "beta": [-1, 0, 1]}, name="gamma-beta")
+>>> ex.show()  # doctest: +SKIP
+
+:meth:`Explorer.show` gives
+
+* **live** ipywidgets sliders that redraw at once, when a kernel runs the
+  notebook (Jupyter, Binder), and
+* a **static** HTML slider over precomputed frames, which needs no kernel,
+  when ``BNBOOK_STATIC=1`` is set (as ``make execute`` and the notebook tests
+  do), so the stored output, and hence the HTML book, stays interactive.
+
+Both forms call the same ``draw``; precompute anything expensive before
+building the explorer, so that one frame renders well under 150 ms.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import json
+import os
+import re
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from matplotlib.figure import Figure
+
+__all__ = ["Explorer", "static_mode"]
+
+#: Environment variable that selects the static form in :meth:`Explorer.show`.
+STATIC_ENV = "BNBOOK_STATIC"
+
+
+def static_mode() -> bool:
+    """True when explorers should render as static HTML (``BNBOOK_STATIC`` set, not 0)."""
+    return os.environ.get(STATIC_ENV, "0").strip().lower() not in ("", "0", "false", "no")
+
+
+def _compress_png(png: bytes) -> bytes:
+    """Re-encode a PNG with a 256-colour palette: a third of the size, same look."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    out = io.BytesIO()
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        out, format="PNG", optimize=True
+    )
+    return out.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+class Explorer:
+    """A picture that depends on a few parameters, explorable with sliders.
+
+    Parameters
+    ----------
+    draw : callable
+        ``draw(fig, **values)`` draws on ``fig``, an empty
+        ``matplotlib.figure.Figure``. It must not call ``plt.show()``.
+    params : mapping of str to sequence
+        The values each slider steps through, in order.
+    name : str
+        A short unique name; the HTML element ids derive from it, so the
+        stored output is the same on every run.
+    labels : mapping of str to str, optional
+        Slider captions (default: the parameter names).
+    initial : mapping of str to value, optional
+        Starting values (default: the first value of each parameter).
+    figsize : (float, float)
+        Figure size in inches.
+    dpi : int
+        Resolution of the rendered frames.
+    max_frames : int
+        Refuse a grid of more frames than this, to keep pages light.
+    """
+
+    def __init__(
+        self,
+        draw: Callable[..., None],
+        params: Mapping[str, Sequence[Any]],
+        *,
+        name: str,
+        labels: Mapping[str, str] | None = None,
+        initial: Mapping[str, Any] | None = None,
+        figsize: tuple[float, float] = (7.5, 3.2),
+        dpi: int = 80,
+        max_frames: int = 80,
+    ) -> None:
+        if not callable(draw):
+            raise ValueError("draw must be a callable draw(fig, **values)")
+        if not params:
+            raise ValueError("an Explorer needs at least one parameter")
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", name or ""):
+            raise ValueError(f"name must be letters, digits, '-' or '_', got {name!r}")
+        self.params = {k: list(v) for k, v in params.items()}
+        for key, values in self.params.items():
+            if not values:
+                raise ValueError(f"parameter {key!r} has no values")
+        n = 1
+        for values in self.params.values():
+            n *= len(values)
+        if n > max_frames:
+            raise ValueError(f"{n} frames exceed max_frames={max_frames}; use fewer values per parameter")
+        self.draw = draw
+        self.name = name
+        self.labels = {k: (labels or {}).get(k, k) for k in self.params}
+        self.initial = {}
+        for key, values in self.params.items():
+            start = (initial or {}).get(key, values[0])
+            if start not in values:
+                raise ValueError(f"initial value {start!r} of {key!r} is not among its values {values}")
+            self.initial[key] = values.index(start)
+        self.figsize = figsize
+        self.dpi = dpi
+        self._frames: dict[tuple[int, ...], bytes] = {}
+        self.last_redraw_ms: float | None = None
+
+    # --- frames ---------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Number of values per parameter."""
+        return tuple(len(v) for v in self.params.values())
+
+    def values_at(self, index: Sequence[int]) -> dict[str, Any]:
+        """Parameter values at a grid index."""
+        return {k: v[i] for (k, v), i in zip(self.params.items(), index)}
+
+    def render(self, **values: Any) -> bytes:
+        """PNG bytes of the picture at the given parameter values (cached)."""
+        index = tuple(self.params[k].index(values[k]) for k in self.params)
+        return self._frame(index)
+
+    def _frame(self, index: tuple[int, ...]) -> bytes:
+        if index not in self._frames:
+            fig = Figure(figsize=self.figsize, layout="constrained")
+            self.draw(fig, **self.values_at(index))
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=self.dpi, metadata={"Software": None})
+            self._frames[index] = _compress_png(buf.getvalue())
+        return self._frames[index]
+
+    def frames(self) -> list[bytes]:
+        """Every frame, last parameter varying fastest."""
+        return [self._frame(idx) for idx in itertools.product(*(range(n) for n in self.shape))]
+
+    def describe(self) -> str:
+        """One line a test or a reader can check: grid, distinct frames, weight."""
+        frames = self.frames()
+        kb = sum(len(f) for f in frames) * 4 / 3 / 1024
+        grid = ", ".join(f"{k}: {len(v)} values" for k, v in self.params.items())
+        return (
+            f"Explorer '{self.name}': {len(frames)} frames ({grid}), "
+            f"{len(set(frames))} distinct, {kb:.0f} KB embedded"
+        )
+
+    # --- static form ------------------------------------------------------------
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+    def to_html(self) -> str:
+        """A self-contained HTML slider over the precomputed frames; no kernel needed."""
+        frames = [base64.b64encode(f).decode("ascii") for f in self.frames()]
+        uid = f"bnx-{self.name}"
+        start = list(self.initial.values())
+        first = frames[self._flat(start)]
+        rows = []
+        for d, (key, values) in enumerate(self.params.items()):
+            rows.append(
+                f'<label class="bnx-row">'
+                f'<span class="bnx-name">{html.escape(self.labels[key])}</span>'
+                f'<input type="range" class="bnx-slider" data-dim="{d}" min="0" max="{len(values) - 1}" '
+                f'step="1" value="{start[d]}" aria-label="{html.escape(self.labels[key])}">'
+                f'<output class="bnx-value">{html.escape(_fmt(values[start[d]]))}</output></label>'
+            )
+        shown = [[_fmt(v) for v in values] for values in self.params.values()]
+        alt = "Explorer: " + ", ".join(self.labels.values())
+        return (
+            f'<div class="bnbook-explorer" id="{uid}" style="max-width:100%">'
+            f'<div class="bnx-controls" style="display:grid;gap:0.2em 0;margin-bottom:0.4em">'
+            + "".join(rows)
+            + "</div>"
+            f'<img class="bnx-frame" style="max-width:100%;height:auto" alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{first}">'
+            "</div>\n"
+            "<style>.bnx-row{display:flex;align-items:center;gap:0.6em;font-size:0.9em}"
+            ".bnx-name{min-width:11em}.bnx-slider{flex:0 1 16em}"
+            ".bnx-value{min-width:4em;font-family:monospace}</style>\n"
+            "<script>(function(){"
+            f"var root=document.getElementById({json.dumps(uid)});"
+            f"var frames={json.dumps(frames)};var shown={json.dumps(shown)};"
+            f"var shape={json.dumps(list(self.shape))};"
+            "var sliders=root.querySelectorAll('.bnx-slider');var outs=root.querySelectorAll('.bnx-value');"
+            "var img=root.querySelector('.bnx-frame');"
+            "function update(){var k=0;for(var d=0;d<sliders.length;d++){var i=+sliders[d].value;"
+            "k=k*shape[d]+i;outs[d].textContent=shown[d][i];}"
+            "img.src='data:image/png;base64,'+frames[k];}"
+            "for(var d=0;d<sliders.length;d++){sliders[d].addEventListener('input',update);}"
+            "})();</script>"
+        )
+
+    def _flat(self, index: Sequence[int]) -> int:
+        k = 0
+        for i, n in zip(index, self.shape):
+            k = k * n + i
+        return k
+
+    # --- live form ----------------------------------------------------------------
+    def live(self) -> Any:
+        """ipywidgets sliders and an image that redraws on every change."""
+        import ipywidgets as W
+
+        sliders = []
+        for key, values in self.params.items():
+            sliders.append(
+                W.SelectionSlider(
+                    options=[(_fmt(v), i) for i, v in enumerate(values)],
+                    value=self.initial[key],
+                    description=self.labels[key],
+                    continuous_update=True,
+                    style={"description_width": "initial"},
+                    layout=W.Layout(width="28em"),
+                )
+            )
+        image = W.Image(value=self._frame(tuple(self.initial.values())), format="png")
+
+        def redraw(_change: object = None) -> None:
+            t0 = time.perf_counter()
+            image.value = self._frame(tuple(s.value for s in sliders))
+            self.last_redraw_ms = (time.perf_counter() - t0) * 1e3
+
+        for s in sliders:
+            s.observe(redraw, names="value")
+        box = W.VBox([*sliders, image])
+        box.sliders, box.image = sliders, image  # handles for tests
+        return box
+
+    def show(self) -> None:
+        """Display the live form, or the static one when :func:`static_mode` is on."""
+        from IPython.display import HTML, display
+
+        if static_mode():
+            display(HTML(self.to_html()))
+        else:
+            display(self.live())
