@@ -34,19 +34,20 @@ def _bcast(v: Tensor, ndim: int) -> Tensor:
 class BatchNormFunction(torch.autograd.Function):
     r"""``y = (x - mean) / sqrt(var + eps) * weight + bias`` with an analytic backward.
 
-    ``forward(x, weight, bias, mean, var, eps)`` returns ``(y, mean, var)``.
-    When ``mean`` and ``var`` are None they are the batch's own statistics
-    (biased variance), computed here and returned so that the caller can
-    update running estimates; the gradient then flows through them in the
-    closed form
+    ``forward(x, weight, bias, mean, var, eps)`` returns ``(y, mean, var, xc)``.
+    When ``mean`` and ``var`` are None they are the batch's own statistics,
+    computed here in two passes (the mean, then the biased variance of the
+    centred values ``xc``) and returned so that the caller can update running
+    estimates; ``xc`` is kept for the backward pass, which is the closed form
 
     .. math::
 
         \frac{\partial L}{\partial x} = \frac{\gamma}{\sqrt{\sigma^2+\epsilon}}
         \Big(g - \overline{g} - \hat x\,\overline{g\hat x}\Big)
 
-    (bars are per-channel means). When ``mean`` and ``var`` are given they
-    are constants, and the backward pass is the per-channel scale alone.
+    (bars are per-channel means over the :math:`m` values of a channel). When
+    ``mean`` and ``var`` are given they are constants: ``xc`` is empty, and the
+    backward pass is the per-channel scale alone. Only ``y`` is differentiable.
     """
 
     @staticmethod
@@ -57,42 +58,55 @@ class BatchNormFunction(torch.autograd.Function):
         mean: Tensor | None,
         var: Tensor | None,
         eps: float,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        dims = _dims(x)
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        nd, dims = x.dim(), _dims(x)
         if mean is None:
-            var, mean = torch.var_mean(x, dim=dims, correction=0)
-        else:
-            mean, var = mean.to(x.dtype), var.to(x.dtype)
+            m = x.numel() // x.shape[1]
+            mean = x.mean(dims)
+            xc = x - _bcast(mean, nd)
+            var = torch.linalg.vector_norm(xc, dim=dims).square_().div_(m)
+            invstd = torch.rsqrt(var + eps)
+            scale = invstd if weight is None else invstd * weight
+            if bias is None:
+                y = xc * _bcast(scale, nd)
+            else:
+                y = torch.addcmul(_bcast(bias, nd), xc, _bcast(scale, nd))
+            return y, mean, var, xc
+        mean, var = mean.to(x.dtype), var.to(x.dtype)
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight
         shift = -mean * scale if bias is None else bias - mean * scale
-        y = torch.addcmul(_bcast(shift, x.dim()), x, _bcast(scale, x.dim()))
-        return y, mean, var
+        y = torch.addcmul(_bcast(shift, nd), x, _bcast(scale, nd))
+        return y, mean, var, x.new_empty(0)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
         x, weight, bias, mean_in, _, eps = inputs
-        _, mean, var = output
-        ctx.save_for_backward(x, weight, mean, var)
+        _, mean, var, xc = output
         ctx.batch_stats = mean_in is None
+        # With batch statistics keep the centred input; otherwise the input itself.
+        ctx.save_for_backward(xc if ctx.batch_stats else x, weight, mean, var)
         ctx.eps = eps
         ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(mean, var)
+        ctx.mark_non_differentiable(mean, var, xc)
 
     @staticmethod
-    def backward(ctx: Any, dy: Tensor, _dmean: Tensor | None, _dvar: Tensor | None):
-        x, weight, mean, var = ctx.saved_tensors
-        nd, dims = x.dim(), _dims(x)
+    def backward(ctx: Any, dy: Tensor, *_unused: Tensor | None):
+        saved, weight, mean, var = ctx.saved_tensors
+        nd, dims = saved.dim(), _dims(saved)
+        n, c = saved.shape[0], saved.shape[1]
         invstd = torch.rsqrt(var + ctx.eps)
-        xmu = x - _bcast(mean, nd)
-        dbeta = dy.sum(dims)
-        dgamma = (dy * xmu).sum(dims) * invstd
         k = invstd if weight is None else invstd * weight
+        xc = saved if ctx.batch_stats else saved - _bcast(mean, nd)
+        dbeta = dy.sum(dims)
+        # Per-channel dot products sum(dy * xc), without a temporary the size of x.
+        dot = torch.linalg.vecdot(xc.reshape(n, c, -1), dy.reshape(n, c, -1)).sum(0)
+        dgamma = dot * invstd
         if ctx.batch_stats:
-            m = x.numel() // x.shape[1]
-            # dx = k * (dy - dbeta/m - x_hat * dgamma/m), with x_hat = xmu * invstd
-            dx = torch.addcmul(_bcast(-k * dbeta / m, nd), dy, _bcast(k, nd))
-            dx.addcmul_(xmu, _bcast(-k * invstd * dgamma / m, nd))
+            m = saved.numel() // c
+            # dx = k * (dy - dbeta/m - x_hat * dgamma/m), with x_hat = xc * invstd
+            dx = torch.addcmul(_bcast(-k * dbeta / m, nd), xc, _bcast(-k * invstd * dgamma / m, nd))
+            dx.addcmul_(dy, _bcast(k, nd))
         else:
             dx = dy * _bcast(k, nd)
         dx = dx if ctx.needs_input_grad[0] else None
@@ -145,7 +159,7 @@ def batch_norm(
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )
-        y, mean, var = BatchNormFunction.apply(input, weight, bias, None, None, eps)
+        y, mean, var, _ = BatchNormFunction.apply(input, weight, bias, None, None, eps)
         if running_mean is not None or running_var is not None:
             with torch.no_grad():
                 if running_mean is not None:
@@ -155,7 +169,7 @@ def batch_norm(
         return y
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be given when training is False")
-    y, _, _ = BatchNormFunction.apply(input, weight, bias, running_mean, running_var, eps)
+    y = BatchNormFunction.apply(input, weight, bias, running_mean, running_var, eps)[0]
     return y
 
 
