@@ -25,7 +25,7 @@ __all__ = ["get_device", "__version__"]
 __version__ = "0.1.0"
 
 
-def get_device() -> "torch.device":
+def get_device() -> torch.device:
     """The device the chapters compute on.
 
     ``BNBOOK_DEVICE`` when set (for example ``cpu`` or ``cuda``), else CUDA if

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -53,7 +53,11 @@ def numerical_gradient(
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    r"""Relative error of two arrays, :math:`\lVert a-b\rVert_2 / \max(\lVert a\rVert_2 + \lVert b\rVert_2,\ 10^{-300})`.
+    r"""Relative error of two arrays as a whole.
+
+    .. math::
+
+        \frac{\lVert a-b\rVert_2}{\max(\lVert a\rVert_2 + \lVert b\rVert_2,\ 10^{-300})}
 
     Using norms of the whole arrays keeps entries that are nearly zero from
     dominating. For float64 gradients, 1e-8 or less means they agree; 1e-4 or

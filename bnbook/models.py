@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ def mlp(
     if activation not in _ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
     layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1]):
+    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
         layers.append(nn.Linear(fan_in, fan_out, bias=not batch_norm))
         if batch_norm:
             layers.append(norm_layer(fan_out))
@@ -80,13 +81,16 @@ def train_classifier(
 ) -> History:
     """Train with plain SGD on cross-entropy, drawing mini-batches with ``seed``.
 
+    The update ``p -= lr * p.grad`` is written out rather than taken from
+    ``torch.optim``, whose first step costs seconds of imports on a CPU.
+
     ``record(step, model)`` is called before the first step and after every
     ``record_every`` steps; its return values are collected in ``records``.
     """
     if steps < 0 or batch_size < 2 or lr <= 0:
         raise ValueError(f"need steps >= 0, batch_size >= 2 and lr > 0, got {steps}, {batch_size}, {lr}")
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    params = [p for p in model.parameters() if p.requires_grad]
     loss_fn = nn.CrossEntropyLoss()
     losses, records = [], []
     model.train()
@@ -96,9 +100,13 @@ def train_classifier(
     for step in range(1, steps + 1):
         idx = torch.randint(0, n, (batch_size,), generator=gen).to(x.device)
         loss = loss_fn(model(x[idx]), y[idx])
-        opt.zero_grad()
+        for p in params:
+            p.grad = None
         loss.backward()
-        opt.step()
+        with torch.no_grad():
+            for p in params:
+                if p.grad is not None:
+                    p.sub_(p.grad, alpha=lr)
         losses.append(loss.item())
         if record is not None and step % record_every == 0:
             records.append(record(step, model))

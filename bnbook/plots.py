@@ -42,7 +42,7 @@ def use_style() -> None:
     )
 
 
-def fig_to_png(fig: "matplotlib.figure.Figure", dpi: int = 72) -> bytes:
+def fig_to_png(fig: matplotlib.figure.Figure, dpi: int = 72) -> bytes:
     """Render ``fig`` to PNG bytes without timestamps, so equal figures give equal bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})

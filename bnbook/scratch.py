@@ -13,7 +13,8 @@ and ``05_gradient_flow``.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -237,7 +238,8 @@ def batch_norm_backward_graph(
         \frac{\partial L}{\partial \mu} = -\sum_i \frac{\partial L}{\partial \hat x_i}
             \frac{1}{\sqrt{\sigma^2+\epsilon}}
             + \frac{\partial L}{\partial \sigma^2}\,\frac{-2}{m}\sum_i (x_i-\mu), \\
-        \frac{\partial L}{\partial x_i} = \frac{\partial L}{\partial \hat x_i}\frac{1}{\sqrt{\sigma^2+\epsilon}}
+        \frac{\partial L}{\partial x_i} =
+            \frac{\partial L}{\partial \hat x_i}\frac{1}{\sqrt{\sigma^2+\epsilon}}
             + \frac{\partial L}{\partial \sigma^2}\frac{2(x_i-\mu)}{m}
             + \frac{\partial L}{\partial \mu}\frac{1}{m}
 

@@ -28,7 +28,8 @@ import json
 import os
 import re
 import time
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from matplotlib.figure import Figure
 
@@ -135,7 +136,7 @@ class Explorer:
 
     def values_at(self, index: Sequence[int]) -> dict[str, Any]:
         """Parameter values at a grid index."""
-        return {k: v[i] for (k, v), i in zip(self.params.items(), index)}
+        return {k: v[i] for (k, v), i in zip(self.params.items(), index, strict=True)}
 
     def render(self, **values: Any) -> bytes:
         """PNG bytes of the picture at the given parameter values (cached)."""
@@ -212,7 +213,7 @@ class Explorer:
 
     def _flat(self, index: Sequence[int]) -> int:
         k = 0
-        for i, n in zip(index, self.shape):
+        for i, n in zip(index, self.shape, strict=True):
             k = k * n + i
         return k
 

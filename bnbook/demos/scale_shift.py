@@ -1,0 +1,355 @@
+"""Figures, explorer and experiments for chapter 3, learnable scale and shift.
+
+Everything here works on values that were already normalized (``x_hat``) by
+:mod:`bnbook.scratch` or :mod:`bnbook.nn`; the only arithmetic of its own is the
+final affine step ``gamma * x_hat + beta`` that the chapter is about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+import matplotlib as mpl
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from bnbook.plots import COLORS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+__all__ = [
+    "ScaleShiftHistory",
+    "make_gamma_beta_draw",
+    "plot_four_settings",
+    "plot_scale_shift_history",
+    "sigmoid",
+    "sigmoid_regime",
+    "train_scale_shift",
+]
+
+#: Sigmoid outputs below this or above one minus this count as saturated.
+SATURATION = 0.05
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    r"""The logistic sigmoid :math:`1 / (1 + e^{-z})`, computed without overflow.
+
+    Parameters
+    ----------
+    z : ndarray
+        Pre-activations, any shape.
+
+    Returns
+    -------
+    ndarray
+        Same shape as ``z``, values in (0, 1).
+    """
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+def sigmoid_regime(z: np.ndarray, rel_tol: float = 0.1, saturation: float = SATURATION) -> dict[str, float]:
+    r"""How linear, and how saturated, a sigmoid is on the inputs ``z``.
+
+    The tangent of the sigmoid at 0 is :math:`\ell(z) = 1/2 + z/4`. An input
+    counts as *near-linear* when the sigmoid's distance from its midpoint is
+    within ``rel_tol`` of the tangent's,
+    :math:`|(\sigma(z) - 1/2) - z/4| \le \text{rel\_tol}\cdot|z/4|`, and as
+    *saturated* when :math:`\sigma(z)` is within ``saturation`` of 0 or 1.
+
+    Parameters
+    ----------
+    z : ndarray
+        Pre-activations (flattened).
+    rel_tol : float
+        Relative tolerance for "near-linear".
+    saturation : float
+        Distance from 0 or 1 below which an output is saturated.
+
+    Returns
+    -------
+    dict of str to float
+        ``near_linear`` and ``saturated`` (shares of inputs in [0, 1]),
+        ``r2`` (share of the variance of :math:`\sigma(z)` that the best straight
+        line in :math:`z` explains), and ``out_lo``, ``out_hi`` (the 2.5th and
+        97.5th percentiles of :math:`\sigma(z)`).
+    """
+    z = np.asarray(z, dtype=np.float64).ravel()
+    s = sigmoid(z)
+    near = np.abs((s - 0.5) - z / 4.0) <= rel_tol * np.abs(z / 4.0)
+    sat = (s < saturation) | (s > 1.0 - saturation)
+    r = np.corrcoef(z, s)[0, 1]
+    lo, hi = np.percentile(s, [2.5, 97.5])
+    return {
+        "near_linear": float(near.mean()),
+        "saturated": float(sat.mean()),
+        "r2": float(r * r),
+        "out_lo": float(lo),
+        "out_hi": float(hi),
+    }
+
+
+def plot_four_settings(
+    x_hat: np.ndarray,
+    settings: Sequence[tuple[str, float, float]],
+    bins: np.ndarray | None = None,
+    colors: Sequence[str] | None = None,
+    figsize: tuple[float, float] = (8.0, 3.5),
+) -> Figure:
+    r"""Overlaid histograms of :math:`\gamma\hat x + \beta` for several (γ, β) settings.
+
+    Parameters
+    ----------
+    x_hat : ndarray, shape (m,)
+        Normalized activations (mean 0, variance 1 over the batch).
+    settings : sequence of (label, gamma, beta)
+        One histogram per entry, drawn on a shared axis.
+    bins : ndarray, optional
+        Common bin edges (default: 120 bins covering every output).
+    colors : sequence of str, optional
+        One colour per setting (default: ``COLORS["features"]``).
+    figsize : (float, float)
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        With one axes; the caller adds nothing and calls ``plt.show()``.
+    """
+    x_hat = np.asarray(x_hat, dtype=np.float64).ravel()
+    outs = [(label, g, b, g * x_hat + b) for label, g, b in settings]
+    if bins is None:
+        lo = min(o.min() for *_, o in outs)
+        hi = max(o.max() for *_, o in outs)
+        bins = np.linspace(np.floor(lo), np.ceil(hi), 121)
+    colors = list(colors or COLORS["features"])
+    fig, ax = plt.subplots(figsize=figsize)
+    for (label, g, b, y), c in zip(outs, colors, strict=False):
+        text = f"{label}: γ={g:g}, β={b:g}  (mean {y.mean():.2f}, std {y.std():.2f})"
+        ax.hist(y, bins=bins, density=True, histtype="stepfilled", color=c, alpha=0.18)
+        ax.hist(y, bins=bins, density=True, histtype="step", color=c, lw=1.8, label=text)
+    ax.set_xlabel(r"output $y = \gamma\,\hat{x} + \beta$")
+    ax.set_ylabel("density")
+    ax.set_title("γ sets the spread and β the centre: one x̂ can take any mean and std")
+    ax.legend(loc="upper right", fontsize=8.5)
+    return fig
+
+
+def _stairs(ax: Axes, values: np.ndarray, bins: np.ndarray, color: str, label: str, alpha: float) -> None:
+    """A filled histogram of ``values`` on ``ax``: the share of values per bin."""
+    counts, _ = np.histogram(values, bins=bins)
+    ax.stairs(counts / values.size, bins, fill=True, color=color, alpha=alpha, label=label, lw=0)
+
+
+def make_gamma_beta_draw(
+    x_hat: np.ndarray,
+    xlim: tuple[float, float] = (-10.0, 10.0),
+    ylim: float = 0.35,
+    ylim_sigmoid: float = 0.7,
+    saturation: float = SATURATION,
+) -> Callable[..., None]:
+    r"""A draw function ``draw(fig, gamma, beta)`` for a :class:`bnbook.widgets.Explorer`.
+
+    The left panel is the histogram of :math:`y = \gamma\hat x + \beta` on
+    fixed axes, over the standard normalized distribution (:math:`\gamma=1,
+    \beta=0`) in faint grey. The right panel is the histogram of
+    :math:`\sigma(y)`, the output after a sigmoid, in bins as wide as
+    ``saturation``, so that the first and last bins are the saturated outputs;
+    its title gives their share.
+
+    Parameters
+    ----------
+    x_hat : ndarray, shape (m,)
+        Normalized activations, computed once by the caller.
+    xlim : (float, float)
+        Fixed range of the left panel (100 bins).
+    ylim, ylim_sigmoid : float
+        Fixed upper limits of the two panels (share of values per bin).
+    saturation : float
+        Distance from 0 or 1 below which a sigmoid output counts as saturated.
+
+    Returns
+    -------
+    callable
+        ``draw(fig, gamma, beta)``, drawing on an empty ``Figure``.
+    """
+    x_hat = np.asarray(x_hat, dtype=np.float64).ravel()
+    bins_y = np.linspace(xlim[0], xlim[1], 101)
+    bins_s = np.linspace(0.0, 1.0, int(round(1.0 / saturation)) + 1)
+    ref_s = sigmoid(x_hat)
+    xticks = np.linspace(xlim[0], xlim[1], 5)
+
+    def draw(fig: Figure, gamma: float, beta: float) -> None:
+        y = gamma * x_hat + beta
+        s = sigmoid(y)
+        sat = float(np.mean((s < saturation) | (s > 1.0 - saturation)))
+        # Fixed margins instead of a layout engine: every frame has the same
+        # layout, and saving renders once instead of twice.
+        with mpl.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+            fig.set_layout_engine(None)
+        ax1, ax2 = fig.subplots(
+            1,
+            2,
+            gridspec_kw={
+                "width_ratios": [1.6, 1.0],
+                "left": 0.085,
+                "right": 0.975,
+                "bottom": 0.155,
+                "top": 0.9,
+                "wspace": 0.2,
+            },
+        )
+        _stairs(ax1, x_hat, bins_y, COLORS["batch"], "x̂ (γ=1, β=0)", alpha=0.35)
+        _stairs(ax1, y, bins_y, COLORS["bn"], f"y: mean {y.mean():.2f}, std {y.std():.2f}", alpha=0.65)
+        ax1.set_xlim(*xlim)
+        ax1.set_xticks(xticks)
+        ax1.set_ylim(0.0, ylim)
+        ax1.yaxis.set_major_locator(MaxNLocator(4))
+        ax1.set_xlabel(r"$y = \gamma\,\hat{x} + \beta$")
+        ax1.set_ylabel("share per bin")
+        ax1.set_title(f"γ = {gamma:g} sets the spread, β = {beta:g} the centre")
+        ax1.legend(loc="upper left", fontsize=8)
+        for lo in (0.0, 1.0 - saturation):
+            ax2.axvspan(lo, lo + saturation, color=COLORS["truth"], alpha=0.08, lw=0)
+        _stairs(ax2, ref_s, bins_s, COLORS["batch"], "σ(x̂)", alpha=0.35)
+        _stairs(ax2, s, bins_s, COLORS["no_bn"], "σ(y)", alpha=0.65)
+        ax2.set_xlim(0.0, 1.0)
+        ax2.set_xticks([0.0, 0.5, 1.0])
+        ax2.set_ylim(0.0, ylim_sigmoid)
+        ax2.yaxis.set_major_locator(MaxNLocator(4))
+        ax2.set_xlabel("sigmoid output σ(y)")
+        ax2.set_title(f"after a sigmoid σ: {100 * sat:.1f}% saturated", fontsize=10)
+        ax2.legend(loc="upper center", fontsize=8)
+
+    return draw
+
+
+class ScaleShiftHistory(NamedTuple):
+    """What :func:`train_scale_shift` recorded.
+
+    Attributes
+    ----------
+    gamma, beta : ndarray, shape (steps + 1, C)
+        The layer's scale and shift before training and after every step.
+    loss : ndarray, shape (steps,)
+        The mini-batch loss of every step.
+    """
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    loss: np.ndarray
+
+
+def train_scale_shift(
+    target_gamma: Sequence[float],
+    target_beta: Sequence[float],
+    mean: Sequence[float],
+    std: Sequence[float],
+    steps: int = 300,
+    lr: float = 10.0,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> ScaleShiftHistory:
+    r"""Fit a ``BatchNorm1d -> Sigmoid`` model whose targets need a given γ and β.
+
+    The raw inputs are Gaussian with the given ``mean`` and ``std`` per
+    feature. The target of feature :math:`c` is
+    :math:`\sigma(\gamma^*_c z_c + \beta^*_c)`, where :math:`z_c` is the input
+    standardized with its *population* statistics. A
+    :class:`bnbook.nn.BatchNorm1d` (initialized to γ=1, β=0) followed by a
+    sigmoid is trained on the mean squared error with plain SGD, so the only
+    way to fit the targets is to move γ towards :math:`\gamma^*` and β
+    towards :math:`\beta^*`.
+
+    Parameters
+    ----------
+    target_gamma, target_beta : sequence of float, length C
+        The scale and shift the task needs.
+    mean, std : sequence of float, length C
+        Population statistics of the raw inputs.
+    steps : int
+    lr : float
+        SGD learning rate.
+    batch_size : int
+    seed : int
+        Seeds the CPU generator that draws the mini-batches.
+    device : str or torch.device, optional
+        Where to compute (default: :func:`bnbook.get_device`).
+
+    Returns
+    -------
+    ScaleShiftHistory
+    """
+    import torch
+
+    from bnbook import get_device
+    from bnbook.nn import BatchNorm1d
+
+    dev = torch.device(device) if device is not None else get_device()
+    tg, tb, mu, sd = (
+        torch.tensor(list(v), dtype=torch.float32, device=dev) for v in (target_gamma, target_beta, mean, std)
+    )
+    c = tg.numel()
+    if not (tb.numel() == mu.numel() == sd.numel() == c):
+        raise ValueError("target_gamma, target_beta, mean and std must have the same length")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    bn = BatchNorm1d(c).to(dev)
+    gammas, betas, losses = (
+        [bn.weight.detach().cpu().numpy().copy()],
+        [bn.bias.detach().cpu().numpy().copy()],
+        [],
+    )
+    for _ in range(steps):
+        x = mu + sd * torch.randn(batch_size, c, generator=gen).to(dev)
+        target = torch.sigmoid(tg * (x - mu) / sd + tb)
+        loss = torch.mean((torch.sigmoid(bn(x)) - target) ** 2)
+        bn.zero_grad()
+        loss.backward()
+        with torch.no_grad():  # plain SGD, written out (torch.optim's first step is slow to import)
+            for p in bn.parameters():
+                p -= lr * p.grad
+        losses.append(loss.item())
+        gammas.append(bn.weight.detach().cpu().numpy().copy())
+        betas.append(bn.bias.detach().cpu().numpy().copy())
+    return ScaleShiftHistory(np.array(gammas), np.array(betas), np.array(losses))
+
+
+def plot_scale_shift_history(
+    history: ScaleShiftHistory,
+    target_gamma: Sequence[float],
+    target_beta: Sequence[float],
+    figsize: tuple[float, float] = (8.0, 3.2),
+) -> Figure:
+    """γ and β of every feature against the training step, with their targets dashed.
+
+    Parameters
+    ----------
+    history : ScaleShiftHistory
+        From :func:`train_scale_shift`.
+    target_gamma, target_beta : sequence of float
+        The values the task needs, drawn as dashed lines.
+    figsize : (float, float)
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    steps = np.arange(history.gamma.shape[0])
+    colors = COLORS["features"]
+    fig, axes = plt.subplots(1, 2, figsize=figsize, sharex=True)
+    for ax, values, targets, name in (
+        (axes[0], history.gamma, target_gamma, "γ"),
+        (axes[1], history.beta, target_beta, "β"),
+    ):
+        for c in range(values.shape[1]):
+            ax.plot(steps, values[:, c], color=colors[c], lw=1.8, label=f"feature {c}: learned")
+            ax.axhline(targets[c], color=colors[c], ls="--", lw=1.0, label=f"feature {c}: needed")
+        ax.set_xlabel("SGD step")
+        ax.set_ylabel(f"{name} (scale)" if name == "γ" else f"{name} (shift)")
+        ax.set_title(f"{name} moves only where the task needs it")
+    axes[0].legend(loc="center right", fontsize=8)
+    return fig
