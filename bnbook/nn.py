@@ -72,7 +72,8 @@ class BatchNormFunction(torch.autograd.Function):
             else:
                 y = torch.addcmul(_bcast(bias, nd), xc, _bcast(scale, nd))
             return y, mean, var, xc
-        mean, var = mean.to(x.dtype), var.to(x.dtype)
+        # Copies: the caller's buffers must not come back as outputs of this Function.
+        mean, var = mean.to(x.dtype, copy=True), var.to(x.dtype, copy=True)
         invstd = torch.rsqrt(var + eps)
         scale = invstd if weight is None else invstd * weight
         shift = -mean * scale if bias is None else bias - mean * scale
