@@ -1,0 +1,335 @@
+"""Figures, experiments and the explorer of chapter 2, ``chapters/02_batch_statistics``.
+
+The batch-norm arithmetic itself is not repeated here: every normalization and
+every two-pass variance comes from :func:`bnbook.scratch.batch_norm_forward`.
+The one formula defined here, :func:`one_pass_variance`, is the numerically
+fragile shortcut that the chapter warns against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from matplotlib import rc_context
+from matplotlib.axes import Axes
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+
+from bnbook.plots import COLORS
+from bnbook.scratch import batch_norm_forward
+
+__all__ = [
+    "FEATURE_MEANS",
+    "FEATURE_STDS",
+    "draw_before_after",
+    "make_features",
+    "make_normalize_draw",
+    "one_pass_variance",
+    "plot_variance_errors",
+    "variance_error_sweep",
+]
+
+#: Centres of the three example features used throughout chapter 2.
+FEATURE_MEANS: tuple[float, float, float] = (10.0, -3.0, 7.0)
+#: Spreads (standard deviations) of the three example features: very different scales.
+FEATURE_STDS: tuple[float, float, float] = (1.0, 0.3, 4.0)
+
+
+def make_features(
+    z: np.ndarray,
+    means: Sequence[float] = FEATURE_MEANS,
+    stds: Sequence[float] = FEATURE_STDS,
+) -> np.ndarray:
+    """Turn standard-normal draws into features with the given centres and spreads.
+
+    Parameters
+    ----------
+    z : ndarray, shape (N, C)
+        Standard-normal draws, one column per feature.
+    means, stds : sequence of float, length C
+        Centre and standard deviation of each feature.
+
+    Returns
+    -------
+    ndarray, shape (N, C)
+        ``z * stds + means``, column by column.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    means_arr = np.asarray(means, dtype=np.float64)
+    stds_arr = np.asarray(stds, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] != means_arr.size or means_arr.size != stds_arr.size:
+        raise ValueError(
+            f"expected z of shape (N, {means_arr.size}) and {means_arr.size} stds, "
+            f"got z of shape {z.shape} and {stds_arr.size} stds"
+        )
+    return z * stds_arr + means_arr
+
+
+#: Share of a histogram panel's height left free for the data; the legend sits above it.
+_DATA_HEIGHT = 0.68
+
+
+def _label(col: np.ndarray, c: int) -> str:
+    mean = np.round(col.mean(), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"feature {c + 1}: mean {mean:.2f}, std {col.std():.2f}"
+
+
+def _hist_panel(
+    ax: Axes,
+    x: np.ndarray,
+    bins: np.ndarray,
+    title: str,
+    xlabel: str,
+    ymax: float | None,
+) -> None:
+    colors = COLORS["features"]
+    densities = [np.histogram(x[:, c], bins=bins, density=True)[0] for c in range(x.shape[1])]
+    for c, density in enumerate(densities):
+        face = (*to_rgb(colors[c]), 0.15)
+        ax.stairs(
+            density,
+            bins,
+            fill=True,
+            facecolor=face,
+            edgecolor=colors[c],
+            linewidth=1.8,
+            label=_label(x[:, c], c),
+        )
+    ax.set_xlim(bins[0], bins[-1])
+    if ymax is None:
+        ymax = max(float(d.max()) for d in densities)
+    ax.set_ylim(0.0, ymax / _DATA_HEIGHT)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7.5, loc="upper left", handlelength=1.2, labelspacing=0.3)
+
+
+def draw_before_after(
+    fig: Figure,
+    x: np.ndarray,
+    *,
+    bins_before: np.ndarray | None = None,
+    bins_after: np.ndarray | None = None,
+    ymax_before: float | None = None,
+    ymax_after: float | None = None,
+    suptitle: str | None = None,
+    fixed_layout: bool = False,
+) -> np.ndarray:
+    """Histograms of each feature before (left) and after (right) batch normalization.
+
+    The normalization is :func:`bnbook.scratch.batch_norm_forward` (no scale or
+    shift, default epsilon). Each legend entry gives the feature's batch mean
+    and standard deviation in that panel; the y-axis leaves room for the
+    legend above the tallest bar.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        An empty figure; two axes are added to it.
+    x : ndarray, shape (N, C)
+        The batch, C <= 4 features.
+    bins_before, bins_after : ndarray, optional
+        Histogram bin edges of each panel; they also fix its x-axis. By
+        default 60 bins over the data range and 36 bins over [-4.5, 4.5].
+    ymax_before, ymax_after : float, optional
+        The highest density the y-axis must hold, to fix it across figures;
+        by default the tallest bar of this figure.
+    suptitle : str, optional
+        Figure title, best a sentence that states what the figure shows.
+    fixed_layout : bool
+        Place the panels at fixed positions instead of using the figure's
+        layout engine: several times faster to render, for explorer frames.
+
+    Returns
+    -------
+    ndarray, shape (N, C)
+        The normalized batch.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y, _ = batch_norm_forward(x)
+    if bins_before is None:
+        bins_before = np.linspace(x.min(), x.max(), 61)
+    if bins_after is None:
+        bins_after = np.linspace(-4.5, 4.5, 37)
+    if fixed_layout:
+        # No layout engine at all: savefig then renders the figure once instead of twice.
+        with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+            fig.set_layout_engine(None)
+        top = 0.8 if suptitle else 0.9
+        ax_before = fig.add_axes((0.085, 0.15, 0.4, top - 0.15))
+        ax_after = fig.add_axes((0.585, 0.15, 0.4, top - 0.15))
+    else:
+        ax_before, ax_after = fig.subplots(1, 2)
+    _hist_panel(
+        ax_before, x, bins_before, "before: each feature on its own scale", "activation value", ymax_before
+    )
+    _hist_panel(ax_after, y, bins_after, "after: zero mean, unit variance", "normalized value", ymax_after)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return y
+
+
+def make_normalize_draw(
+    z: np.ndarray,
+    spreads: Sequence[float],
+    offsets: Sequence[float],
+    batch_sizes: Sequence[int],
+) -> Callable[..., None]:
+    """The draw function of the chapter-2 explorer, over precomputed draws.
+
+    Parameters
+    ----------
+    z : ndarray, shape (N_max, 3)
+        Standard-normal draws, drawn once; a frame with batch size ``n`` uses
+        the first ``n`` rows, so redrawing needs no random numbers.
+    spreads, offsets, batch_sizes : sequence
+        The slider values the explorer will offer (see below). They are used
+        here only to fix the axes: the x-axes are the same in every frame, and
+        the y-axes are the same in every frame of one batch size.
+
+    Returns
+    -------
+    callable
+        ``draw(fig, spread2, offset, batch_size)``: feature 2 gets standard
+        deviation ``spread2``, every feature mean is shifted by ``offset``, and
+        the first ``batch_size`` rows are drawn as histograms before and after
+        normalization.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[1] != 3:
+        raise ValueError(f"expected z of shape (N, 3), got {z.shape}")
+    if not all(2 <= n <= z.shape[0] for n in batch_sizes):
+        raise ValueError(f"batch sizes must be in [2, {z.shape[0]}], got {list(batch_sizes)}")
+
+    def features(spread2: float, offset: float, batch_size: int) -> np.ndarray:
+        means = [m + offset for m in FEATURE_MEANS]
+        return make_features(z[:batch_size], means, [FEATURE_STDS[0], spread2, FEATURE_STDS[2]])
+
+    def peak(x: np.ndarray, bins: np.ndarray) -> float:
+        return max(float(np.histogram(x[:, c], bins=bins, density=True)[0].max()) for c in range(x.shape[1]))
+
+    lo = min(features(s, o, max(batch_sizes)).min() for s in spreads for o in offsets)
+    hi = max(features(s, o, max(batch_sizes)).max() for s in spreads for o in offsets)
+    bins_before = np.arange(np.floor(lo) - 1.0, np.ceil(hi) + 2.0)  # bins of width 1
+    bins_after = np.linspace(-4.5, 4.5, 19)
+    ymax_before = {
+        n: max(peak(features(s, o, n), bins_before) for s in spreads for o in offsets) for n in batch_sizes
+    }
+    # The normalized values depend only on which rows are used, not on the means or spreads.
+    ymax_after = {n: peak(batch_norm_forward(z[:n])[0], bins_after) for n in batch_sizes}
+
+    def draw(fig: Figure, spread2: float, offset: float, batch_size: int) -> None:
+        draw_before_after(
+            fig,
+            features(spread2, offset, batch_size),
+            bins_before=bins_before,
+            bins_after=bins_after,
+            ymax_before=ymax_before.get(batch_size),
+            ymax_after=ymax_after.get(batch_size),
+            suptitle=f"{batch_size} samples: whatever the scales, each feature ends at mean 0, std 1",
+            fixed_layout=True,
+        )
+
+    return draw
+
+
+def one_pass_variance(x: np.ndarray, axis: int | tuple[int, ...] = 0) -> np.ndarray:
+    r"""The one-pass shortcut :math:`E[x^2] - E[x]^2`, in the dtype of ``x``.
+
+    Mathematically equal to the biased variance, numerically fragile: when the
+    mean is large compared to the spread, the two terms are nearly equal and
+    their difference loses most of its digits (catastrophic cancellation). It
+    is kept for the comparison in chapter 2, never used to normalize.
+
+    Parameters
+    ----------
+    x : ndarray
+    axis : int or tuple of int
+        Axes to reduce over.
+
+    Returns
+    -------
+    ndarray
+        The variance estimate; can be negative.
+    """
+    x = np.asarray(x)
+    return (x * x).mean(axis=axis) - x.mean(axis=axis) ** 2
+
+
+def variance_error_sweep(
+    offsets: Sequence[float],
+    rng: np.random.Generator,
+    *,
+    m: int = 1000,
+    std: float = 1.0,
+    trials: int = 20,
+    dtype: type[np.floating] = np.float32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relative error of the one-pass and two-pass variance against the mean offset.
+
+    For each offset, ``trials`` batches of ``m`` values ``offset + std * z`` are
+    drawn and stored in ``dtype``. Each batch's variance is computed in
+    ``dtype`` with :func:`one_pass_variance` and with the two-pass formula of
+    :func:`bnbook.scratch.batch_norm_forward`, and compared with the exact
+    variance of the same stored values (computed in float64).
+
+    Parameters
+    ----------
+    offsets : sequence of float
+        Means of the data.
+    rng : numpy.random.Generator
+    m : int
+        Batch size.
+    std : float
+        Standard deviation of the data.
+    trials : int
+        Batches per offset; the errors are averaged over them.
+    dtype : numpy floating type
+        Precision of the data and of the computation.
+
+    Returns
+    -------
+    one_pass, two_pass : ndarray, shape (len(offsets),)
+        Mean relative error ``|estimate - exact| / exact`` of each formula.
+    """
+    one = np.empty(len(offsets))
+    two = np.empty(len(offsets))
+    for k, offset in enumerate(offsets):
+        x = (offset + std * rng.standard_normal((m, trials))).astype(dtype)
+        exact = x.astype(np.float64).var(axis=0)
+        _, cache = batch_norm_forward(x)  # columns act as channels: one variance per trial
+        v_one = one_pass_variance(x, axis=0).astype(np.float64)
+        v_two = cache.var.astype(np.float64)
+        one[k] = np.mean(np.abs(v_one - exact) / exact)
+        two[k] = np.mean(np.abs(v_two - exact) / exact)
+    return one, two
+
+
+def plot_variance_errors(
+    ax: Axes,
+    offsets: Sequence[float],
+    one_pass: np.ndarray,
+    two_pass: np.ndarray,
+    dtype_name: str = "float32",
+) -> None:
+    """Log-log plot of the relative variance error of both formulas against the offset.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    offsets : sequence of float
+    one_pass, two_pass : ndarray, shape (len(offsets),)
+        From :func:`variance_error_sweep`.
+    dtype_name : str
+        Shown in the title.
+    """
+    ax.loglog(offsets, one_pass, "o-", color=COLORS["no_bn"], label=r"one pass: $E[x^2]-E[x]^2$")
+    ax.loglog(offsets, two_pass, "s-", color=COLORS["bn"], label=r"two passes: $E[(x-\mu)^2]$ (bnbook)")
+    ax.axhline(1.0, color=COLORS["truth"], linestyle=":", linewidth=1)
+    ax.text(offsets[0], 1.3, "100 % error", fontsize=8.5, color=COLORS["truth"])
+    ax.set_xlabel("mean of the data (offset), with std 1")
+    ax.set_ylabel("relative error of the variance")
+    ax.set_title(f"In {dtype_name}, the one-pass variance breaks down as the mean grows")
+    ax.legend(loc="upper left")
