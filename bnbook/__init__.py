@@ -36,9 +36,15 @@ def get_device() -> torch.device:
     name = os.environ.get("BNBOOK_DEVICE", "").strip()
     if name:
         try:
-            return torch.device(name)
+            device = torch.device(name)
         except RuntimeError as err:
             raise ValueError(f"BNBOOK_DEVICE={name!r} is not a torch device: {err}") from err
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"BNBOOK_DEVICE={name!r}, but torch finds no CUDA device here")
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError(f"BNBOOK_DEVICE={name!r}, but torch finds no MPS device here")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)

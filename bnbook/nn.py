@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn import Module, Parameter, init
 
 from bnbook._checks import check_eps, check_momentum, check_num_features, check_spatial_rank
@@ -60,25 +61,30 @@ class BatchNormFunction(torch.autograd.Function):
         eps: float,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         nd, dims = x.dim(), _dims(x)
+        # Half-precision inputs are computed in float32 and returned in their own dtype, like torch.
+        cd = torch.promote_types(x.dtype, torch.float32)
+        w = None if weight is None else weight.to(cd)
+        b = None if bias is None else bias.to(cd)
         if mean is None:
             m = x.numel() // x.shape[1]
-            mean = x.mean(dims)
-            xc = x - _bcast(mean, nd)
-            var = torch.linalg.vector_norm(xc, dim=dims).square_().div_(m)
+            xw = x.to(cd)
+            mean = xw.mean(dims)
+            xc = xw - _bcast(mean, nd)
+            var = torch.linalg.vector_norm(xc, dim=dims).square_().div_(max(m, 1))
             invstd = torch.rsqrt(var + eps)
-            scale = invstd if weight is None else invstd * weight
-            if bias is None:
+            scale = invstd if w is None else invstd * w
+            if b is None:
                 y = xc * _bcast(scale, nd)
             else:
-                y = torch.addcmul(_bcast(bias, nd), xc, _bcast(scale, nd))
-            return y, mean, var, xc
+                y = torch.addcmul(_bcast(b, nd), xc, _bcast(scale, nd))
+            return y.to(x.dtype), mean, var, xc
         # Copies: the caller's buffers must not come back as outputs of this Function.
-        mean, var = mean.to(x.dtype, copy=True), var.to(x.dtype, copy=True)
+        mean, var = mean.to(cd, copy=True), var.to(cd, copy=True)
         invstd = torch.rsqrt(var + eps)
-        scale = invstd if weight is None else invstd * weight
-        shift = -mean * scale if bias is None else bias - mean * scale
-        y = torch.addcmul(_bcast(shift, nd), x, _bcast(scale, nd))
-        return y, mean, var, x.new_empty(0)
+        scale = invstd if w is None else invstd * w
+        shift = -mean * scale if b is None else b - mean * scale
+        y = torch.addcmul(_bcast(shift, nd), x.to(cd), _bcast(scale, nd))
+        return y.to(x.dtype), mean, var, x.new_empty(0, dtype=cd)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -88,31 +94,35 @@ class BatchNormFunction(torch.autograd.Function):
         # With batch statistics keep the centred input; otherwise the input itself.
         ctx.save_for_backward(xc if ctx.batch_stats else x, weight, mean, var)
         ctx.eps = eps
-        ctx.has_bias = bias is not None
+        ctx.x_dtype = x.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, var, xc)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, dy: Tensor, *_unused: Tensor | None):
         saved, weight, mean, var = ctx.saved_tensors
+        cd = mean.dtype
         nd, dims = saved.dim(), _dims(saved)
         n, c = saved.shape[0], saved.shape[1]
+        dy = dy.to(cd)
         invstd = torch.rsqrt(var + ctx.eps)
-        k = invstd if weight is None else invstd * weight
-        xc = saved if ctx.batch_stats else saved - _bcast(mean, nd)
+        k = invstd if weight is None else invstd * weight.to(cd)
+        xc = saved if ctx.batch_stats else saved.to(cd) - _bcast(mean, nd)
         dbeta = dy.sum(dims)
         # Per-channel dot products sum(dy * xc), without a temporary the size of x.
         dot = torch.linalg.vecdot(xc.reshape(n, c, -1), dy.reshape(n, c, -1)).sum(0)
         dgamma = dot * invstd
         if ctx.batch_stats:
-            m = saved.numel() // c
+            m = max(saved.numel() // c, 1)
             # dx = k * (dy - dbeta/m - x_hat * dgamma/m), with x_hat = xc * invstd
             dx = torch.addcmul(_bcast(-k * dbeta / m, nd), xc, _bcast(-k * invstd * dgamma / m, nd))
             dx.addcmul_(dy, _bcast(k, nd))
         else:
             dx = dy * _bcast(k, nd)
-        dx = dx if ctx.needs_input_grad[0] else None
-        dw = dgamma if weight is not None and ctx.needs_input_grad[1] else None
-        db = dbeta if ctx.has_bias and ctx.needs_input_grad[2] else None
+        dx = dx.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
+        dw = dgamma.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        db = dbeta.to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None, None
 
 
@@ -156,12 +166,12 @@ def batch_norm(
     c = input.shape[1]
     if training:
         m = input.numel() // c
-        if m <= 1:
+        if m == 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )
         y, mean, var, _ = BatchNormFunction.apply(input, weight, bias, None, None, eps)
-        if running_mean is not None or running_var is not None:
+        if m > 1 and (running_mean is not None or running_var is not None):
             with torch.no_grad():
                 if running_mean is not None:
                     running_mean.lerp_(mean.to(running_mean.dtype), momentum)
@@ -241,11 +251,13 @@ class _NormBase(Module):
         )
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
-        # Version 1 checkpoints had no counter; like torch, start it at 0.
+        # Version 1 checkpoints had no counter; like torch, keep the current one (or 0).
         version = local_metadata.get("version", None)
         key = prefix + "num_batches_tracked"
         if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            state_dict[key] = torch.tensor(0, dtype=torch.long)
+            current = self.num_batches_tracked
+            usable = current is not None and current.device != torch.device("meta")
+            state_dict[key] = current if usable else torch.tensor(0, dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
 
 
@@ -265,7 +277,7 @@ class _BatchNorm(_NormBase):
                 f"got {input.shape[1]} (input size {tuple(input.shape)})"
             )
         use_batch_stats = self.training or self.running_mean is None
-        if use_batch_stats and input.numel() // input.shape[1] <= 1:
+        if use_batch_stats and input.numel() // input.shape[1] == 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )

@@ -118,6 +118,12 @@ class Explorer:
             n *= len(values)
         if n > max_frames:
             raise ValueError(f"{n} frames exceed max_frames={max_frames}; use fewer values per parameter")
+        for what, given in (("labels", labels), ("initial", initial)):
+            unknown = sorted(set(given or {}) - set(self.params))
+            if unknown:
+                raise ValueError(
+                    f"{what} names unknown parameters {unknown}; parameters are {list(self.params)}"
+                )
         self.draw = draw
         self.name = name
         self.labels = {k: (labels or {}).get(k, k) for k in self.params}

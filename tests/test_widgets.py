@@ -1,0 +1,172 @@
+"""Explorers: frames, the static HTML slider, the live ipywidgets form, and ``show()``."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from bnbook import widgets
+from bnbook.widgets import Explorer
+
+SMALL = {"figsize": (1.6, 1.2), "dpi": 40}
+
+
+def _draw(fig, color, size):
+    """A simple draw: a coloured background and one text label."""
+    fig.set_facecolor(color)
+    fig.text(0.5, 0.5, "x", fontsize=size)
+
+
+PARAMS = {"color": ["red", "green", "blue"], "size": [8, 16]}
+
+
+def _explorer(name="demo", **kwargs) -> Explorer:
+    return Explorer(_draw, PARAMS, name=name, **(SMALL | kwargs))
+
+
+def test_frames_differ_between_parameter_values() -> None:
+    ex = _explorer()
+    frames = ex.frames()
+    assert len(frames) == 6 and ex.shape == (3, 2)
+    assert len(set(frames)) == 6
+    assert all(f.startswith(b"\x89PNG\r\n\x1a\n") for f in frames)
+    # last parameter varies fastest, and render() picks the same frame
+    assert ex.render(color="green", size=16) == frames[1 * 2 + 1]
+    assert ex.values_at((2, 0)) == {"color": "blue", "size": 8}
+    assert "6 frames" in ex.describe() and "6 distinct" in ex.describe()
+
+
+def test_identical_parameters_give_identical_frames() -> None:
+    """A draw that ignores a parameter gives equal frames: the bytes carry no timestamp."""
+    ex = Explorer(lambda fig, a: fig.set_facecolor("red"), {"a": [1, 2]}, name="same", **SMALL)
+    a, b = ex.frames()
+    assert a == b
+
+
+def test_to_html_is_a_static_slider_over_all_frames() -> None:
+    ex = _explorer(name="gamma-beta_1", labels={"color": "background colour"}, initial={"size": 16})
+    page = ex.to_html()
+    assert len(re.findall(r'<input type="range"', page)) == len(PARAMS)
+    assert 'id="bnx-gamma-beta_1"' in page
+    assert "background colour" in page and ">size<" in page
+    for frame in ex.frames():
+        assert base64.b64encode(frame).decode("ascii") in page
+    # the image shown first is the initial frame (color=red, size=16)
+    first = base64.b64encode(ex.render(color="red", size=16)).decode("ascii")
+    assert f'src="data:image/png;base64,{first}"' in page
+    assert re.search(r'data-dim="1"[^>]*value="1"', page)
+
+
+def test_to_html_is_the_same_on_every_build() -> None:
+    assert _explorer().to_html() == _explorer().to_html()
+    assert _explorer().to_html() != _explorer(name="other").to_html()
+    assert _explorer()._repr_html_() == _explorer().to_html()
+
+
+def test_labels_and_values_are_escaped() -> None:
+    ex = Explorer(lambda fig, v: None, {"v": ["<b>", "a&b"]}, name="esc", labels={"v": "<i>"}, **SMALL)
+    page = ex.to_html()
+    assert "<i>" not in page and "&lt;i&gt;" in page
+    assert "&lt;b&gt;" in page
+
+
+def test_live_slider_change_updates_image() -> None:
+    ex = _explorer()
+    box = ex.live()
+    sliders, image = box.sliders, box.image
+    assert len(sliders) == len(PARAMS)
+    assert image.value == ex.render(color="red", size=8)
+    timings = []
+    for color_index in (1, 2):  # frames not yet rendered
+        sliders[0].value = color_index
+        assert image.value == ex.render(color=PARAMS["color"][color_index], size=8)
+        timings.append(ex.last_redraw_ms)
+    sliders[1].value = 1
+    assert image.value == ex.render(color="blue", size=16)
+    assert all(t is not None and t > 0 for t in timings)
+    # a simple draw redraws within the 150 ms budget (best of two, against a busy machine)
+    assert min(timings) < 150
+
+
+@pytest.mark.parametrize(
+    ("params", "kwargs"),
+    [
+        ({}, {}),
+        ({"a": []}, {}),
+        ({"a": list(range(9)), "b": list(range(10))}, {}),  # 90 frames > 80
+        ({"a": [1, 2, 3]}, {"max_frames": 2}),
+        ({"a": [1, 2]}, {"name": "has space"}),
+        ({"a": [1, 2]}, {"name": ""}),
+        ({"a": [1, 2]}, {"name": "x/y"}),
+        ({"a": [1, 2]}, {"initial": {"a": 3}}),
+    ],
+    ids=[
+        "no-params",
+        "no-values",
+        "too-many-frames",
+        "max_frames",
+        "space-in-name",
+        "empty-name",
+        "slash-in-name",
+        "initial-not-a-value",
+    ],
+)
+def test_bad_arguments(params, kwargs) -> None:
+    kwargs = {"name": "ok"} | kwargs
+    with pytest.raises(ValueError):
+        Explorer(_draw, params, **kwargs)
+
+
+def test_draw_must_be_callable() -> None:
+    with pytest.raises(ValueError):
+        Explorer("not callable", {"a": [1]}, name="x")
+
+
+def test_initial_for_an_unknown_parameter_is_rejected() -> None:
+    """A misspelt key in ``initial`` must not be ignored silently."""
+    with pytest.raises(ValueError):
+        Explorer(_draw, PARAMS, name="typo", initial={"colour": "blue"})
+
+
+# --- show() picks the form -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "static"),
+    [("1", True), ("true", True), ("0", False), ("", False), ("no", False), ("false", False)],
+)
+def test_static_mode_reads_env(monkeypatch, value, static) -> None:
+    monkeypatch.setenv("BNBOOK_STATIC", value)
+    assert widgets.static_mode() is static
+    monkeypatch.delenv("BNBOOK_STATIC")
+    assert widgets.static_mode() is False
+
+
+def _capture_display(monkeypatch) -> list:
+    import IPython.display
+
+    shown: list = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    return shown
+
+
+def test_show_is_static_when_env_set(monkeypatch) -> None:
+    import IPython.display
+
+    shown = _capture_display(monkeypatch)
+    monkeypatch.setenv("BNBOOK_STATIC", "1")
+    ex = _explorer()
+    ex.show()
+    assert len(shown) == 1 and isinstance(shown[0], IPython.display.HTML)
+    assert shown[0].data == ex.to_html()
+
+
+def test_show_is_live_otherwise(monkeypatch) -> None:
+    import ipywidgets
+
+    shown = _capture_display(monkeypatch)
+    monkeypatch.delenv("BNBOOK_STATIC", raising=False)
+    _explorer().show()
+    assert len(shown) == 1 and isinstance(shown[0], ipywidgets.VBox)
