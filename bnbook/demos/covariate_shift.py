@@ -388,7 +388,7 @@ def plot_accuracy(records: Mapping[str, TrainingRecord], title: str) -> Figure:
 
 
 def make_histogram_draw(
-    records: Mapping[str, TrainingRecord], checkpoints: Sequence[int], bins: int = 40, y_max: float = 0.4
+    records: Mapping[str, TrainingRecord], checkpoints: Sequence[int], bins: int = 40, y_max: float = 0.45
 ) -> Callable[..., None]:
     """The explorer's ``draw(fig, step)``: histograms of the unit's input at one checkpoint.
 
@@ -445,10 +445,11 @@ def make_histogram_draw(
                     ax.annotate(
                         f"{h:.0%}",
                         (c, y_max),
-                        xytext=(3, -10),
+                        xytext=(5, -12),
                         textcoords="offset points",
                         fontsize=8,
-                        color=color,
+                        color=COLORS["truth"],
+                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
                     )
             ax.set_xlim(edges[0], edges[-1])
             ax.set_ylim(0, y_max)
