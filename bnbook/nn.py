@@ -97,26 +97,29 @@ class BatchNormFunction(torch.autograd.Function):
         ctx.x_dtype = x.dtype
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, var, xc)
+        # No zero-filled gradients for the non-differentiable outputs (xc is as big as x).
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: Tensor, *_unused: Tensor | None):
         saved, weight, mean, var = ctx.saved_tensors
+        if dy is None:  # y did not reach the loss
+            return None, None, None, None, None, None
         cd = mean.dtype
         nd, dims = saved.dim(), _dims(saved)
-        n, c = saved.shape[0], saved.shape[1]
+        c = saved.shape[1]
         dy = dy.to(cd)
         invstd = torch.rsqrt(var + ctx.eps)
         k = invstd if weight is None else invstd * weight.to(cd)
         xc = saved if ctx.batch_stats else saved.to(cd) - _bcast(mean, nd)
         dbeta = dy.sum(dims)
-        # Per-channel dot products sum(dy * xc), without a temporary the size of x.
-        dot = torch.linalg.vecdot(xc.reshape(n, c, -1), dy.reshape(n, c, -1)).sum(0)
-        dgamma = dot * invstd
+        buf = dy * xc  # becomes dx below: one buffer the size of x, not two
+        dgamma = buf.sum(dims) * invstd
         if ctx.batch_stats:
             m = max(saved.numel() // c, 1)
             # dx = k * (dy - dbeta/m - x_hat * dgamma/m), with x_hat = xc * invstd
-            dx = torch.addcmul(_bcast(-k * dbeta / m, nd), xc, _bcast(-k * invstd * dgamma / m, nd))
+            dx = torch.addcmul(_bcast(-k * dbeta / m, nd), xc, _bcast(-k * invstd * dgamma / m, nd), out=buf)
             dx.addcmul_(dy, _bcast(k, nd))
         else:
             dx = dy * _bcast(k, nd)
