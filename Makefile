@@ -12,7 +12,8 @@ export OMP_NUM_THREADS := 2
 export MKL_NUM_THREADS := 2
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv dev book test unit notebooks notebooks-strict notebooks-gpu browser execute lab serve bench lint clean
+.PHONY: help venv dev book test unit notebooks notebooks-strict notebooks-gpu browser execute lab serve bench lint \
+	binder-check screenshot clean
 
 help:
 	@echo "make book     build the HTML book into _build/html (creates .venv on first use)"
@@ -22,6 +23,8 @@ help:
 	@echo "make serve    serve _build/html on http://127.0.0.1:8000"
 	@echo "make bench    forward+backward speed against torch.nn.BatchNorm2d"
 	@echo "make notebooks-strict  strict nbval: stored outputs must match a re-run"
+	@echo "make binder-check      build the Binder environment in a fresh virtualenv and run a chapter"
+	@echo "make screenshot        regenerate docs/screenshot.png from the built book"
 	@echo "make clean    remove the build and caches (keeps .venv)"
 
 # --- environment -----------------------------------------------------------
@@ -48,7 +51,7 @@ test: dev
 	$(MAKE) --no-print-directory lint unit notebooks notebooks-gpu book browser
 
 lint: dev
-	$(BIN)/ruff check bnbook tests tools
+	$(BIN)/ruff check bnbook tests tools _ext docs
 
 unit: dev
 	$(BIN)/pytest -q -m "not browser" tests
@@ -85,6 +88,12 @@ serve: book
 
 bench: venv
 	$(PY) -m bnbook.bench
+
+binder-check:
+	tools/check_binder.sh
+
+screenshot: book dev
+	$(PY) docs/make_screenshot.py
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis .ruff_cache

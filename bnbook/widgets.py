@@ -99,7 +99,7 @@ class Explorer:
         labels: Mapping[str, str] | None = None,
         initial: Mapping[str, Any] | None = None,
         figsize: tuple[float, float] = (7.5, 3.2),
-        dpi: int = 80,
+        dpi: int = 100,
         max_frames: int = 80,
         layout: str | None = "constrained",
     ) -> None:
