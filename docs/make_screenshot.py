@@ -12,32 +12,16 @@ a 256-colour PNG.
 from __future__ import annotations
 
 import argparse
-import functools
 import io
-import os
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+import sys
 from pathlib import Path
 
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002
-        pass
+sys.path.insert(0, str(ROOT / "tests"))
+from localsite import CHROMIUM, CHROMIUM_ARGS, serve  # noqa: E402
 
 
 def main() -> None:
@@ -49,13 +33,9 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=820)
     args = parser.parse_args()
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(args.html)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/{args.page}"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=os.environ.get("BNBOOK_CHROMIUM", "/usr/bin/chromium"), args=ARGS
-        )
+    with serve(args.html) as base, sync_playwright() as p:
+        url = base + args.page
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": args.width, "height": args.height})
         page.route(lambda u: not u.startswith(("http://127.0.0.1", "data:")), lambda r: r.abort())
         page.goto(url, wait_until="load")
@@ -87,7 +67,6 @@ def main() -> None:
         page.wait_for_timeout(300)
         png = page.screenshot()
         browser.close()
-    server.shutdown()
     image = Image.open(io.BytesIO(png)).convert("RGB")
     image = image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
     args.out.parent.mkdir(parents=True, exist_ok=True)

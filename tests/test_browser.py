@@ -35,32 +35,20 @@ import functools
 import os
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
+from localsite import CHROMIUM, CHROMIUM_ARGS, serve
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML_DIR = Path(os.environ.get("BNBOOK_HTML_DIR") or ROOT / "_build" / "html").resolve()
-CHROMIUM = os.environ.get("BNBOOK_CHROMIUM") or "/usr/bin/chromium"
 SCREENSHOT_DIR = Path(os.environ.get("BNBOOK_SCREENSHOT_DIR") or HTML_DIR.parent / "screenshots")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT = {"width": 1280, "height": 900}
 #: Budget for a chapter's load event; BNBOOK_LOAD_BUDGET_MS overrides it on a slow machine.
 LOAD_BUDGET_MS = float(os.environ.get("BNBOOK_LOAD_BUDGET_MS") or 1500)
@@ -164,25 +152,12 @@ def summary(request: pytest.FixtureRequest) -> _Summary:
 
 
 # --- server and browser ----------------------------------------------------------
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-
 @pytest.fixture(scope="session")
 def base_url() -> Iterator[str]:
     if not SITE["pages"]:
         pytest.skip(NO_SITE)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(HTML_DIR)))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="bnbook-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve(HTML_DIR) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
