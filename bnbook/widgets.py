@@ -137,6 +137,7 @@ class Explorer:
         self.dpi = dpi
         self.layout = layout
         self._frames: dict[tuple[int, ...], bytes] = {}
+        self._live: dict[tuple[int, ...], bytes] = {}
         self.last_redraw_ms: float | None = None
 
     # --- frames ---------------------------------------------------------------
@@ -154,14 +155,28 @@ class Explorer:
         index = tuple(self.params[k].index(values[k]) for k in self.params)
         return self._frame(index)
 
+    def render_live(self, **values: Any) -> bytes:
+        """Uncompressed PNG bytes at the given values, as the live widget shows them (cached)."""
+        return self._live_frame(tuple(self.params[k].index(values[k]) for k in self.params))
+
+    def _draw_png(self, index: tuple[int, ...]) -> bytes:
+        fig = Figure(figsize=self.figsize, layout=self.layout)
+        self.draw(fig, **self.values_at(index))
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=self.dpi, metadata={"Software": None})
+        return buf.getvalue()
+
     def _frame(self, index: tuple[int, ...]) -> bytes:
+        """A frame for the page: palette-compressed, since every frame is embedded."""
         if index not in self._frames:
-            fig = Figure(figsize=self.figsize, layout=self.layout)
-            self.draw(fig, **self.values_at(index))
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=self.dpi, metadata={"Software": None})
-            self._frames[index] = _compress_png(buf.getvalue())
+            self._frames[index] = _compress_png(self._live_frame(index))
         return self._frames[index]
+
+    def _live_frame(self, index: tuple[int, ...]) -> bytes:
+        """A frame for the live widget: plain PNG, skipping the compression step."""
+        if index not in self._live:
+            self._live[index] = self._draw_png(index)
+        return self._live[index]
 
     def frames(self) -> list[bytes]:
         """Every frame, last parameter varying fastest."""
@@ -245,11 +260,11 @@ class Explorer:
                     layout=W.Layout(width="28em"),
                 )
             )
-        image = W.Image(value=self._frame(tuple(self.initial.values())), format="png")
+        image = W.Image(value=self._live_frame(tuple(self.initial.values())), format="png")
 
         def redraw(_change: object = None) -> None:
             t0 = time.perf_counter()
-            image.value = self._frame(tuple(s.value for s in sliders))
+            image.value = self._live_frame(tuple(s.value for s in sliders))
             self.last_redraw_ms = (time.perf_counter() - t0) * 1e3
 
         for s in sliders:
