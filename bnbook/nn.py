@@ -10,6 +10,7 @@ torch's native batch-norm kernel.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -22,9 +23,23 @@ from bnbook._checks import check_eps, check_momentum, check_num_features, check_
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormFunction", "batch_norm"]
 
 
-def _dims(x: Tensor) -> list[int]:
-    """Every dimension except the channel dimension 1."""
-    return [0, *range(2, x.dim())]
+def _runs(t: Tensor) -> Tensor:
+    """View (N, C, *) as (N, C, M): each sample's values of one channel in a row."""
+    return t.reshape(t.shape[0], t.shape[1], math.prod(t.shape[2:]))
+
+
+def _channel_sum(t: Tensor) -> Tensor:
+    """Per-channel sum of an (N, C, *) tensor, shape (C,).
+
+    Summing each sample's contiguous run of values first and then across the
+    batch is several times faster on a CPU than one reduction over dims (0, 2, ...).
+    """
+    return _runs(t).sum(-1).sum(0)
+
+
+def _channel_sumsq(t: Tensor) -> Tensor:
+    """Per-channel sum of squares of an (N, C, *) tensor, shape (C,), in one pass over ``t``."""
+    return torch.linalg.vector_norm(_runs(t), dim=-1).square().sum(0)
 
 
 def _bcast(v: Tensor, ndim: int) -> Tensor:
@@ -60,17 +75,17 @@ class BatchNormFunction(torch.autograd.Function):
         var: Tensor | None,
         eps: float,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        nd, dims = x.dim(), _dims(x)
+        nd = x.dim()
         # Half-precision inputs are computed in float32 and returned in their own dtype, like torch.
         cd = torch.promote_types(x.dtype, torch.float32)
         w = None if weight is None else weight.to(cd)
         b = None if bias is None else bias.to(cd)
         if mean is None:
-            m = x.numel() // x.shape[1]
+            m = max(x.numel() // x.shape[1], 1)
             xw = x.to(cd)
-            mean = xw.mean(dims)
+            mean = _channel_sum(xw) / m
             xc = xw - _bcast(mean, nd)
-            var = torch.linalg.vector_norm(xc, dim=dims).square_().div_(max(m, 1))
+            var = _channel_sumsq(xc) / m
             invstd = torch.rsqrt(var + eps)
             scale = invstd if w is None else invstd * w
             if b is None:
@@ -107,15 +122,15 @@ class BatchNormFunction(torch.autograd.Function):
         if dy is None:  # y did not reach the loss
             return None, None, None, None, None, None
         cd = mean.dtype
-        nd, dims = saved.dim(), _dims(saved)
+        nd = saved.dim()
         c = saved.shape[1]
         dy = dy.to(cd)
         invstd = torch.rsqrt(var + ctx.eps)
         k = invstd if weight is None else invstd * weight.to(cd)
         xc = saved if ctx.batch_stats else saved.to(cd) - _bcast(mean, nd)
-        dbeta = dy.sum(dims)
+        dbeta = _channel_sum(dy)
         buf = dy * xc  # becomes dx below: one buffer the size of x, not two
-        dgamma = buf.sum(dims) * invstd
+        dgamma = _channel_sum(buf) * invstd
         if ctx.batch_stats:
             m = max(saved.numel() // c, 1)
             # dx = k * (dy - dbeta/m - x_hat * dgamma/m), with x_hat = xc * invstd

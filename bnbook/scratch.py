@@ -71,11 +71,14 @@ def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
 
 
 def _affine(x_hat: np.ndarray, gamma: np.ndarray | None, beta: np.ndarray | None) -> np.ndarray:
-    y = x_hat
-    if gamma is not None:
-        y = y * _per_channel(gamma.astype(x_hat.dtype, copy=False), x_hat.ndim)
+    if gamma is None and beta is None:
+        return x_hat.copy()  # y must not share memory with the cached x_hat
+    if gamma is None:
+        y = x_hat.copy()
+    else:
+        y = x_hat * _per_channel(gamma.astype(x_hat.dtype, copy=False), x_hat.ndim)
     if beta is not None:
-        y = y + _per_channel(beta.astype(x_hat.dtype, copy=False), x_hat.ndim)
+        y += _per_channel(beta.astype(x_hat.dtype, copy=False), x_hat.ndim)
     return y
 
 
@@ -119,7 +122,8 @@ def batch_norm_forward(
     xc = x - mean
     var = (xc * xc).mean(axis=axes, keepdims=True)
     inv_std = 1.0 / np.sqrt(var + x.dtype.type(eps))
-    x_hat = xc * inv_std
+    x_hat = xc
+    x_hat *= inv_std  # normalize in place: the centred copy is not needed any more
     y = _affine(x_hat, gamma, beta)
     return y, BNCache(
         x_hat, inv_std.reshape(-1), gamma, beta is not None, mean.reshape(-1), var.reshape(-1), True
@@ -206,9 +210,10 @@ def batch_norm_backward(
     scale = inv_std if gamma is None else inv_std * gamma.astype(inv_std.dtype, copy=False)
     if batch_stats:
         m = x_hat.size // x_hat.shape[1]
-        dx = _per_channel(scale, nd) * (
-            dy - _per_channel(dbeta / m, nd) - x_hat * _per_channel(dgamma / m, nd)
-        )
+        # dx = scale * (dy - dbeta/m - x_hat * dgamma/m), updated in place on one new array
+        dx = dy - _per_channel(dbeta / m, nd)
+        dx -= x_hat * _per_channel(dgamma / m, nd)
+        dx *= _per_channel(scale, nd)
     else:
         dx = dy * _per_channel(scale, nd)
     return (
