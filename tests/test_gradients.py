@@ -99,6 +99,18 @@ def test_checker_catches_a_wrong_gradient(rng) -> None:
 # --- scratch kernels against finite differences ---------------------------------
 
 
+def _numerical_param_grads(x, gamma, beta, dy) -> tuple:
+    """Centred-difference gradients of batch_norm_forward with respect to gamma and beta.
+
+    ``gamma`` may be None (no scale): the beta gradient is then taken without one,
+    and the gamma gradient is taken at gamma = 1.
+    """
+    g = np.ones_like(beta) if gamma is None else gamma
+    num_dgamma = numerical_gradient(lambda v: scratch.batch_norm_forward(x, v, beta, EPS)[0], g, dy)
+    num_dbeta = numerical_gradient(lambda v: scratch.batch_norm_forward(x, gamma, v, EPS)[0], beta, dy)
+    return num_dgamma, num_dbeta
+
+
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=list(SHAPES))
 def test_batch_norm_forward_backward_against_finite_differences(shape, affine, rng) -> None:
@@ -111,8 +123,7 @@ def test_batch_norm_forward_backward_against_finite_differences(shape, affine, r
     if not affine:
         assert dgamma is None and dbeta is None
         return
-    num_dgamma = numerical_gradient(lambda v: scratch.batch_norm_forward(x, v, beta, EPS)[0], gamma, dy)
-    num_dbeta = numerical_gradient(lambda v: scratch.batch_norm_forward(x, gamma, v, EPS)[0], beta, dy)
+    num_dgamma, num_dbeta = _numerical_param_grads(x, gamma, beta, dy)
     assert relative_error(dgamma, num_dgamma) < REL_TOL
     assert relative_error(dbeta, num_dbeta) < REL_TOL
 
@@ -142,8 +153,8 @@ def test_batch_norm_backward_graph_against_finite_differences(shape, affine, rng
     g = gamma if affine else None
     dx, dgamma, dbeta = scratch.batch_norm_backward_graph(dy, x, g, EPS)
     num_dx = numerical_gradient(lambda v: scratch.batch_norm_forward(v, g, beta, EPS)[0], x, dy)
-    num_dgamma = numerical_gradient(lambda v: scratch.batch_norm_forward(x, v, beta, EPS)[0], gamma, dy)
-    num_dbeta = numerical_gradient(lambda v: scratch.batch_norm_forward(x, g, v, EPS)[0], beta, dy)
+    num_dgamma, _ = _numerical_param_grads(x, gamma, beta, dy)
+    _, num_dbeta = _numerical_param_grads(x, g, beta, dy)
     assert relative_error(dx, num_dx) < REL_TOL
     assert relative_error(dbeta, num_dbeta) < REL_TOL
     # dgamma is sum(dy * x_hat) whether or not gamma was used

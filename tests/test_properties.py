@@ -106,6 +106,13 @@ def test_dtype_and_shape_preserved(x, dtype) -> None:
 # --- against torch ------------------------------------------------------------
 
 
+def _train_step(batch_norm, x, gamma, beta, dy) -> tuple:
+    """Output and gradients (x, gamma, beta) of a functional batch norm in training mode."""
+    xt, gt, bt = (torch.from_numpy(a).requires_grad_(True) for a in (x, gamma, beta))
+    y = batch_norm(xt, None, None, gt, bt, training=True, eps=EPS)
+    return (y, *torch.autograd.grad(y, (xt, gt, bt), torch.from_numpy(dy)))
+
+
 @FAST
 @given(st.data())
 def test_scratch_and_nn_match_torch_in_training(data) -> None:
@@ -116,20 +123,14 @@ def test_scratch_and_nn_match_torch_in_training(data) -> None:
     dy = data.draw(arrays(np.float64, x.shape, elements=st.floats(-1, 1, allow_nan=False)))
     _, inv_std, cond = _stats(x)
 
-    xt = torch.from_numpy(x).requires_grad_(True)
-    gt, bt = torch.from_numpy(gamma).requires_grad_(True), torch.from_numpy(beta).requires_grad_(True)
-    y_ref = F.batch_norm(xt, None, None, gt, bt, training=True, eps=EPS)
-    dx_ref, dg_ref, db_ref = torch.autograd.grad(y_ref, (xt, gt, bt), torch.from_numpy(dy))
+    y_ref, dx_ref, dg_ref, db_ref = _train_step(F.batch_norm, x, gamma, beta, dy)
 
     layer = scratch.BatchNorm(c)
     layer.gamma, layer.beta = gamma.copy(), beta.copy()
     y = layer(x)
     dx = layer.backward(dy)
 
-    xt2 = torch.from_numpy(x).requires_grad_(True)
-    gt2, bt2 = torch.from_numpy(gamma).requires_grad_(True), torch.from_numpy(beta).requires_grad_(True)
-    y_nn = bnn.batch_norm(xt2, None, None, gt2, bt2, training=True, eps=EPS)
-    dx_nn, dg_nn, db_nn = torch.autograd.grad(y_nn, (xt2, gt2, bt2), torch.from_numpy(dy))
+    y_nn, dx_nn, dg_nn, db_nn = _train_step(bnn.batch_norm, x, gamma, beta, dy)
 
     k = (np.abs(gamma) + 1.0) * inv_std
     dy_max = _channel_max(dy) + 1.0
