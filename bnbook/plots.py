@@ -7,17 +7,23 @@ import io
 import matplotlib
 import matplotlib.pyplot as plt
 
-__all__ = ["COLORS", "fig_to_png", "use_style"]
+__all__ = ["COLORS", "MARKERS", "PALETTE", "band", "fig_to_png", "use_style"]
 
-#: One colour per role, used the same way in every chapter.
+#: Okabe and Ito's colour-blind-safe palette, in the order series take it.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+
+#: One colour per role, used the same way in every chapter (all from :data:`PALETTE`).
 COLORS = {
-    "no_bn": "#d95f02",  # orange: the network without batch norm
-    "bn": "#1b9e77",  # green: the network with batch norm
-    "batch": "#9a9a9a",  # gray: a single mini-batch's statistic
-    "ema": "#1f4e9c",  # blue: the running (exponential moving) average
+    "no_bn": "#D55E00",  # vermillion: the network without batch norm
+    "bn": "#0072B2",  # blue: the network with batch norm
+    "batch": "#8c8c8c",  # gray: a single mini-batch's statistic
+    "ema": "#009E73",  # bluish green: the running (exponential moving) average
     "truth": "#222222",  # black: the population value
-    "features": ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"],
+    "features": ["#0072B2", "#D55E00", "#009E73", "#CC79A7"],
 }
+
+#: Markers that go with :data:`PALETTE`, so overlapping series stay distinct in grey too.
+MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
 
 
 def use_style() -> None:
@@ -38,8 +44,32 @@ def use_style() -> None:
             "axes.spines.right": False,
             "legend.frameon": False,
             "svg.hashsalt": "bnbook",
+            "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
         }
     )
+
+
+def band(ax, x, runs, color: str, label: str, marker: str | None = None, alpha: float = 0.2, **line_kw):
+    """Plot the mean of ``runs`` (shape ``(seeds, len(x))``) with a min-max band over seeds.
+
+    Returns the line. NaN entries (a run that diverged) are left out of the
+    mean and the band at that point.
+    """
+    import numpy as np
+
+    runs = np.asarray(runs, dtype=float)
+    if runs.ndim != 2 or runs.shape[1] != len(x):
+        raise ValueError(f"runs must have shape (seeds, {len(x)}), got {runs.shape}")
+    import warnings
+
+    with warnings.catch_warnings():  # a column where every run diverged stays NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, lo, hi = np.nanmean(runs, axis=0), np.nanmin(runs, axis=0), np.nanmax(runs, axis=0)
+    (line,) = ax.plot(
+        x, mean, color=color, label=label, marker=marker, markevery=max(1, len(x) // 8), **line_kw
+    )
+    ax.fill_between(x, lo, hi, color=color, alpha=alpha, linewidth=0)
+    return line
 
 
 def fig_to_png(fig: matplotlib.figure.Figure, dpi: int = 72) -> bytes:

@@ -10,10 +10,9 @@ from the PyTorch layers; this module only drives them:
   momentum / batch-size explorer;
 * :func:`batched_accuracy` measures a classifier on batches in a given order
   (to expose a forgotten ``model.eval()``);
-* :func:`batch_norm_layers`, :func:`full_batch_statistics`,
-  :func:`running_stats_gap` and :func:`recalibrate_bn` compare the running
-  statistics with the population statistics of the final network and
-  recompute them after training.
+* :func:`full_batch_statistics` and :func:`running_stats_gap` compare the
+  running statistics with the population statistics of the final network
+  (recalibration itself is the library tool :func:`bnbook.nn.recalibrate_bn`).
 """
 
 from __future__ import annotations
@@ -27,30 +26,23 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 
-from bnbook import nn as bnn
+from bnbook.nn import batch_norm_layers
 from bnbook.plots import COLORS
 from bnbook.scratch import BatchNorm
 
 __all__ = [
     "Trajectory",
-    "batch_norm_layers",
     "batched_accuracy",
     "explorer_draws",
     "full_batch_statistics",
     "make_momentum_draw",
     "plot_batch_dependence",
     "plot_running_stats",
-    "recalibrate_bn",
     "running_stats_gap",
     "running_trajectory",
     "sample_batches",
 ]
-
-#: Batch-norm layer classes whose running statistics the helpers manage.
-BN_TYPES: tuple[type[nn.Module], ...] = (_TorchBatchNorm, bnn.BatchNorm1d, bnn.BatchNorm2d, bnn.BatchNorm3d)
-
 
 # --- one feature, a known population -----------------------------------------------------
 def sample_batches(
@@ -295,12 +287,6 @@ def batched_accuracy(
 
 
 # --- running statistics versus the population --------------------------------------------
-def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
-    """The batch-norm layers of ``model`` (``torch.nn`` or :mod:`bnbook.nn`) that track running statistics."""
-    return [m for m in model.modules() if isinstance(m, BN_TYPES) and m.track_running_stats]
-
-
-@torch.no_grad()
 def full_batch_statistics(model: nn.Module, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Population statistics of every batch-norm input of the final network, from one pass over ``x``.
 
@@ -369,59 +355,6 @@ def running_stats_gap(
         mean_err.append(((layer.running_mean - mean).abs() / var.sqrt()).cpu())
         var_err.append((layer.running_var / var - 1.0).abs().cpu())
     return float(torch.cat(mean_err).mean()), float(torch.cat(var_err).mean())
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> nn.Module:
-    """Recompute the running statistics of every batch-norm layer for the model's final weights.
-
-    Each layer's running statistics are reset and its momentum set to None
-    (a cumulative average); then the data pass through the model in batches,
-    with the batch-norm layers in training mode and every other module in
-    eval mode (so that, for example, dropout is off). Afterwards each running
-    statistic is the plain average of the batch statistics over the pass, the
-    estimate of the population statistics that Ioffe and Szegedy's Algorithm 2
-    prescribes. Momenta and every module's mode are restored, even on error.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        Containing ``torch.nn`` or :mod:`bnbook.nn` batch-norm layers; changed in place.
-    x : Tensor
-        Inputs, usually the training set in random order (batches of a single
-        class would give skewed statistics). Moved to the model's device.
-    batch_size : int
-        Size of the batches, at least 2. Only full batches are used, so that
-        each carries the same weight in the average.
-
-    Returns
-    -------
-    torch.nn.Module
-        ``model`` itself.
-    """
-    layers = batch_norm_layers(model)
-    if not layers:
-        raise ValueError("the model has no batch-norm layer that tracks running statistics")
-    if batch_size < 2 or x.shape[0] < batch_size:
-        raise ValueError(f"need 2 <= batch_size <= len(x), got batch_size={batch_size}, len(x)={x.shape[0]}")
-    tensors = [*model.parameters(), *model.buffers()]
-    device = tensors[0].device if tensors else x.device
-    modes = {m: m.training for m in model.modules()}
-    momenta = [layer.momentum for layer in layers]
-    try:
-        model.eval()
-        for layer in layers:
-            layer.reset_running_stats()
-            layer.momentum = None
-            layer.train()
-        for start in range(0, x.shape[0] - batch_size + 1, batch_size):
-            model(x[start : start + batch_size].to(device))
-    finally:
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
-        for m, mode in modes.items():
-            m.training = mode
-    return model
 
 
 def plot_batch_dependence(

@@ -1,0 +1,24 @@
+"""PyTorch layers of bnbook, drop-in for ``torch.nn``'s, with their own arithmetic.
+
+Modules
+-------
+_batchnorm
+    ``BatchNorm1d/2d/3d``, their autograd Function and the functional ``batch_norm``
+    (chapters 2 to 5, 7).
+_tools
+    Tools that act on the batch-norm layers of any model: finding them and
+    recalibrating their running statistics (chapter 4).
+"""
+
+from bnbook.nn._batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormFunction, batch_norm
+from bnbook.nn._tools import batch_norm_layers, recalibrate_bn
+
+__all__ = [
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "BatchNormFunction",
+    "batch_norm",
+    "batch_norm_layers",
+    "recalibrate_bn",
+]
