@@ -1,11 +1,17 @@
 """Batch normalization for PyTorch, with bnbook's own autograd Function.
 
 :class:`BatchNorm1d`, :class:`BatchNorm2d` and :class:`BatchNorm3d` are drop-in
-replacements for ``torch.nn``'s: same constructor, parameters, buffers,
-``state_dict`` keys, train/eval behaviour and errors. The arithmetic runs in
-:class:`BatchNormFunction`, whose backward pass is the analytic closed form
-(chapter 5), not autograd through the mean and variance, and which never calls
-torch's native batch-norm kernel.
+replacements for ``torch.nn``'s, and subclasses of them: same constructor,
+parameters, buffers, ``state_dict`` keys, train/eval behaviour and errors, and
+every tool that looks for ``torch.nn.modules.batchnorm._BatchNorm`` (sync
+conversion, module fusion, weight-decay filters) finds them. Only ``forward``
+differs: the arithmetic runs in :class:`BatchNormFunction`, whose backward pass
+is the analytic closed form (chapter 5), not autograd through the mean and
+variance, and which never calls torch's native batch-norm kernel.
+
+The Function also supports what torch's own layer supports: double backward
+(gradient penalties), ``torch.func.vmap`` (eval mode) and forward-mode AD
+(``torch.func.jvp``), and non-reentrant activation checkpointing.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
-from torch.nn import Module, Parameter, init
+from torch.ao.quantization import fuser_method_mappings as _fusers
+from torch.nn.modules import batchnorm as _torch_bn
 
 from bnbook._checks import check_eps, check_momentum, check_num_features, check_spatial_rank
 
@@ -47,24 +53,50 @@ def _bcast(v: Tensor, ndim: int) -> Tensor:
     return v.view((1, -1) + (1,) * (ndim - 2))
 
 
+def _reduce_dims(ndim: int) -> list[int]:
+    return [0, *range(2, ndim)]
+
+
+def _per_channel_count(x: Tensor) -> int:
+    """How many values each channel of an (N, C, *) tensor has (0 when C == 0)."""
+    return x.numel() // x.shape[1] if x.shape[1] else 0
+
+
+def _check_floating(input: Tensor, who: str) -> None:
+    if not (input.is_floating_point() and not input.is_complex()):
+        raise ValueError(f"{who} expects a floating-point input, got dtype {input.dtype}")
+
+
 class BatchNormFunction(torch.autograd.Function):
     r"""``y = (x - mean) / sqrt(var + eps) * weight + bias`` with an analytic backward.
 
-    ``forward(x, weight, bias, mean, var, eps)`` returns ``(y, mean, var, xc)``.
-    When ``mean`` and ``var`` are None they are the batch's own statistics,
-    computed here in two passes (the mean, then the biased variance of the
-    centred values ``xc``) and returned so that the caller can update running
-    estimates; ``xc`` is kept for the backward pass, which is the closed form
+    ``apply(x, weight, bias, mean, var, eps[, running_mean, running_var, momentum])``
+    returns ``(y, mean, var)``.
+
+    * When ``mean`` and ``var`` are None they are the batch's own statistics,
+      computed here in two passes (the mean, then the biased variance of the
+      centred values) and returned. If running buffers are given they are
+      updated in place, inside the forward pass as torch's kernel does, with
+      ``running = (1 - momentum) * running + momentum * batch_stat`` and the
+      unbiased variance.
+    * When ``mean`` and ``var`` are given they are constants (eval mode).
+
+    The backward pass is the closed form
 
     .. math::
 
         \frac{\partial L}{\partial x} = \frac{\gamma}{\sqrt{\sigma^2+\epsilon}}
         \Big(g - \overline{g} - \hat x\,\overline{g\hat x}\Big)
 
-    (bars are per-channel means over the :math:`m` values of a channel). When
-    ``mean`` and ``var`` are given they are constants: ``xc`` is empty, and the
-    backward pass is the per-channel scale alone. Only ``y`` is differentiable.
+    (bars are per-channel means over the :math:`m` values of a channel). Like
+    torch's kernel it saves the input itself (not a float32 copy of a half
+    input) and the per-channel mean and variance. Under ``create_graph=True``
+    the same formula is evaluated with differentiable operations on the saved
+    input, so a second derivative is exact. ``jvp`` gives forward-mode AD, and
+    ``vmap`` rules are generated from ``forward``. Only ``y`` is differentiable.
     """
+
+    generate_vmap_rule = True
 
     @staticmethod
     def forward(
@@ -74,74 +106,150 @@ class BatchNormFunction(torch.autograd.Function):
         mean: Tensor | None,
         var: Tensor | None,
         eps: float,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        running_mean: Tensor | None = None,
+        running_var: Tensor | None = None,
+        momentum: float = 0.0,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         nd = x.dim()
         # Half-precision inputs are computed in float32 and returned in their own dtype, like torch.
         cd = torch.promote_types(x.dtype, torch.float32)
         w = None if weight is None else weight.to(cd)
         b = None if bias is None else bias.to(cd)
         if mean is None:
-            m = max(x.numel() // x.shape[1], 1)
+            m = _per_channel_count(x)
             xw = x.to(cd)
-            mean = _channel_sum(xw) / m
+            mean = _channel_sum(xw) / max(m, 1)
             xc = xw - _bcast(mean, nd)
-            var = _channel_sumsq(xc) / m
-            invstd = torch.rsqrt(var + eps)
-            scale = invstd if w is None else invstd * w
+            var = _channel_sumsq(xc) / max(m, 1)
+            if m > 1:
+                with torch.no_grad():
+                    if running_mean is not None:
+                        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+                    if running_var is not None:
+                        running_var.lerp_((var * (m / (m - 1))).to(running_var.dtype), momentum)
+            scale = torch.rsqrt(var + eps) if w is None else torch.rsqrt(var + eps) * w
+            # The centred values become the output in place: one allocation the size of x.
             if b is None:
-                y = xc * _bcast(scale, nd)
+                y = xc.mul_(_bcast(scale, nd))
             else:
-                y = torch.addcmul(_bcast(b, nd), xc, _bcast(scale, nd))
-            return y.to(x.dtype), mean, var, xc
+                y = torch.addcmul(_bcast(b, nd), xc, _bcast(scale, nd), out=xc)
+            return y.to(x.dtype), mean, var
         # Copies: the caller's buffers must not come back as outputs of this Function.
         mean, var = mean.to(cd, copy=True), var.to(cd, copy=True)
         invstd = torch.rsqrt(var + eps)
         scale = invstd if w is None else invstd * w
         shift = -mean * scale if b is None else b - mean * scale
         y = torch.addcmul(_bcast(shift, nd), x.to(cd), _bcast(scale, nd))
-        return y.to(x.dtype), mean, var, x.new_empty(0, dtype=cd)
+        return y.to(x.dtype), mean, var
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-        x, weight, bias, mean_in, _, eps = inputs
-        _, mean, var, xc = output
+        x, weight, bias, mean_in, _, eps = inputs[:6]
+        _, mean, var = output
         ctx.batch_stats = mean_in is None
-        # With batch statistics keep the centred input; otherwise the input itself.
-        ctx.save_for_backward(xc if ctx.batch_stats else x, weight, mean, var)
         ctx.eps = eps
-        ctx.x_dtype = x.dtype
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.mark_non_differentiable(mean, var, xc)
-        # No zero-filled gradients for the non-differentiable outputs (xc is as big as x).
+        ctx.n_inputs = len(inputs)
+        ctx.has_bias = bias is not None
+        # The input itself, like torch's kernel: no float32 copy of a half input.
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.save_for_forward(x, weight, mean, var)
+        ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, dy: Tensor, *_unused: Tensor | None):
-        saved, weight, mean, var = ctx.saved_tensors
+    def backward(ctx: Any, dy: Tensor | None, *_unused: Tensor | None):
+        x, weight, mean, var = ctx.saved_tensors
+        rest = (None,) * (ctx.n_inputs - 3)
         if dy is None:  # y did not reach the loss
-            return None, None, None, None, None, None
-        cd = mean.dtype
-        nd = saved.dim()
-        c = saved.shape[1]
-        dy = dy.to(cd)
-        invstd = torch.rsqrt(var + ctx.eps)
-        k = invstd if weight is None else invstd * weight.to(cd)
-        xc = saved if ctx.batch_stats else saved.to(cd) - _bcast(mean, nd)
-        dbeta = _channel_sum(dy)
-        buf = dy * xc  # becomes dx below: one buffer the size of x, not two
-        dgamma = _channel_sum(buf) * invstd
-        if ctx.batch_stats:
-            m = max(saved.numel() // c, 1)
-            # dx = k * (dy - dbeta/m - x_hat * dgamma/m), with x_hat = xc * invstd
-            dx = torch.addcmul(_bcast(-k * dbeta / m, nd), xc, _bcast(-k * invstd * dgamma / m, nd), out=buf)
-            dx.addcmul_(dy, _bcast(k, nd))
+            return (None, None, None, *rest)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: keep the graph of the backward pass
+            dx, dw, db = _backward_differentiable(ctx, dy, x, weight, mean, var)
         else:
-            dx = dy * _bcast(k, nd)
-        dx = dx.to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
-        dw = dgamma.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        db = dbeta.to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None, None
+            dx, dw, db = _backward_fast(ctx, dy, x, weight, mean, var)
+        dx = dx.to(x.dtype) if need_x else None
+        dw = dw.to(weight.dtype) if weight is not None and need_w else None
+        db = db.to(weight.dtype if weight is not None else x.dtype) if ctx.has_bias and need_b else None
+        return (dx, dw, db, *rest)
+
+    @staticmethod
+    def jvp(ctx: Any, x_t: Tensor | None, w_t: Tensor | None, b_t: Tensor | None, *_unused: Any):
+        x, weight, mean, var = ctx.saved_tensors
+        nd = x.dim()
+        cd = mean.dtype
+        invstd = _bcast(torch.rsqrt(var + ctx.eps), nd)
+        x_hat = (x.to(cd) - _bcast(mean, nd)) * invstd
+        w = None if weight is None else _bcast(weight.to(cd), nd)
+        y_t = torch.zeros_like(x_hat)
+        if x_t is not None:
+            xt = x_t.to(cd)
+            if ctx.batch_stats:
+                dims = _reduce_dims(nd)
+                xt = xt - xt.mean(dims, keepdim=True)
+                xt = invstd * (xt - x_hat * (x_hat * xt).mean(dims, keepdim=True))
+            else:
+                xt = xt * invstd
+            y_t = y_t + (xt if w is None else xt * w)
+        if w_t is not None:
+            y_t = y_t + x_hat * _bcast(w_t.to(cd), nd)
+        if b_t is not None:
+            y_t = y_t + _bcast(b_t.to(cd), nd)
+        return y_t.to(x.dtype), None, None
+
+
+def _backward_fast(ctx: Any, dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, var: Tensor):
+    """The closed form with in-place updates: two temporaries the size of ``x``."""
+    cd = mean.dtype
+    nd = x.dim()
+    dy = dy.to(cd)
+    invstd = torch.rsqrt(var + ctx.eps)
+    k = invstd if weight is None else invstd * weight.to(cd)
+    xc = x.to(cd) - _bcast(mean, nd)
+    dbeta = _channel_sum(dy)
+    buf = dy * xc  # becomes dx below
+    dgamma = _channel_sum(buf) * invstd
+    if not ctx.needs_input_grad[0]:
+        return None, dgamma, dbeta
+    if ctx.batch_stats:
+        m = max(_per_channel_count(x), 1)
+        # dx = k * (dy - dbeta/m - x_hat * dgamma/m), with x_hat = xc * invstd
+        dx = torch.addcmul(_bcast(-k * dbeta / m, nd), xc, _bcast(-k * invstd * dgamma / m, nd), out=buf)
+        dx.addcmul_(dy, _bcast(k, nd))
+    else:
+        dx = torch.mul(dy, _bcast(k, nd), out=buf)
+    return dx, dgamma, dbeta
+
+
+def _backward_differentiable(
+    ctx: Any, dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, var: Tensor
+):
+    """The same closed form, written so that autograd can differentiate it again.
+
+    With batch statistics the mean and variance are recomputed from the saved
+    input, so that their dependence on ``x`` is part of the graph.
+    """
+    cd = mean.dtype
+    nd = x.dim()
+    dims = _reduce_dims(nd)
+    g = dy.to(cd)
+    xw = x.to(cd)
+    if ctx.batch_stats:
+        mu = xw.mean(dims, keepdim=True)
+        xc = xw - mu
+        invstd = torch.rsqrt((xc * xc).mean(dims, keepdim=True) + ctx.eps)
+    else:
+        xc = xw - _bcast(mean, nd)
+        invstd = _bcast(torch.rsqrt(var + ctx.eps), nd)
+    x_hat = xc * invstd
+    dbeta = g.sum(dims)
+    dgamma = (g * x_hat).sum(dims)
+    k = invstd if weight is None else invstd * _bcast(weight.to(cd), nd)
+    if ctx.batch_stats:
+        m = max(_per_channel_count(x), 1)
+        dx = k * (g - _bcast(dbeta, nd) / m - x_hat * _bcast(dgamma, nd) / m)
+    else:
+        dx = k * g
+    return dx, dgamma, dbeta
 
 
 def batch_norm(
@@ -167,45 +275,52 @@ def batch_norm(
 
     Parameters
     ----------
-    input : Tensor, shape (N, C, *)
+    input : Tensor, shape (N, C, *), floating point
     running_mean, running_var : Tensor of shape (C,), or None
         Required when ``training`` is False.
     weight, bias : Tensor, shape (C,), optional
     training : bool
     momentum : float
-    eps : float
+    eps : float, > 0
 
     Returns
     -------
     Tensor, same shape as ``input``.
+
+    Raises
+    ------
+    ValueError
+        For input of fewer than 2 dimensions or of a non-floating dtype, for
+        ``eps <= 0``, or for a batch with one value per channel in training.
+        Nothing is updated when it raises.
     """
     if input.dim() < 2:
         raise ValueError(f"batch_norm expects input of shape (N, C, *), got {input.dim()}D input")
+    _check_floating(input, "batch_norm")
+    eps = check_eps(eps)
     c = input.shape[1]
     if training:
-        m = input.numel() // c
-        if m == 1:
+        if c and input.numel() // c == 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )
-        y, mean, var, _ = BatchNormFunction.apply(input, weight, bias, None, None, eps)
-        if m > 1 and (running_mean is not None or running_var is not None):
-            with torch.no_grad():
-                if running_mean is not None:
-                    running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-                if running_var is not None:
-                    running_var.lerp_((var * (m / (m - 1))).to(running_var.dtype), momentum)
-        return y
+        return BatchNormFunction.apply(
+            input, weight, bias, None, None, eps, running_mean, running_var, float(momentum)
+        )[0]
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be given when training is False")
-    y = BatchNormFunction.apply(input, weight, bias, running_mean, running_var, eps)[0]
-    return y
+    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, eps)[0]
 
 
-class _NormBase(Module):
-    """State of a batch-norm layer: parameters, buffers and their reset."""
+class _BatchNorm(_torch_bn._BatchNorm):
+    """torch's ``_BatchNorm`` with checked arguments and bnbook's ``forward``.
 
-    _version = 2
+    The state (parameters, buffers, ``reset_parameters``, ``extra_repr`` and
+    state-dict versioning) is torch's own, so checkpoints, ``.to()`` and every
+    tool that inspects batch-norm layers treat this layer as torch's.
+    """
+
+    _ranks: tuple[int, ...] = ()
 
     def __init__(
         self,
@@ -219,76 +334,24 @@ class _NormBase(Module):
         *,
         bias: bool = True,
     ) -> None:
-        factory = {"device": device, "dtype": dtype}
-        super().__init__()
-        self.num_features = check_num_features(num_features)
-        self.eps = check_eps(eps)
-        self.momentum = check_momentum(momentum)
-        self.affine = affine
-        self.track_running_stats = track_running_stats
-        if affine:
-            self.weight = Parameter(torch.empty(num_features, **factory))
-            if bias:
-                self.bias = Parameter(torch.empty(num_features, **factory))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
-            self.register_buffer("running_var", torch.ones(num_features, **factory))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
-            )
-        else:
-            self.register_buffer("running_mean", None)
-            self.register_buffer("running_var", None)
-            self.register_buffer("num_batches_tracked", None)
-        self.reset_parameters()
-
-    def reset_running_stats(self) -> None:
-        """Running mean 0, running variance 1, counter 0."""
-        if self.track_running_stats:
-            self.running_mean.zero_()
-            self.running_var.fill_(1)
-            self.num_batches_tracked.zero_()
-
-    def reset_parameters(self) -> None:
-        """Reset the running statistics, and the scale to 1 and the shift to 0."""
-        self.reset_running_stats()
-        if self.affine:
-            init.ones_(self.weight)
-            if self.bias is not None:
-                init.zeros_(self.bias)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}"
+        super().__init__(
+            check_num_features(num_features),
+            check_eps(eps),
+            check_momentum(momentum),
+            affine,
+            track_running_stats,
+            device,
+            dtype,
+            bias=bias,
         )
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args, **kwargs):
-        # Version 1 checkpoints had no counter; like torch, keep the current one (or 0).
-        version = local_metadata.get("version", None)
-        key = prefix + "num_batches_tracked"
-        if (version is None or version < 2) and self.track_running_stats and key not in state_dict:
-            current = self.num_batches_tracked
-            usable = current is not None and current.device != torch.device("meta")
-            state_dict[key] = current if usable else torch.tensor(0, dtype=torch.long)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args, **kwargs)
-
-
-class _BatchNorm(_NormBase):
-    """Adds ``forward``: decide the mode, then call :func:`batch_norm`."""
-
-    _ranks: tuple[int, ...] = ()
 
     def _check_input_dim(self, input: Tensor) -> None:
         check_spatial_rank(input.dim(), self._ranks, type(self).__name__)
 
     def forward(self, input: Tensor) -> Tensor:
+        # Every check comes before any state changes, so a refused call changes nothing.
         self._check_input_dim(input)
+        _check_floating(input, type(self).__name__)
         if input.shape[1] != self.num_features:
             raise ValueError(
                 f"{type(self).__name__} expects {self.num_features} channels on dim 1, "
@@ -301,6 +364,8 @@ class _BatchNorm(_NormBase):
             )
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
+            # As torch does, the counter moves before the statistics are computed, so that a
+            # recomputation under activation checkpointing repeats both, in the same order.
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked)
@@ -318,7 +383,7 @@ class _BatchNorm(_NormBase):
         )
 
 
-class BatchNorm1d(_BatchNorm):
+class BatchNorm1d(_BatchNorm, _torch_bn.BatchNorm1d):
     r"""Batch norm over a (N, C) or (N, C, L) input; drop-in for ``torch.nn.BatchNorm1d``.
 
     .. math::
@@ -328,18 +393,21 @@ class BatchNorm1d(_BatchNorm):
     Statistics are per channel over N (and L). Training uses the batch's biased
     variance; ``running_var`` stores the unbiased one. ``momentum`` weights the
     new batch statistic (not optimizer momentum); ``None`` means a cumulative
-    average.
+    average. A subclass of ``torch.nn.BatchNorm1d`` that overrides ``forward``
+    alone. See chapters 2 to 5 and 7.
 
     Examples
     --------
     >>> bn = BatchNorm1d(4)
     >>> y = bn(torch.randn(8, 4))
+    >>> isinstance(bn, torch.nn.BatchNorm1d)
+    True
     """
 
     _ranks = (2, 3)
 
 
-class BatchNorm2d(_BatchNorm):
+class BatchNorm2d(_BatchNorm, _torch_bn.BatchNorm2d):
     r"""Batch norm over a (N, C, H, W) input; drop-in for ``torch.nn.BatchNorm2d``.
 
     .. math::
@@ -352,7 +420,7 @@ class BatchNorm2d(_BatchNorm):
     _ranks = (4,)
 
 
-class BatchNorm3d(_BatchNorm):
+class BatchNorm3d(_BatchNorm, _torch_bn.BatchNorm3d):
     r"""Batch norm over a (N, C, D, H, W) input; drop-in for ``torch.nn.BatchNorm3d``.
 
     .. math::
@@ -363,3 +431,24 @@ class BatchNorm3d(_BatchNorm):
     """
 
     _ranks = (5,)
+
+
+def _register_fusers() -> None:
+    """Let ``torch.ao.quantization.fuse_modules`` fuse bnbook's layers as it fuses torch's.
+
+    torch looks fusion patterns up by exact module type, so each pattern that
+    names ``torch.nn.BatchNormNd`` is registered once more with bnbook's class,
+    mapped to the same fuser. Nothing of torch's own is changed.
+    """
+    ours = {
+        _torch_bn.BatchNorm1d: BatchNorm1d,
+        _torch_bn.BatchNorm2d: BatchNorm2d,
+        _torch_bn.BatchNorm3d: BatchNorm3d,
+    }
+    table = _fusers._DEFAULT_OP_LIST_TO_FUSER_METHOD
+    for pattern, fuser in list(table.items()):
+        if any(t in ours for t in pattern):
+            table.setdefault(tuple(ours.get(t, t) for t in pattern), fuser)
+
+
+_register_fusers()
