@@ -21,6 +21,9 @@ from torch.utils.checkpoint import checkpoint
 
 from bnbook import nn as bnn
 
+# fuse_modules scripts a helper internally; torch itself warns that scripting is deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
 PAIRS = [
     (nn.BatchNorm1d, bnn.BatchNorm1d, (6, 3)),
     (nn.BatchNorm1d, bnn.BatchNorm1d, (5, 3, 4)),

@@ -60,6 +60,11 @@ class BNCache(NamedTuple):
     batch_stats: bool
 
 
+def _accumulator(dtype: np.dtype) -> type:
+    """The dtype statistics accumulate in: float64 for half and single precision, as torch does on a CPU."""
+    return np.float64 if np.dtype(dtype).itemsize < 8 else np.dtype(dtype).type
+
+
 def reduction_axes(ndim: int) -> tuple[int, ...]:
     """Axes that batch statistics reduce over: every axis but the channel axis 1."""
     return (0, *range(2, ndim))
@@ -98,8 +103,12 @@ def batch_norm_forward(
 
     where :math:`i` runs over the :math:`m` values of channel :math:`c`
     (every axis except axis 1). The variance is computed in two passes, on
-    the centred values, which stays accurate in float32 when the mean is large
-    compared to the spread; :math:`E[x^2] - E[x]^2` would not.
+    the centred values, which stays accurate when the mean is large compared
+    to the spread; :math:`E[x^2] - E[x]^2` would not. For float16 and float32
+    input the statistics and the centred values are computed in float64, as
+    torch does on a CPU, so a float32 batch near 1e4 normalizes correctly and
+    the squared deviations of a float16 batch cannot overflow. An empty batch
+    (N = 0) gives an empty output.
 
     Parameters
     ----------
@@ -115,18 +124,30 @@ def batch_norm_forward(
     y : ndarray, same shape and dtype as ``x``
     cache : BNCache
         Everything :func:`batch_norm_backward` needs, plus the batch mean and
-        biased variance, per channel.
+        biased variance, per channel (float64 for float16 and float32 input).
     """
     axes = reduction_axes(x.ndim)
-    mean = x.mean(axis=axes, keepdims=True)
-    xc = x - mean
-    var = (xc * xc).mean(axis=axes, keepdims=True)
-    inv_std = 1.0 / np.sqrt(var + x.dtype.type(eps))
-    x_hat = xc
-    x_hat *= inv_std  # normalize in place: the centred copy is not needed any more
+    acc = _accumulator(x.dtype)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    if x.size == 0:  # an empty batch: empty output, as in torch
+        mean, var = np.zeros(shape, acc), np.zeros(shape, acc)
+        xc = x.astype(acc)
+    else:
+        mean = x.mean(axis=axes, dtype=acc, keepdims=True)
+        xc = x.astype(acc) - mean
+        var = np.square(xc).mean(axis=axes, keepdims=True)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    xc *= inv_std  # normalize in place: the centred copy is not needed any more
+    x_hat = xc.astype(x.dtype, copy=False)
     y = _affine(x_hat, gamma, beta)
     return y, BNCache(
-        x_hat, inv_std.reshape(-1), gamma, beta is not None, mean.reshape(-1), var.reshape(-1), True
+        x_hat,
+        inv_std.reshape(-1).astype(x.dtype),
+        gamma,
+        beta is not None,
+        mean.reshape(-1),
+        var.reshape(-1),
+        True,
     )
 
 
@@ -162,9 +183,12 @@ def batch_norm_inference_forward(
         With ``batch_stats=False``: the backward pass is a per-channel scale.
     """
     dt = x.dtype
-    inv_std = (1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)).astype(dt)
+    acc = _accumulator(dt)
+    inv_std64 = 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+    centred = x.astype(acc) - _per_channel(np.asarray(mean, dtype=acc), x.ndim)
+    x_hat = (centred * _per_channel(inv_std64.astype(acc), x.ndim)).astype(dt, copy=False)
+    inv_std = inv_std64.astype(dt)
     mu = np.asarray(mean).astype(dt)
-    x_hat = (x - _per_channel(mu, x.ndim)) * _per_channel(inv_std, x.ndim)
     y = _affine(x_hat, gamma, beta)
     return y, BNCache(x_hat, inv_std, gamma, beta is not None, mu, np.asarray(var).astype(dt), False)
 
@@ -209,7 +233,7 @@ def batch_norm_backward(
     dgamma = (dy * x_hat).sum(axis=axes)
     scale = inv_std if gamma is None else inv_std * gamma.astype(inv_std.dtype, copy=False)
     if batch_stats:
-        m = x_hat.size // x_hat.shape[1]
+        m = max(x_hat.size // x_hat.shape[1], 1)
         # dx = scale * (dy - dbeta/m - x_hat * dgamma/m), updated in place on one new array
         dx = dy - _per_channel(dbeta / m, nd)
         dx -= x_hat * _per_channel(dgamma / m, nd)
@@ -451,7 +475,7 @@ class BatchNorm:
         x = self._check_input(x)
         if self._uses_batch_stats():
             m = x.size // self.num_features
-            if m <= 1:
+            if m == 1:
                 raise ValueError(
                     f"Expected more than 1 value per channel when training, got input size {x.shape}"
                 )
@@ -467,9 +491,11 @@ class BatchNorm:
         return y
 
     def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, m: int) -> None:
+        self.num_batches_tracked += 1
+        if m == 0:  # an empty batch counts, but carries no statistics (as in torch)
+            return
         mean = mean.astype(np.float64)
         var_unbiased = var.astype(np.float64) * (m / (m - 1))
-        self.num_batches_tracked += 1
         f = 1.0 / self.num_batches_tracked if self.momentum is None else self.momentum
         self.running_mean = (1.0 - f) * self.running_mean + f * mean
         self.running_var = (1.0 - f) * self.running_var + f * var_unbiased
