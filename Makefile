@@ -12,7 +12,8 @@ export OMP_NUM_THREADS := 2
 export MKL_NUM_THREADS := 2
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv dev book test unit notebooks notebooks-strict notebooks-gpu browser execute lab serve bench lint \
+.PHONY: help venv dev book test unit notebooks notebooks-strict notebooks-strict-1thread notebooks-gpu browser \
+	execute lab serve bench lint \
 	binder-check screenshot clean
 
 help:
@@ -23,6 +24,7 @@ help:
 	@echo "make serve    serve _build/html on http://127.0.0.1:8000"
 	@echo "make bench    forward+backward speed against torch.nn.BatchNorm2d"
 	@echo "make notebooks-strict  strict nbval: stored outputs must match a re-run"
+	@echo "make notebooks-strict-1thread  the same with one thread (sums in another order, as on another CPU)"
 	@echo "make binder-check      build the Binder environment in a fresh virtualenv and run a chapter"
 	@echo "make screenshot        regenerate docs/screenshot.png from the built book"
 	@echo "make clean    remove the build and caches (keeps .venv)"
@@ -64,6 +66,12 @@ notebooks: dev
 # Strict: every stored output must equal what a re-run on the CPU produces.
 notebooks-strict: dev
 	BNBOOK_STATIC=1 BNBOOK_DEVICE=cpu $(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env $(NOTEBOOKS)
+
+# The same with one thread: parallel sums then run in another order, as they do on another
+# CPU, so this is the check for cross-machine reproducibility that runs on one machine.
+notebooks-strict-1thread: dev
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 BNBOOK_STATIC=1 BNBOOK_DEVICE=cpu \
+		$(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env $(NOTEBOOKS)
 
 notebooks-gpu: dev
 	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \

@@ -14,24 +14,28 @@ What is checked:
   and no raw TeX delimiters are left in the text;
 * every chapter: the launch buttons (Binder, Colab, Live Code), the
   repository, issue and ``.ipynb`` download buttons, pointing at the
-  repository and branch of ``_config.yml``; its load event fires within
-  ``LOAD_BUDGET_MS`` (best of up to three cold loads, since the machine may
-  be busy); a full-page screenshot goes to ``_build/screenshots/``;
+  repository and branch of ``_config.yml``; its load time is measured and
+  reported (a slow load on a busy machine is not a failure; a page that
+  does not reach its load event within ``HANG_MS`` is); a full-page
+  screenshot goes to ``_build/screenshots/``;
 * explorers: moving each slider changes the picture;
 * exercises: solutions stay folded until clicked, then open;
 * glossary links: hovering one shows its definition (math typeset), and other
   links show no tooltip;
 * search: ``search.html?q=momentum`` returns results;
-* the whole site weighs less than ``SITE_BUDGET_MB``.
+* the whole site weighs less than ``SITE_BUDGET_MB`` (bytes, not time: the
+  same on any machine).
 
 The load times and the site's weight are printed in a summary at the end of
-the run (``pytest -q -m browser``). The tests skip, saying why, when Chromium,
+the run (``pytest -q -m browser``) and written to ``METRICS_FILE``
+(``_build/browser-metrics.json``). The tests skip, saying why, when Chromium,
 Playwright or the built site is missing.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -50,10 +54,13 @@ ROOT = Path(__file__).resolve().parents[1]
 HTML_DIR = Path(os.environ.get("BNBOOK_HTML_DIR") or ROOT / "_build" / "html").resolve()
 SCREENSHOT_DIR = Path(os.environ.get("BNBOOK_SCREENSHOT_DIR") or HTML_DIR.parent / "screenshots")
 VIEWPORT = {"width": 1280, "height": 900}
-#: Budget for a chapter's load event; BNBOOK_LOAD_BUDGET_MS overrides it on a slow machine.
-LOAD_BUDGET_MS = float(os.environ.get("BNBOOK_LOAD_BUDGET_MS") or 1500)
-LOAD_ATTEMPTS = 3
-SITE_BUDGET_MB = 60.0
+#: A page that has not reached its load event after this long hangs: the only timing that fails a test.
+HANG_MS = 30_000
+#: Cold loads timed per chapter; the summary reports the best and every try.
+LOAD_ATTEMPTS = 2
+SITE_BUDGET_MB = 100.0
+#: Where the measured load times and site weight are written, for comparison between runs.
+METRICS_FILE = HTML_DIR.parent / "browser-metrics.json"
 #: Pages Sphinx generates around the content: checked for errors only.
 HELPER_PAGES = {"search.html", "genindex.html", "py-modindex.html"}
 #: Glossary terms hovered per page (each hover costs about half a second).
@@ -134,14 +141,29 @@ class _Summary:
             )
         if self.loads:
             tr.write_line(
-                f"chapter load event, ms from navigation start (best of up to {LOAD_ATTEMPTS} "
-                f"cold loads; budget {LOAD_BUDGET_MS:.0f} ms):"
+                f"chapter load event, ms from navigation start (best of {LOAD_ATTEMPTS} cold loads; "
+                f"measured, not judged: only a load over {HANG_MS / 1000:.0f} s fails):"
             )
             for page, times in sorted(self.loads.items()):
                 tries = ", ".join(f"{t:.0f}" for t in times)
                 tr.write_line(f"  {page:<45} {min(times):6.0f} ms   (tries: {tries})")
         if self.screenshots:
             tr.write_line(f"screenshots: {len(self.screenshots)} in {SCREENSHOT_DIR}")
+        self.write(METRICS_FILE)
+        tr.write_line(f"metrics written to {METRICS_FILE}")
+
+    def write(self, path: Path) -> None:
+        """The measurements as JSON: load times in ms per chapter, and the site's weight in bytes."""
+        record = {
+            "chapter_load_ms": {
+                page: {"best": round(min(times)), "tries": [round(t) for t in times]}
+                for page, times in sorted(self.loads.items())
+            },
+            "site_bytes": self.site_bytes,
+            "site_largest_parts_bytes": dict(self.site_parts[:10]),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")
@@ -309,7 +331,7 @@ class Browser:
             lambda resp: resp.status >= 400 and visit.failed.append(f"{resp.url} (HTTP {resp.status})"),
         )
         page.on("websocket", lambda ws: _is_external(ws.url) and visit.external.append(ws.url))
-        page.goto(self.base_url + path, wait_until="load", timeout=60_000)
+        page.goto(self.base_url + path, wait_until="load", timeout=HANG_MS)
         visit.load_ms = page.evaluate(_NAVIGATION_MS)
         visit.mathjax = page.evaluate(_MATHJAX_DONE)
         if read_through:
@@ -452,15 +474,14 @@ def test_chapter_launch_buttons(site: Browser, path: str) -> None:
 
 @pytest.mark.parametrize("path", _params("chapters", "chapters"))
 def test_chapter_load_time(site: Browser, summary: _Summary, record_property: Any, path: str) -> None:
+    """Measure each chapter's load event (reported, not judged); fail only if a load hangs."""
     times = [site.open(path).load_ms]
-    while min(times) > LOAD_BUDGET_MS and len(times) < LOAD_ATTEMPTS:
-        times.append(site.time_load(path))  # a busy machine: try again from a cold cache
+    while len(times) < LOAD_ATTEMPTS:
+        times.append(site.time_load(path))  # a cold cache again: the best try is the least disturbed
     summary.loads[path] = times
     record_property("load_ms", round(min(times)))
-    assert min(times) <= LOAD_BUDGET_MS, (
-        f"{path}: the load event fired after {min(times):.0f} ms at best (tries: {times}), "
-        f"over the {LOAD_BUDGET_MS:.0f} ms budget"
-    )
+    # page.goto raised already if the load event did not come within HANG_MS; a NaN means no timing.
+    assert all(t == t and t >= 0 for t in times), f"{path}: no load timing recorded ({times})"
 
 
 # --- explorers ---------------------------------------------------------------------------

