@@ -1,0 +1,123 @@
+"""The committed notebooks store numbers rounded to what they mean, so they reproduce on any machine.
+
+A float's last digits differ between CPUs (AVX2, AVX-512 and AMX kernels sum in
+different orders) and between thread counts. A stored output that carries
+them fails strict nbval on a reader's machine. These tests read every
+committed chapter and fail on:
+
+* a glue record (``myst_nb.glue``) holding a float with more than
+  ``GLUE_DIGITS`` significant digits: glue through ``bnbook.report.glue``;
+* printed text (stdout, or a cell's plain-text result) with a float of more
+  than ``PRINT_DIGITS`` significant digits;
+* a printed round-off-level number (nonzero, below ``ROUNDOFF`` in magnitude)
+  that is not written as a bound (``< 1e-12``).
+
+Outputs of cells tagged ``nbval-ignore-output`` (timings, progress bars) and
+HTML, images and widgets are not read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
+GLUE_DIGITS = 4
+PRINT_DIGITS = 5
+ROUNDOFF = 1e-12
+
+#: A decimal or scientific float literal that is not part of a longer token (a version, an id, a path).
+FLOAT = re.compile(
+    r"(?<![\w.])(?P<bound>[<≤]\s*)?[-+]?(?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?)(?![\w.])"
+)
+
+
+def significant_digits(literal: str) -> int:
+    """How many significant digits a float literal carries (``0.0123`` -> 3, ``1.50e-3`` -> 3)."""
+    mantissa = re.split(r"[eE]", literal)[0].replace(".", "").lstrip("0")
+    return len(mantissa)
+
+
+def floats_in(text: str) -> list[tuple[str, float, bool]]:
+    """Every float literal in ``text``: (literal, value, written as a bound), integers left out."""
+    found = []
+    for match in FLOAT.finditer(text):
+        literal = match.group("num")
+        if not re.search(r"[.eE]", literal):
+            continue  # an integer is exact
+        found.append((literal, float(literal), match.group("bound") is not None))
+    return found
+
+
+def _texts(nb: dict) -> list[tuple[str, str, str]]:
+    """(where, kind, text) for every glue record and printed text of the notebook."""
+    out = []
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "code" or "nbval-ignore-output" in cell.get("metadata", {}).get("tags", []):
+            continue
+        for output in cell.get("outputs", []):
+            where = f"cell {index}"
+            scrap = output.get("metadata", {}).get("scrapbook")
+            if scrap:
+                text = output["data"].get(scrap["mime_prefix"] + "text/plain", "")
+                out.append((f"{where}, glue {scrap['name']!r}", "glue", text))
+            elif output["output_type"] == "stream":
+                out.append((where, "print", output["text"]))
+            elif output["output_type"] in ("execute_result", "display_data"):
+                out.append((where, "print", output.get("data", {}).get("text/plain", "")))
+    return out
+
+
+def _problems(nb: dict) -> list[str]:
+    problems = []
+    for where, kind, text in _texts(nb):
+        text = "".join(text) if isinstance(text, list) else text
+        limit = GLUE_DIGITS if kind == "glue" else PRINT_DIGITS
+        for literal, value, bound in floats_in(text):
+            if significant_digits(literal) > limit:
+                problems.append(f"{where}: {literal} has more than {limit} significant digits")
+            elif value != 0 and abs(value) < ROUNDOFF and not bound:
+                problems.append(f"{where}: {literal} is round-off; print a bound such as '< 1e-12'")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_stored_numbers_are_rounded(path: Path) -> None:
+    problems = _problems(json.loads(path.read_text()))
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems[:30])
+
+
+# --- the checker itself ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("literal", "digits"),
+    [("0.4880847930908203", 16), ("0.488", 3), ("0.0123", 3), ("1.50e-3", 3), ("12.5", 3), ("8e-17", 1)],
+)
+def test_significant_digits(literal: str, digits: int) -> None:
+    assert significant_digits(literal) == digits
+
+
+def test_checker_flags_what_does_not_reproduce() -> None:
+    def nb(outputs):
+        return {"cells": [{"cell_type": "code", "metadata": {}, "outputs": outputs}]}
+
+    glue = {
+        "output_type": "display_data",
+        "data": {"application/papermill.record/text/plain": "0.4880847930908203"},
+        "metadata": {"scrapbook": {"mime_prefix": "application/papermill.record/", "name": "acc"}},
+    }
+    assert _problems(nb([glue])) == [
+        "cell 0, glue 'acc': 0.4880847930908203 has more than 4 significant digits"
+    ]
+    glue["data"]["application/papermill.record/text/plain"] = "0.488"
+    assert _problems(nb([glue])) == []
+    printed = {"output_type": "stream", "name": "stdout", "text": "max error 8e-17, torch 2.13.0\n"}
+    assert len(_problems(nb([printed]))) == 1
+    printed["text"] = "max error < 1e-12, step 3, version 2.13.0, accuracy 0.967\n"
+    assert _problems(nb([printed])) == []
+    ignored = {"cell_type": "code", "metadata": {"tags": ["nbval-ignore-output"]}, "outputs": [glue | {}]}
+    glue["data"]["application/papermill.record/text/plain"] = "0.4880847930908203"
+    assert _problems({"cells": [ignored]}) == []
