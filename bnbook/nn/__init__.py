@@ -8,9 +8,12 @@ _batchnorm
 _tools
     Tools that act on the batch-norm layers of any model: finding them and
     recalibrating their running statistics (chapter 4).
+_fold
+    Folding batch norm into the Linear or Conv layer before it, for inference.
 """
 
 from bnbook.nn._batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormFunction, batch_norm
+from bnbook.nn._fold import fold_batch_norm, fold_batch_norms
 from bnbook.nn._tools import batch_norm_layers, recalibrate_bn
 
 __all__ = [
@@ -20,5 +23,7 @@ __all__ = [
     "BatchNormFunction",
     "batch_norm",
     "batch_norm_layers",
+    "fold_batch_norm",
+    "fold_batch_norms",
     "recalibrate_bn",
 ]
