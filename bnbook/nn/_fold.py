@@ -21,6 +21,8 @@ import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bnbook.nn._renorm import _BatchRenorm
+
 __all__ = ["fold_batch_norm", "fold_batch_norms"]
 
 _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -61,7 +63,7 @@ def fold_batch_norm(layer: nn.Module, bn: _BatchNorm) -> nn.Module:
         raise ValueError(
             f"fold_batch_norm folds into nn.Linear or nn.Conv1d/2d/3d, got {type(layer).__name__}"
         )
-    if not isinstance(bn, _BatchNorm):
+    if not isinstance(bn, (_BatchNorm, _BatchRenorm)):
         raise ValueError(f"fold_batch_norm needs a batch-norm layer, got {type(bn).__name__}")
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(
