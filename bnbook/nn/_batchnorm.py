@@ -261,6 +261,8 @@ def batch_norm(
     training: bool = False,
     momentum: float = 0.1,
     eps: float = 1e-5,
+    *,
+    function: Any = None,
 ) -> Tensor:
     r"""Functional batch norm with the semantics of ``torch.nn.functional.batch_norm``.
 
@@ -282,6 +284,9 @@ def batch_norm(
     training : bool
     momentum : float
     eps : float, > 0
+    function : autograd Function, optional
+        What computes it, called as :class:`BatchNormFunction`'s ``apply``
+        (the default); ``bnbook.fast`` passes its fused kernels here.
 
     Returns
     -------
@@ -298,18 +303,19 @@ def batch_norm(
         raise ValueError(f"batch_norm expects input of shape (N, C, *), got {input.dim()}D input")
     _check_floating(input, "batch_norm")
     eps = check_eps(eps)
+    function = BatchNormFunction if function is None else function
     c = input.shape[1]
     if training:
         if c and input.numel() // c == 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )
-        return BatchNormFunction.apply(
+        return function.apply(
             input, weight, bias, None, None, eps, running_mean, running_var, float(momentum)
         )[0]
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be given when training is False")
-    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, eps)[0]
+    return function.apply(input, weight, bias, running_mean, running_var, eps)[0]
 
 
 class _BatchNorm(_torch_bn._BatchNorm):
@@ -348,6 +354,10 @@ class _BatchNorm(_torch_bn._BatchNorm):
     def _check_input_dim(self, input: Tensor) -> None:
         check_spatial_rank(input.dim(), self._ranks, type(self).__name__)
 
+    def _function_for(self, input: Tensor) -> Any:
+        """The autograd Function that computes this call (``bnbook.fast`` picks its fused one)."""
+        return BatchNormFunction
+
     def forward(self, input: Tensor) -> Tensor:
         # Every check comes before any state changes, so a refused call changes nothing.
         self._check_input_dim(input)
@@ -380,6 +390,7 @@ class _BatchNorm(_torch_bn._BatchNorm):
             use_batch_stats,
             factor,
             self.eps,
+            function=self._function_for(input),
         )
 
 

@@ -1,0 +1,94 @@
+"""bnbook.fast: the fused kernels against torch's native layer, in every layout and dtype; the fallback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from bnbook import fast
+
+pytestmark = pytest.mark.skipif(not fast.available(), reason=f"no fused kernels here: {fast.status()}")
+
+CASES = [
+    (nn.BatchNorm1d, fast.BatchNorm1d, (16, 5), None),
+    (nn.BatchNorm1d, fast.BatchNorm1d, (6, 5, 7), None),
+    (nn.BatchNorm2d, fast.BatchNorm2d, (4, 5, 6, 3), None),
+    (nn.BatchNorm2d, fast.BatchNorm2d, (4, 5, 6, 3), torch.channels_last),
+    (nn.BatchNorm3d, fast.BatchNorm3d, (2, 5, 3, 4, 2), None),
+    (nn.BatchNorm3d, fast.BatchNorm3d, (2, 5, 3, 4, 2), torch.channels_last_3d),
+]
+IDS = ["1d-2D", "1d-3D", "2d", "2d-channels-last", "3d", "3d-channels-last"]
+TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-10}, torch.float32: {"rtol": 1e-4, "atol": 1e-4}}
+
+
+@pytest.mark.parametrize("affine", [True, False], ids=["affine", "plain"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize(("ref_cls", "fast_cls", "shape", "fmt"), CASES, ids=IDS)
+def test_matches_native_over_train_and_eval_steps(ref_cls, fast_cls, shape, fmt, dtype, affine) -> None:
+    gen = torch.Generator().manual_seed(0)
+    layers = [cls(5, affine=affine, dtype=dtype) for cls in (ref_cls, fast_cls)]
+    if affine:
+        w, b = torch.rand(5, generator=gen, dtype=dtype) + 0.5, torch.randn(5, generator=gen, dtype=dtype)
+        for layer in layers:
+            with torch.no_grad():
+                layer.weight.copy_(w)
+                layer.bias.copy_(b)
+    for step, train in enumerate([True, True, False, True, False]):
+        x = torch.randn(shape, generator=gen, dtype=dtype) * 3 + step
+        dy = torch.randn(shape, generator=gen, dtype=dtype)
+        if fmt is not None:
+            x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
+        outs = []
+        for layer in layers:
+            layer.train(train).zero_grad()
+            xi = x.clone().requires_grad_()
+            y = layer(xi)
+            y.backward(dy)
+            grads = [xi.grad] + ([layer.weight.grad, layer.bias.grad] if affine else [])
+            outs.append((y, *grads, layer.running_mean, layer.running_var, layer.num_batches_tracked))
+        for ref, ours in zip(*outs, strict=True):
+            torch.testing.assert_close(ours, ref, **TOL[dtype])
+
+
+def test_large_offset_float32_is_accurate() -> None:
+    x = torch.randn(64, 4, 16, 16) + 1e4
+    y = fast.BatchNorm2d(4)(x)
+    x64 = x.double()
+    ref = (x64 - x64.mean((0, 2, 3), keepdim=True)) / torch.sqrt(
+        x64.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5
+    )
+    native = nn.BatchNorm2d(4)(x)
+    assert (y.double() - ref).abs().max() <= (native.double() - ref).abs().max() + 1e-4
+
+
+def test_other_inputs_take_the_eager_path() -> None:
+    """Half precision and non-contiguous input still work (through bnbook.nn's Function)."""
+    layer = fast.BatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5)
+    torch.testing.assert_close(
+        layer(x.half()).float(), nn.BatchNorm2d(3)(x.half()).float(), rtol=1e-2, atol=1e-2
+    )
+    strided = torch.randn(4, 3, 10, 5)[:, :, ::2]
+    torch.testing.assert_close(fast.BatchNorm2d(3)(strided), nn.BatchNorm2d(3)(strided), rtol=1e-5, atol=1e-5)
+
+
+def test_fallback_when_disabled() -> None:
+    code = (
+        "import torch, bnbook.fast as f; print(f.available()); print(f.status()); "
+        "x = torch.arange(12.).reshape(4, 3); "
+        "print(float((f.BatchNorm1d(3)(x) - torch.nn.BatchNorm1d(3)(x)).abs().max()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"BNBOOK_NO_EXTENSION": "1", "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "False" and "BNBOOK_NO_EXTENSION" in lines[1] and "eager" in lines[1]
+    assert float(lines[2]) < 1e-6
