@@ -1,5 +1,7 @@
 """Explorers: one drawing function, shown live with sliders or as a static slider in HTML.
 
+Part of :mod:`bnbook.widgets` (import from there).
+
 A chapter writes a function ``draw(fig, **params)`` that draws one picture on
 an empty matplotlib figure, and lists a few values per parameter:
 
@@ -33,7 +35,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["Explorer", "static_mode"]
+__all__ = ["STATIC_ENV", "Explorer", "static_mode"]
 
 #: Environment variable that selects the static form in :meth:`Explorer.show`.
 STATIC_ENV = "BNBOOK_STATIC"
