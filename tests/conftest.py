@@ -28,3 +28,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def rng() -> np.random.Generator:
     """A fresh, fixed-seed NumPy generator for each test."""
     return np.random.default_rng(12345)
+
+
+# The browser tests' session fixtures, shared by every module that uses them (one Chromium, one server).
+from browsing import base_url, browser, site, summary  # noqa: E402, F401

@@ -1,6 +1,6 @@
 """Browser tests of the quiz on the summary page: answers, feedback, keyboard, accessible names.
 
-They reuse the server, the Chromium settings and the page visits of ``test_browser.py``: the built book
+They share the server, Chromium and page visits of the other browser tests (``browsing.py``): the built book
 (``_build/html``, or ``$BNBOOK_HTML_DIR``) is served on 127.0.0.1, every request to another host is blocked
 and recorded, and each test ends by asserting that the page logged no script error and made no external
 request. The right answers are read from the page's own "Answer and explanation" sections (plain HTML,
@@ -10,15 +10,10 @@ present without JavaScript), so the tests check the script against the answers t
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import test_browser
-from localsite import CHROMIUM, CHROMIUM_ARGS, serve
-from test_browser import HTML_DIR, NO_SITE, SITE, Browser, _ok
+from browsing import SITE, Browser, _ok
 
 pytestmark = pytest.mark.browser
 
@@ -26,53 +21,11 @@ PAGE = "chapters/11_summary_and_quiz.html"
 MIN_QUESTIONS = 15
 
 
-def _running_site(request: pytest.FixtureRequest) -> Browser | None:
-    """The ``site`` of ``test_browser.py`` when it is already open in this session, else None.
-
-    Playwright's sync API runs one instance per thread, and the session fixtures of ``test_browser.py`` (its
-    browser and its pages) stay open until the session ends, so when both modules run, this one borrows them.
-    """
-    try:
-        for item in request.session.items:
-            if getattr(item, "module", None) is test_browser:
-                module = item.getparent(pytest.Module)
-                defs = request.session._fixturemanager.getfixturedefs("site", module) or ()
-                cached = defs[-1].cached_result if defs else None
-                if cached is not None and cached[2] is None:
-                    return cached[0]
-                return None
-    except Exception:  # pytest internals changed: fall back on a browser of our own
-        return None
-    return None
-
-
-@pytest.fixture(scope="module")
-def quiz_site(request: pytest.FixtureRequest) -> Iterator[Browser]:
-    """Pages opened by ``test_browser.Browser``: borrowed from ``test_browser.py``, or our own."""
-    shared = _running_site(request)
-    if shared is not None:
-        yield shared
-        return
-    if not SITE["pages"]:
-        pytest.skip(NO_SITE)
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set BNBOOK_CHROMIUM)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    with serve(HTML_DIR) as url, sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pages = Browser(chromium, url)
-        try:
-            yield pages
-        finally:
-            pages.close()
-            chromium.close()
-
-
 @pytest.fixture
-def quiz(quiz_site: Browser) -> Any:
+def quiz(site: Browser) -> Any:
     if PAGE not in SITE["pages"]:
         pytest.skip(f"the built book has no {PAGE}")
-    visit = quiz_site.open(PAGE)
+    visit = site.open(PAGE)
     root = visit.page.locator(".bnbook-quiz")
     assert root.count() == 1, f"{PAGE}: expected one quiz, found {root.count()}"
     return visit
