@@ -12,7 +12,7 @@ export OMP_NUM_THREADS := 2
 export MKL_NUM_THREADS := 2
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help venv dev book test unit notebooks notebooks-strict notebooks-strict-1thread notebooks-gpu browser \
+.PHONY: help venv dev book test ci unit notebooks notebooks-strict notebooks-strict-1thread notebooks-gpu browser \
 	execute lab serve bench lint \
 	binder-check screenshot clean
 
@@ -52,6 +52,11 @@ book: venv
 test: dev
 	$(MAKE) --no-print-directory lint unit notebooks notebooks-gpu book browser
 
+# What CI runs: everything `make test` runs, with the notebooks under strict nbval
+# (a superset of the lax check) with two threads and with one.
+ci: dev
+	$(MAKE) --no-print-directory lint unit notebooks-strict notebooks-strict-1thread notebooks-gpu book browser
+
 lint: dev
 	$(BIN)/ruff check bnbook tests tools _ext docs
 
@@ -69,9 +74,10 @@ notebooks-strict: dev
 
 # The same with one thread: parallel sums then run in another order, as they do on another
 # CPU, so this is the check for cross-machine reproducibility that runs on one machine.
+# Each kernel uses one thread, so two notebooks run side by side (one per worker).
 notebooks-strict-1thread: dev
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 BNBOOK_STATIC=1 BNBOOK_DEVICE=cpu \
-		$(BIN)/pytest -q -p no:cacheprovider --nbval --nbval-current-env $(NOTEBOOKS)
+		$(BIN)/pytest -q -p no:cacheprovider -n 2 --dist loadfile --nbval --nbval-current-env $(NOTEBOOKS)
 
 notebooks-gpu: dev
 	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
