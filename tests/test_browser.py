@@ -331,3 +331,40 @@ def test_search_finds_momentum(site: Browser) -> None:
     assert hrefs, "search for 'momentum' returned no results"
     assert any("glossary" in h or "chapters/" in h for h in hrefs), f"search results: {hrefs}"
     _ok(visit.problems(), "search.html?q=momentum")
+
+
+# --- dark mode -----------------------------------------------------------------------------
+_DARK = (
+    "mode => { document.documentElement.dataset.theme = mode; document.documentElement.dataset.mode = mode; }"
+)
+_BACKGROUND = "() => getComputedStyle(document.body).backgroundColor"
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in re.findall(r"\d+", css)[:3])
+
+
+@pytest.mark.parametrize("path", _params("chapters", "chapters"))
+def test_figures_are_not_white_rectangles_in_dark_mode(site: Browser, path: str) -> None:
+    """In the theme's dark mode a figure's corners match the page background, not white."""
+    import io
+
+    from PIL import Image
+
+    page = site.open(path).page
+    figures = page.locator(".cell_output img")
+    if figures.count() == 0:
+        pytest.skip(f"{path} has no figure")
+    page.evaluate(_DARK, "dark")
+    try:
+        background = _rgb(page.evaluate(_BACKGROUND))
+        assert sum(background) < 3 * 80, f"dark mode did not darken the page: {background}"
+        figure = figures.first
+        figure.scroll_into_view_if_needed()
+        shot = Image.open(io.BytesIO(figure.screenshot())).convert("RGB")
+        w, h = shot.size
+        corners = [shot.getpixel((x, y)) for x in (2, w - 3) for y in (2, h - 3)]
+        far = [c for c in corners if max(abs(a - b) for a, b in zip(c, background, strict=True)) > 40]
+        assert not far, f"{path}: figure corners {corners} stand out from the dark page {background}"
+    finally:
+        page.evaluate(_DARK, "light")
