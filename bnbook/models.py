@@ -1,4 +1,9 @@
-"""Small PyTorch networks and a training loop for the chapters' experiments."""
+"""Small PyTorch networks and a training loop for the chapters' experiments.
+
+:func:`mlp` builds the fully connected networks of chapters 4 and 5, :func:`small_cnn` the
+convolutional network of chapter 7. The epoch-based training loop with an optimizer lives
+in :mod:`bnbook.training`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from torch import nn
 
 from bnbook import nn as bnn
 
-__all__ = ["History", "accuracy", "mlp", "train_classifier"]
+__all__ = ["History", "accuracy", "mlp", "small_cnn", "train_classifier"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -48,6 +53,61 @@ def mlp(
             layers.append(norm_layer(fan_out))
         layers.append(_ACTIVATIONS[activation]())
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
+    return nn.Sequential(*layers)
+
+
+def small_cnn(
+    batch_norm: bool = True,
+    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    channels: tuple[int, int] = (16, 32),
+    num_classes: int = 10,
+) -> nn.Sequential:
+    """A LeNet-sized convolutional network for 1x8x8 images such as the digits (chapter 7).
+
+    Two blocks ``Conv2d(3x3, padding 1) -> [BatchNorm2d] -> ReLU -> MaxPool2d(2)``
+    take the image from 8x8 to 4x4 to 2x2 pixels; a Linear layer maps the
+    ``channels[1] * 2 * 2`` features to the class logits. A convolution followed by
+    batch norm has no bias: the norm subtracts each channel's mean, which would
+    remove any constant added per channel, and its shift ``beta`` takes over the
+    bias's job. See ``chapters/07_pytorch_in_practice``.
+
+    Parameters
+    ----------
+    batch_norm : bool
+        Put a batch-norm layer after each convolution.
+    norm_layer : module class
+        ``torch.nn.BatchNorm2d`` by default; ``bnbook.nn.BatchNorm2d`` is a drop-in.
+    channels : (int, int)
+        Output channels of the two convolutions.
+    num_classes : int
+        Number of logits, at least 2.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        Input shape (N, 1, 8, 8), output shape (N, num_classes).
+
+    Examples
+    --------
+    >>> net = small_cnn()
+    >>> net(torch.zeros(4, 1, 8, 8)).shape
+    torch.Size([4, 10])
+    """
+    if (
+        not isinstance(channels, (tuple, list))
+        or len(channels) != 2
+        or not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in channels)
+    ):
+        raise ValueError(f"channels must be two positive integers, got {channels!r}")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    layers: list[nn.Module] = []
+    for c_in, c_out in zip((1, channels[0]), channels, strict=True):
+        layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(norm_layer(c_out))
+        layers += [nn.ReLU(), nn.MaxPool2d(2)]
+    layers += [nn.Flatten(), nn.Linear(channels[1] * 2 * 2, num_classes)]
     return nn.Sequential(*layers)
 
 

@@ -1,0 +1,124 @@
+"""Chapter 7, batch normalization in practice with PyTorch: what the figures show.
+
+The training loop itself is the library's :func:`bnbook.training.fit`; this module
+only reads trained models and draws:
+
+* :func:`bn_state` collects gamma, beta and the running statistics of every
+  batch-norm layer, and :func:`plot_bn_state` draws them per channel;
+* :func:`gamma_drift` measures how far each layer's gamma moved from its initial 1,
+  and :func:`plot_gamma_drift` draws that distance over training for several
+  learning rates;
+* :func:`plot_learning_curves` draws training histories.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from torch import nn
+
+from bnbook.nn import batch_norm_layers
+from bnbook.plots import COLORS, MARKERS, PALETTE, band
+
+__all__ = [
+    "BN_QUANTITIES",
+    "bn_state",
+    "gamma_drift",
+    "plot_bn_state",
+    "plot_gamma_drift",
+    "plot_learning_curves",
+]
+
+#: The four per-channel quantities of a batch-norm layer: state-dict name, symbol, initial value.
+BN_QUANTITIES = [
+    ("weight", r"$\gamma$ (weight)", 1.0),
+    ("bias", r"$\beta$ (bias)", 0.0),
+    ("running_mean", r"$\hat\mu$ (running_mean)", 0.0),
+    ("running_var", r"$\hat\sigma^2$ (running_var)", 1.0),
+]
+
+
+def bn_state(model: nn.Module) -> list[dict[str, np.ndarray]]:
+    """For each batch-norm layer of ``model``, its per-channel quantities as NumPy arrays.
+
+    Keys are those of :data:`BN_QUANTITIES` (``weight``, ``bias``, ``running_mean``,
+    ``running_var``); values have shape (C,), copied to the CPU.
+    """
+    return [
+        {name: getattr(layer, name).detach().cpu().double().numpy() for name, _, _ in BN_QUANTITIES}
+        for layer in batch_norm_layers(model)
+    ]
+
+
+def gamma_drift(model: nn.Module) -> np.ndarray:
+    """Mean of ``|gamma - 1|`` over the channels of each batch-norm layer, shape (layers,)."""
+    return np.array([np.abs(state["weight"] - 1.0).mean() for state in bn_state(model)])
+
+
+def plot_bn_state(axes: Sequence[Axes], model: nn.Module, layer_names: Sequence[str]) -> None:
+    """Per-channel gamma, beta, running mean and running variance, one panel each.
+
+    Each batch-norm layer of ``model`` is one series (colour and marker); a dashed
+    line marks the value every channel started from.
+    """
+    states = bn_state(model)
+    if len(layer_names) != len(states):
+        raise ValueError(f"need {len(states)} layer names, got {len(layer_names)}")
+    for ax, (name, label, initial) in zip(axes, BN_QUANTITIES, strict=True):
+        for k, (state, layer_name) in enumerate(zip(states, layer_names, strict=True)):
+            values = state[name]
+            ax.plot(
+                np.arange(len(values)),
+                values,
+                ls="none",
+                marker=MARKERS[k],
+                ms=5,
+                color=PALETTE[k],
+                alpha=0.85,
+                label=f"{layer_name} ({len(values)} channels)",
+            )
+        ax.axhline(initial, ls="--", lw=1.2, color=COLORS["truth"], label="initial value (1 or 0)")
+        ax.set_title(label)
+        ax.set_xlabel("channel index")
+        ax.set_ylabel("value")
+
+
+def plot_gamma_drift(
+    ax: Axes,
+    epochs: np.ndarray,
+    steps_per_epoch: int,
+    drift: Mapping[float, np.ndarray],
+) -> None:
+    """Mean ``|gamma - 1|`` after each epoch, one band (min-max over seeds) per learning rate.
+
+    ``drift[lr]`` has shape (seeds, len(epochs)).
+    """
+    steps = np.asarray(epochs) * steps_per_epoch
+    for k, (lr, runs) in enumerate(sorted(drift.items())):
+        band(ax, steps, runs, PALETTE[k], f"learning rate {lr:g}", marker=MARKERS[k])
+    ax.set_xlabel("training steps")
+    ax.set_ylabel(r"mean $|\gamma - 1|$ over channels")
+
+
+def plot_learning_curves(
+    axes: Sequence[Axes],
+    step_losses: Mapping[str, np.ndarray],
+    val_accs: Mapping[str, np.ndarray],
+    steps_per_epoch: int,
+) -> None:
+    """Training loss per step (left) and test accuracy after each epoch (right), one line per model."""
+    loss_ax, acc_ax = axes
+    for k, (name, losses) in enumerate(step_losses.items()):
+        loss_ax.plot(np.arange(1, len(losses) + 1), losses, color=PALETTE[k], lw=1.2, label=name)
+    loss_ax.set_yscale("log")
+    loss_ax.set_xlabel("training step")
+    loss_ax.set_ylabel("cross-entropy of the batch")
+    loss_ax.legend()
+    for k, (name, accs) in enumerate(val_accs.items()):
+        steps = np.arange(1, len(accs) + 1) * steps_per_epoch
+        acc_ax.plot(steps, accs, color=PALETTE[k], marker=MARKERS[k], label=name)
+    acc_ax.set_xlabel("training step (end of each epoch)")
+    acc_ax.set_ylabel("test accuracy (eval mode)")
+    acc_ax.legend()
