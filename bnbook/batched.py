@@ -1,0 +1,506 @@
+"""Train many small MLPs at once as one batched model (chapter 8, training with and without BN).
+
+A comparison worth trusting needs many runs: several seeds, a grid of learning
+rates, initial weight scales, depths. Each run is a small network, and on a
+CPU a small network spends most of its time in Python and in the overhead of
+launching tiny matrix products. :class:`BatchedMLP` therefore stacks ``K``
+independent networks ("members") along a leading dimension:
+
+* the weights of layer ``l`` are one tensor of shape ``(K, fan_in, fan_out)``,
+  so a layer is one batched matrix product (``torch.baddbmm``) instead of
+  ``K`` small ones;
+* each member sees its own mini-batch: inputs have shape ``(K, B, D)``,
+  gathered with a per-member index tensor drawn from that member's seed;
+* batch normalization works per member over dimension 1 (the ``B`` examples
+  of its own batch), with per-member ``gamma``, ``beta`` and running
+  statistics of shape ``(K, C)``;
+* :func:`train_batched` takes a plain SGD step with a per-member learning
+  rate. The loss is the *sum* of the members' mean losses, so autograd gives
+  every member exactly the gradient of its own loss.
+
+Nothing couples the members: member ``k`` trained here follows the same
+trajectory, up to floating-point rounding, as a ``torch.nn.Sequential`` of
+``Linear``/``BatchNorm1d``/activation layers trained alone with the same
+initial weights, the same batches and plain SGD (``tests/test_batched.py``
+checks this). A member whose loss becomes NaN or infinite is marked as
+diverged; its NaNs stay inside its own slices of the tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "INITS", "BatchedHistory", "BatchedMLP", "evaluate_batched", "train_batched"]
+
+#: Activation functions by name, applied elementwise after each hidden layer (and its batch norm).
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu": torch.relu}
+
+_MODULES: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
+
+#: Weight initialization schemes that :class:`BatchedMLP` understands.
+INITS = ("default", "xavier", "kaiming", "normal")
+
+
+def _as_vector(value: float | Sequence[float], k: int, name: str) -> list[float]:
+    """A scalar or a length-``k`` sequence as a list of ``k`` floats."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        values = [float(value)] * k
+    else:
+        values = [float(v) for v in np.asarray(value, dtype=float).reshape(-1)]
+    if len(values) != k:
+        raise ValueError(f"{name} must be a number or have one entry per member ({k}), got {len(values)}")
+    return values
+
+
+def _init_weight(
+    fan_in: int, fan_out: int, scheme: str, scale: float, activation: str, gen: torch.Generator
+) -> torch.Tensor:
+    """One layer's weight in ``torch.nn.Linear``'s layout ``(fan_out, fan_in)``, drawn from ``gen``.
+
+    Drawn in float32, as ``torch.nn.Linear`` draws it, so that the same seed gives the same numbers.
+    """
+    w = torch.empty(fan_out, fan_in, dtype=torch.float32)
+    if scheme == "default":  # exactly what torch.nn.Linear.reset_parameters does
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5), generator=gen)
+    elif scheme == "xavier":
+        nn.init.xavier_normal_(w, gain=nn.init.calculate_gain(activation), generator=gen)
+    elif scheme == "kaiming":
+        nn.init.kaiming_normal_(w, nonlinearity="relu", generator=gen)
+    else:  # "normal": N(0, scale^2), CS231n's experiment
+        nn.init.normal_(w, 0.0, 1.0, generator=gen)
+    return w.double() * scale
+
+
+class BatchedMLP(nn.Module):
+    """``K`` independent fully connected networks, evaluated as one (chapter 8).
+
+    Each member is the network that :func:`bnbook.models.mlp` builds: hidden
+    blocks ``Linear -> [BatchNorm] -> activation`` and a final ``Linear``
+    that outputs logits. With batch norm the hidden ``Linear`` layers have no
+    bias (the norm's shift ``beta`` takes its place). A hidden batch-norm
+    layer of member ``k`` computes, over the ``B`` examples of that member's
+    batch,
+
+    .. math::
+
+        y = \\gamma_k \\frac{z - \\mu_\\mathcal{B}}{\\sqrt{\\sigma^2_\\mathcal{B} + \\epsilon}} + \\beta_k
+
+    with the biased batch variance, and updates its running statistics with
+    PyTorch's convention ``running = (1 - momentum) * running + momentum * batch``,
+    using the *unbiased* batch variance for ``running_var``. In eval mode
+    (``model.eval()``) it normalizes with the running statistics instead.
+
+    Parameters
+    ----------
+    sizes : list of int
+        Layer widths ``[D, hidden..., classes]``, at least two entries.
+    seeds : sequence of int
+        One seed per member; ``K = len(seeds)``. Member ``k``'s initial
+        weights are drawn from ``torch.Generator().manual_seed(seeds[k])``
+        in the order ``torch.nn.Linear`` draws them, so with
+        ``init="default"`` and ``init_scale=1`` member ``k`` starts exactly
+        where ``torch.manual_seed(seeds[k]); bnbook.models.mlp(sizes, ...)``
+        starts.
+    activation : {"sigmoid", "tanh", "relu"}
+    batch_norm : bool
+        Batch norm before every hidden activation (the same for all members).
+    init : str or sequence of str
+        Weight initialization, one scheme for all or one per member:
+        ``"default"`` (``torch.nn.Linear``'s uniform
+        :math:`\\pm 1/\\sqrt{\\text{fan\\_in}}`, biases too), ``"xavier"``
+        (Glorot normal with ``torch.nn.init.calculate_gain(activation)``),
+        ``"kaiming"`` (He normal for ReLU, std :math:`\\sqrt{2/\\text{fan\\_in}}`),
+        ``"normal"`` (weights :math:`\\mathcal{N}(0, s^2)` with ``s = init_scale``).
+        Biases start at zero except with ``"default"``.
+    init_scale : float or sequence of float
+        Factor on every initial weight, one for all or one per member; for
+        ``"normal"`` it is the standard deviation.
+    momentum : float in (0, 1]
+        Running-statistics momentum, PyTorch's convention (weight of the new batch).
+    eps : float
+        Added to the variance before the square root.
+    device, dtype
+        Where the parameters live (default: CPU, float32).
+
+    Attributes
+    ----------
+    weights : ParameterList
+        Layer ``l``'s weights, shape ``(K, fan_in, fan_out)`` (the transpose of
+        ``torch.nn.Linear.weight`` per member, so that ``x @ W`` applies it).
+    biases : ParameterList
+        Shape ``(K, fan_out)``; only for layers without batch norm.
+    gammas, betas : ParameterList
+        Shape ``(K, C)`` per hidden layer, when ``batch_norm``.
+    running_means, running_vars : list of buffers, shape ``(K, C)``
+
+    Examples
+    --------
+    >>> model = BatchedMLP([64, 32, 10], seeds=[0, 1, 2], batch_norm=True)
+    >>> model(torch.zeros(3, 5, 64)).shape
+    torch.Size([3, 5, 10])
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        seeds: Sequence[int],
+        activation: str = "sigmoid",
+        batch_norm: bool = False,
+        init: str | Sequence[str] = "default",
+        init_scale: float | Sequence[float] = 1.0,
+        momentum: float = 0.1,
+        eps: float = 1e-5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = [int(s) for s in sizes]
+        if len(sizes) < 2 or any(s <= 0 for s in sizes):
+            raise ValueError(f"sizes must list at least two positive widths, got {sizes}")
+        seeds = [int(s) for s in seeds]
+        if not seeds:
+            raise ValueError("seeds must name at least one member")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        k = len(seeds)
+        inits = [init] * k if isinstance(init, str) else list(init)
+        if len(inits) != k:
+            raise ValueError(f"init must be a string or have one entry per member ({k}), got {len(inits)}")
+        bad = sorted({s for s in inits if s not in INITS})
+        if bad:
+            raise ValueError(f"init must be one of {list(INITS)}, got {bad}")
+        scales = _as_vector(init_scale, k, "init_scale")
+        if any(not (s > 0 and math.isfinite(s)) for s in scales):
+            raise ValueError(f"init_scale must be positive and finite, got {init_scale}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        dtype = dtype or torch.float32
+        self.sizes, self.seeds, self.activation = sizes, seeds, activation
+        self.batch_norm, self.inits, self.init_scales = bool(batch_norm), inits, scales
+        self.momentum, self.eps = float(momentum), float(eps)
+
+        n_layers = len(sizes) - 1
+        has_bias = [not batch_norm or i == n_layers - 1 for i in range(n_layers)]
+        ws: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        bs: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        for seed, scheme, scale in zip(seeds, inits, scales, strict=True):
+            gen = torch.Generator().manual_seed(seed)
+            for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+                ws[i].append(_init_weight(fan_in, fan_out, scheme, scale, activation, gen).T)
+                if has_bias[i]:
+                    b = torch.zeros(fan_out, dtype=torch.float32)
+                    if scheme == "default":
+                        bound = 1.0 / math.sqrt(fan_in)
+                        b = torch.empty(fan_out, dtype=torch.float32)
+                        nn.init.uniform_(b, -bound, bound, generator=gen)
+                    bs[i].append(b)
+
+        def param(tensors: list[torch.Tensor]) -> nn.Parameter:
+            return nn.Parameter(torch.stack(tensors).to(device=device, dtype=dtype).contiguous())
+
+        self.weights = nn.ParameterList([param(w) for w in ws])
+        self.biases = nn.ParameterList([param(b) for b in bs if b])
+        self._has_bias = has_bias
+        hidden = sizes[1:-1] if batch_norm else []
+        self.gammas = nn.ParameterList(
+            [nn.Parameter(torch.ones(k, c, device=device, dtype=dtype)) for c in hidden]
+        )
+        self.betas = nn.ParameterList(
+            [nn.Parameter(torch.zeros(k, c, device=device, dtype=dtype)) for c in hidden]
+        )
+        for i, c in enumerate(hidden):
+            self.register_buffer(f"running_mean_{i}", torch.zeros(k, c, device=device, dtype=dtype))
+            self.register_buffer(f"running_var_{i}", torch.ones(k, c, device=device, dtype=dtype))
+
+    @property
+    def k(self) -> int:
+        """Number of members."""
+        return len(self.seeds)
+
+    @property
+    def running_means(self) -> list[torch.Tensor]:
+        """Running means of the batch-norm layers, each ``(K, C)``."""
+        return [getattr(self, f"running_mean_{i}") for i in range(len(self.gammas))]
+
+    @property
+    def running_vars(self) -> list[torch.Tensor]:
+        """Running (unbiased) variances of the batch-norm layers, each ``(K, C)``."""
+        return [getattr(self, f"running_var_{i}") for i in range(len(self.gammas))]
+
+    def _norm(self, z: torch.Tensor, i: int) -> torch.Tensor:
+        """Batch norm of ``z`` (K, B, C) per member over dim 1, for hidden layer ``i``."""
+        gamma, beta = self.gammas[i].unsqueeze(1), self.betas[i].unsqueeze(1)
+        rm, rv = self.running_means[i], self.running_vars[i]
+        if self.training:
+            m = z.shape[1]
+            if m < 2:
+                raise ValueError(f"batch norm in training mode needs at least 2 examples per batch, got {m}")
+            mean = z.mean(dim=1, keepdim=True)
+            centred = z - mean
+            var = (centred * centred).mean(dim=1, keepdim=True)  # biased: divides by m
+            with torch.no_grad():
+                rm.lerp_(mean.squeeze(1), self.momentum)
+                rv.lerp_(var.squeeze(1) * (m / (m - 1)), self.momentum)  # unbiased: divides by m - 1
+        else:
+            centred, var = z - rm.unsqueeze(1), rv.unsqueeze(1)
+        return torch.addcmul(beta, centred * torch.rsqrt(var + self.eps), gamma)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every member.
+
+        Parameters
+        ----------
+        x : Tensor, shape (K, B, D) or (B, D)
+            Member ``k``'s batch is ``x[k]``; a 2-D ``x`` is one batch shared by all members.
+
+        Returns
+        -------
+        Tensor, shape (K, B, classes)
+        """
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(self.k, -1, -1)
+        if x.dim() != 3 or x.shape[0] != self.k or x.shape[2] != self.sizes[0]:
+            raise ValueError(
+                f"x must have shape ({self.k}, B, {self.sizes[0]}) or (B, {self.sizes[0]}), "
+                f"got {tuple(x.shape)}"
+            )
+        act = ACTIVATIONS[self.activation]
+        h, b = x, 0
+        last = len(self.weights) - 1
+        for i, w in enumerate(self.weights):
+            if self._has_bias[i]:
+                h = torch.baddbmm(self.biases[b].unsqueeze(1), h, w)
+                b += 1
+            else:
+                h = torch.bmm(h, w)
+            if i < last:
+                if self.batch_norm:
+                    h = self._norm(h, i)
+                h = act(h)
+        return h
+
+    def member(self, k: int) -> nn.Sequential:
+        """Member ``k`` as a plain ``torch.nn.Sequential`` of ``Linear``, ``BatchNorm1d`` and activations.
+
+        The copy carries the member's current weights, batch-norm parameters,
+        running statistics and mode; it shares no memory with this model.
+        """
+        if not 0 <= k < self.k:
+            raise ValueError(f"member index must be in [0, {self.k}), got {k}")
+        layers: list[nn.Module] = []
+        b, last = 0, len(self.weights) - 1
+        p = self.weights[0]
+        for i, w in enumerate(self.weights):
+            fan_in, fan_out = w.shape[1:]
+            lin = nn.Linear(fan_in, fan_out, bias=self._has_bias[i], device=p.device, dtype=p.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(w[k].T)
+                if self._has_bias[i]:
+                    lin.bias.copy_(self.biases[b][k])
+                    b += 1
+            layers.append(lin)
+            if i < last:
+                if self.batch_norm:
+                    bn = nn.BatchNorm1d(
+                        fan_out, eps=self.eps, momentum=self.momentum, device=p.device, dtype=p.dtype
+                    )
+                    with torch.no_grad():
+                        bn.weight.copy_(self.gammas[i][k])
+                        bn.bias.copy_(self.betas[i][k])
+                        bn.running_mean.copy_(self.running_means[i][k])
+                        bn.running_var.copy_(self.running_vars[i][k])
+                    layers.append(bn)
+                layers.append(_MODULES[self.activation]())
+        return nn.Sequential(*layers).train(self.training)
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, k={self.k}, activation={self.activation!r}, batch_norm={self.batch_norm}"
+
+
+class BatchedHistory(NamedTuple):
+    """What :func:`train_batched` recorded (chapter 8).
+
+    Attributes
+    ----------
+    loss : ndarray, shape (K, steps)
+        Training loss of each member's mini-batch at each step (before the
+        update); NaN from the step a member diverged.
+    eval_steps : ndarray of int, shape (n_evals,)
+        Steps after which the model was evaluated (0 is before training).
+    eval_loss, eval_acc : ndarray, shape (K, n_evals)
+        Cross-entropy and accuracy on the evaluation set, in eval mode
+        (running statistics). A diverged member has loss NaN and accuracy
+        ``1 / classes`` (chance) from the evaluation at which it had diverged.
+    diverged : ndarray of bool, shape (K,)
+        Whether the member's loss became NaN or infinite.
+    """
+
+    loss: np.ndarray
+    eval_steps: np.ndarray
+    eval_loss: np.ndarray
+    eval_acc: np.ndarray
+    diverged: np.ndarray
+
+
+@torch.no_grad()
+def evaluate_batched(model: BatchedMLP, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Loss and accuracy of every member on ``(x, y)`` in eval mode (chapter 8).
+
+    Parameters
+    ----------
+    model : BatchedMLP
+    x : Tensor, shape (N, D)
+    y : Tensor of int, shape (N,)
+
+    Returns
+    -------
+    loss, acc : ndarray, shape (K,)
+        Mean cross-entropy (NaN where it is not finite) and accuracy; a member
+        whose loss is not finite gets the chance accuracy ``1 / classes``.
+        The model's mode is restored afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    logits = model(x)
+    model.train(was_training)
+    k, n, c = logits.shape
+    loss = F.cross_entropy(logits.reshape(k * n, c), y.repeat(k), reduction="none").view(k, n).mean(1)
+    acc = (logits.argmax(dim=2) == y).to(torch.float64).mean(1)
+    ok = torch.isfinite(loss)
+    loss = torch.where(ok, loss, torch.full_like(loss, float("nan")))
+    acc = torch.where(ok, acc, torch.full_like(acc, 1.0 / c))
+    return loss.double().cpu().numpy(), acc.cpu().numpy()
+
+
+def train_batched(
+    model: BatchedMLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lrs: float | Sequence[float],
+    steps: int,
+    batch_size: int = 60,
+    seeds: Sequence[int] | None = None,
+    eval_every: int = 0,
+    x_eval: torch.Tensor | None = None,
+    y_eval: torch.Tensor | None = None,
+) -> BatchedHistory:
+    """Train every member of ``model`` with plain SGD on cross-entropy (chapter 8).
+
+    At each step member ``k`` draws ``batch_size`` indices into ``x`` with
+    replacement from ``torch.Generator().manual_seed(seeds[k])`` (the same
+    draws as ``torch.randint(0, N, (batch_size,), generator=g)`` once per
+    step), computes its mean loss, and updates every parameter ``p`` as
+    ``p -= lrs[k] * grad``. All members run as one batched computation; the
+    summed loss gives each member the gradient of its own loss.
+
+    Parameters
+    ----------
+    model : BatchedMLP
+        Trained in place (it is put in training mode).
+    x : Tensor, shape (N, D)
+    y : Tensor of int, shape (N,)
+    lrs : float or sequence of K floats
+        Learning rate of each member (positive).
+    steps : int
+        Number of SGD steps (>= 0).
+    batch_size : int
+        Examples per member per step (>= 2 with batch norm, >= 1 without).
+    seeds : sequence of K int, optional
+        Data-order seed of each member (default: ``model.seeds``).
+    eval_every : int
+        Evaluate on ``(x_eval, y_eval)`` before training and after every
+        ``eval_every`` steps (and after the last step); 0 means only before
+        and after training.
+    x_eval, y_eval : Tensor, optional
+        Evaluation set (for example validation or test data); when omitted the
+        evaluation columns of the result are empty.
+
+    Returns
+    -------
+    BatchedHistory
+        Arrays shaped ``(K, steps)`` and ``(K, n_evals)``.
+    """
+    k = model.k
+    lr_list = _as_vector(lrs, k, "lrs")
+    if any(not (lr > 0 and math.isfinite(lr)) for lr in lr_list):
+        raise ValueError(f"learning rates must be positive and finite, got {lrs}")
+    if not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if batch_size < (2 if model.batch_norm else 1):
+        raise ValueError(f"batch_size must be at least {2 if model.batch_norm else 1}, got {batch_size}")
+    if eval_every < 0:
+        raise ValueError(f"eval_every must be >= 0, got {eval_every}")
+    seeds = model.seeds if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != k:
+        raise ValueError(f"seeds must have one entry per member ({k}), got {len(seeds)}")
+    if x.dim() != 2 or x.shape[1] != model.sizes[0] or y.shape != (x.shape[0],):
+        raise ValueError(
+            f"need x of shape (N, {model.sizes[0]}) and y of shape (N,), "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if (x_eval is None) != (y_eval is None):
+        raise ValueError("give both x_eval and y_eval, or neither")
+
+    device = model.weights[0].device
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr_t = torch.tensor(lr_list, device=device, dtype=model.weights[0].dtype)
+    lr_views = [lr_t.view(-1, *([1] * (p.dim() - 1))) for p in params]
+    n, c = x.shape[0], model.sizes[-1]
+    # Every member's batch indices for all steps, drawn once per member (one CPU generator each).
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    chunk = 256
+    eval_at = set(range(0, steps + 1, eval_every)) if eval_every else {0}
+    eval_at.add(steps)
+    eval_steps = sorted(eval_at) if x_eval is not None else []
+    losses = torch.empty(steps, k, device=device, dtype=model.weights[0].dtype)
+    ev_loss, ev_acc = [], []
+    model.train()
+    if 0 in eval_steps:
+        lo, ac = evaluate_batched(model, x_eval, y_eval)
+        ev_loss.append(lo)
+        ev_acc.append(ac)
+    for start in range(0, steps, chunk):
+        m = min(chunk, steps - start)
+        idx = torch.stack([torch.randint(0, n, (m, batch_size), generator=g) for g in gens], dim=1)
+        idx = idx.to(device)  # (m, K, B)
+        for j in range(m):
+            step = start + j + 1
+            ij = idx[j]
+            xb, yb = x[ij], y[ij]  # (K, B, D), (K, B)
+            logits = model(xb)
+            per = F.cross_entropy(logits.reshape(k * batch_size, c), yb.reshape(-1), reduction="none")
+            loss_k = per.view(k, batch_size).mean(1)
+            for p in params:
+                p.grad = None
+            loss_k.sum().backward()
+            with torch.no_grad():
+                for p, lr in zip(params, lr_views, strict=True):
+                    p.sub_(p.grad * lr)
+                losses[step - 1] = loss_k
+            if step in eval_at and x_eval is not None:
+                lo, ac = evaluate_batched(model, x_eval, y_eval)
+                ev_loss.append(lo)
+                ev_acc.append(ac)
+    loss = losses.T.double().cpu().numpy()
+    bad = ~np.isfinite(loss)
+    diverged = bad.any(axis=1)
+    first_bad = np.where(diverged, bad.argmax(axis=1) + 1, steps + 1)  # step whose loss was not finite
+    loss[np.arange(steps)[None, :] + 1 >= first_bad[:, None]] = np.nan
+    es = np.asarray(eval_steps, dtype=np.int64)
+    if eval_steps:
+        e_loss, e_acc = np.stack(ev_loss, axis=1), np.stack(ev_acc, axis=1)
+        gone = es[None, :] >= first_bad[:, None]
+        e_loss[gone], e_acc[gone] = np.nan, 1.0 / c
+        diverged |= ~np.isfinite(e_loss[:, -1])
+    else:
+        e_loss = e_acc = np.zeros((k, 0))
+    return BatchedHistory(loss, es, e_loss, e_acc, diverged)
