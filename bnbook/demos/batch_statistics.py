@@ -23,10 +23,12 @@ __all__ = [
     "FEATURE_MEANS",
     "FEATURE_STDS",
     "draw_before_after",
+    "draw_shape_kept",
     "make_features",
     "make_normalize_draw",
     "one_pass_variance",
     "plot_variance_errors",
+    "skewness",
     "variance_error_sweep",
 ]
 
@@ -103,7 +105,7 @@ def _hist_panel(
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
-    ax.legend(fontsize=7.5, loc="upper left", handlelength=1.2, labelspacing=0.3)
+    ax.legend(fontsize=9.5, loc="upper left", handlelength=1.2, labelspacing=0.3)
 
 
 def draw_before_after(
@@ -171,6 +173,14 @@ def draw_before_after(
     return y
 
 
+def _frame_bins(x: np.ndarray) -> np.ndarray:
+    """Bin edges that fit one frame's raw data: padded range, more bins for bigger batches."""
+    lo, hi = float(x.min()), float(x.max())
+    pad = 0.08 * (hi - lo)
+    n_bins = int(np.clip(6.0 * np.sqrt(x.shape[0]), 24, 60))
+    return np.linspace(lo - pad, hi + pad, n_bins + 1)
+
+
 def make_normalize_draw(
     z: np.ndarray,
     spreads: Sequence[float],
@@ -179,15 +189,19 @@ def make_normalize_draw(
 ) -> Callable[..., None]:
     """The draw function of the chapter-2 explorer, over precomputed draws.
 
+    The left panel (raw features) gets its axes from each frame's own data,
+    so that a narrow feature is never squashed into one bin; the right panel
+    (normalized features) keeps fixed axes, because the normalized values do
+    not depend on the spreads or the offset at all, only on which rows are used.
+
     Parameters
     ----------
     z : ndarray, shape (N_max, 3)
         Standard-normal draws, drawn once; a frame with batch size ``n`` uses
         the first ``n`` rows, so redrawing needs no random numbers.
     spreads, offsets, batch_sizes : sequence
-        The slider values the explorer will offer (see below). They are used
-        here only to fix the axes: the x-axes are the same in every frame, and
-        the y-axes are the same in every frame of one batch size.
+        The slider values the explorer will offer (see below); the batch sizes
+        fix the right panel's y-axis, one per batch size.
 
     Returns
     -------
@@ -202,6 +216,8 @@ def make_normalize_draw(
         raise ValueError(f"expected z of shape (N, 3), got {z.shape}")
     if not all(2 <= n <= z.shape[0] for n in batch_sizes):
         raise ValueError(f"batch sizes must be in [2, {z.shape[0]}], got {list(batch_sizes)}")
+    if not spreads or not offsets:
+        raise ValueError("spreads and offsets must not be empty")
 
     def features(spread2: float, offset: float, batch_size: int) -> np.ndarray:
         means = [m + offset for m in FEATURE_MEANS]
@@ -210,29 +226,89 @@ def make_normalize_draw(
     def peak(x: np.ndarray, bins: np.ndarray) -> float:
         return max(float(np.histogram(x[:, c], bins=bins, density=True)[0].max()) for c in range(x.shape[1]))
 
-    lo = min(features(s, o, max(batch_sizes)).min() for s in spreads for o in offsets)
-    hi = max(features(s, o, max(batch_sizes)).max() for s in spreads for o in offsets)
-    bins_before = np.arange(np.floor(lo) - 1.0, np.ceil(hi) + 2.0)  # bins of width 1
     bins_after = np.linspace(-4.5, 4.5, 19)
-    ymax_before = {
-        n: max(peak(features(s, o, n), bins_before) for s in spreads for o in offsets) for n in batch_sizes
-    }
     # The normalized values depend only on which rows are used, not on the means or spreads.
     ymax_after = {n: peak(batch_norm_forward(z[:n])[0], bins_after) for n in batch_sizes}
 
     def draw(fig: Figure, spread2: float, offset: float, batch_size: int) -> None:
+        x = features(spread2, offset, batch_size)
         draw_before_after(
             fig,
-            features(spread2, offset, batch_size),
-            bins_before=bins_before,
+            x,
+            bins_before=_frame_bins(x),
             bins_after=bins_after,
-            ymax_before=ymax_before.get(batch_size),
             ymax_after=ymax_after.get(batch_size),
             suptitle=f"{batch_size} samples: whatever the scales, each feature ends at mean 0, std 1",
             fixed_layout=True,
         )
 
     return draw
+
+
+def skewness(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    r"""The sample skewness :math:`E[(x-\mu)^3] / \sigma^3` (biased moments), in float64.
+
+    Zero for a symmetric distribution; positive when the long tail is on the right.
+    Standardization does not change it: it is invariant to shifting and to
+    rescaling by a positive factor.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    xc = x - x.mean(axis=axis, keepdims=True)
+    return (xc**3).mean(axis=axis) / (xc**2).mean(axis=axis) ** 1.5
+
+
+def draw_shape_kept(fig: Figure, x: np.ndarray, suptitle: str | None = None) -> np.ndarray:
+    """One skewed feature before (left) and after (right) normalization, with a standard normal for reference.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        An empty figure; two axes are added to it.
+    x : ndarray, shape (N,)
+        Values of one feature over a batch.
+    suptitle : str, optional
+
+    Returns
+    -------
+    ndarray, shape (N,)
+        The normalized values (:func:`bnbook.scratch.batch_norm_forward`).
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = batch_norm_forward(x.reshape(-1, 1))[0].ravel()
+    color = COLORS["features"][3]
+    ax_before, ax_after = fig.subplots(1, 2)
+    for ax, v, title, xlabel in [
+        (ax_before, x, "before: the raw feature", "activation value"),
+        (ax_after, y, "after: mean 0, std 1, same shape", "normalized value"),
+    ]:
+        ax.hist(
+            v,
+            bins=40,
+            density=True,
+            color=color,
+            alpha=0.35,
+            edgecolor=color,
+            linewidth=1.2,
+            label=f"mean {np.round(v.mean(), 2) + 0.0:.2f}, std {v.std():.2f}\nskewness {skewness(v):.2f}",
+        )
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("density")
+    grid = np.linspace(-4.0, max(4.0, float(y.max())), 300)
+    ax_after.plot(
+        grid,
+        np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi),
+        color=COLORS["truth"],
+        ls="--",
+        lw=1.5,
+        label="standard normal, for comparison",
+    )
+    for ax in (ax_before, ax_after):
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.6)  # room for the legend above the bars
+        ax.legend(loc="upper right", fontsize=9.5)
+    if suptitle:
+        fig.suptitle(suptitle)
+    return y
 
 
 def one_pass_variance(x: np.ndarray, axis: int | tuple[int, ...] = 0) -> np.ndarray:

@@ -9,10 +9,16 @@ Two experiments and their figures:
   (:func:`last_hidden_input`), plus the test accuracy. :func:`plot_percentiles`
   and :func:`plot_accuracy` draw a miniature of Figure 1 of Ioffe & Szegedy
   (2015), and :func:`make_histogram_draw` the chapter's explorer.
+* The initialization control: :func:`three_networks` adds to the matched
+  pair a plain network re-initialized with :func:`xavier_init_`;
+  :func:`train_accuracy` trains any of them, :func:`steps_to_reach` reads
+  off when a curve first reaches 90 %, and :func:`plot_accuracy_seeds`
+  draws the curves of several seeds.
 * :func:`layer_shift_experiment` nudges only the first layer of a deep
   network and measures, with :func:`distribution_shift`, how far the
-  distribution of every deeper layer's pre-activations moves;
-  :func:`plot_layer_shift` draws shift against depth.
+  distribution of every deeper layer's pre-activations moves, in absolute
+  units and relative to each layer's spread; :func:`plot_layer_shift` draws
+  both against depth.
 
 Batch norm itself comes from :mod:`bnbook.nn` (through :func:`bnbook.models.mlp`);
 nothing here normalizes anything.
@@ -20,6 +26,7 @@ nothing here normalizes anything.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -32,10 +39,11 @@ from torch import nn
 
 from bnbook import nn as bnn
 from bnbook.models import accuracy, mlp, train_classifier
-from bnbook.plots import COLORS
+from bnbook.plots import COLORS, MARKERS, PALETTE, band
 
 __all__ = [
     "PERCENTILES",
+    "STYLES",
     "LayerShift",
     "TrainingRecord",
     "distribution_shift",
@@ -47,9 +55,15 @@ __all__ = [
     "median_drift",
     "nudge_first_layer",
     "plot_accuracy",
+    "plot_accuracy_seeds",
     "plot_layer_shift",
     "plot_percentiles",
     "record_training",
+    "stack_shifts",
+    "steps_to_reach",
+    "three_networks",
+    "train_accuracy",
+    "xavier_init_",
 ]
 
 #: The percentiles drawn in Figure 1(b, c) of Ioffe & Szegedy (2015).
@@ -105,7 +119,7 @@ def _activation_positions(model: nn.Sequential) -> list[int]:
 
 
 def _color(name: str) -> str:
-    """The book's colour for a run: orange without batch norm, green with it."""
+    """The book's colour for a run: vermillion without batch norm, blue with it."""
     return COLORS["no_bn"] if "without" in name.lower() else COLORS["bn"]
 
 
@@ -337,7 +351,7 @@ def plot_percentiles(records: Mapping[str, TrainingRecord], title: str) -> Figur
     Parameters
     ----------
     records : mapping of str to TrainingRecord
-        Two entries, ``"without BN"`` and ``"with BN"``, drawn left and right
+        Two entries, the run without batch norm and the run with it, drawn left and right
         on a shared y axis.
     title : str
         The figure title (state the finding).
@@ -357,7 +371,7 @@ def plot_percentiles(records: Mapping[str, TrainingRecord], title: str) -> Figur
         ax.set_title(name)
         ax.set_xlabel("training step")
     axes = np.atleast_1d(axes)
-    axes[-1].legend(loc="lower right", fontsize=8.5)
+    axes[-1].legend(loc="lower right", fontsize=9.5)
     axes[0].set_ylabel("input to the sigmoid")
     fig.suptitle(title)
     return fig
@@ -455,27 +469,203 @@ def make_histogram_draw(
             ax.set_ylim(0, y_max)
             ax.set_title(name)
             ax.set_xlabel("input to the sigmoid")
-            ax.legend(loc="upper left", fontsize=8)
+            ax.legend(loc="upper left", fontsize=9)
         np.atleast_1d(axes)[0].set_ylabel("share of held-out images")
 
     return draw
+
+
+# --- the initialization control ----------------------------------------------------------
+def xavier_init_(model: nn.Module, gain: float = 1.0, seed: int = 0) -> nn.Module:
+    """Re-draw every Linear weight with Xavier (Glorot) normal initialization, in place.
+
+    Each weight matrix gets :func:`torch.nn.init.xavier_normal_`, entries
+    drawn from :math:`\\mathcal{N}(0, g^2\\, 2 / (n_{in} + n_{out}))`, from a
+    generator seeded with ``seed``; every Linear bias is set to zero. Batch-norm
+    parameters are left alone.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    gain : float
+        The factor :math:`g`: 1 for sigmoid networks, 5/3 for tanh
+        (:func:`torch.nn.init.calculate_gain`).
+    seed : int
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model`` itself.
+    """
+    if gain <= 0:
+        raise ValueError(f"gain must be positive, got {gain}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                w = torch.empty(m.weight.shape, dtype=m.weight.dtype)
+                nn.init.xavier_normal_(w, gain=gain, generator=gen)
+                m.weight.copy_(w)  # drawn on the CPU, so every device gets the same numbers
+                if m.bias is not None:
+                    m.bias.zero_()
+    return model
+
+
+def three_networks(
+    sizes: Sequence[int],
+    seed: int,
+    activation: str = "sigmoid",
+    norm_layer: type[nn.Module] = bnn.BatchNorm1d,
+) -> dict[str, nn.Sequential]:
+    """The networks of the initialization control, all built from ``seed``.
+
+    ``"without BN, default init"`` and ``"with BN"`` are :func:`matched_pair` (PyTorch's
+    default initialization, ``norm_layer`` as the batch-norm layer);
+    ``"without BN, Xavier init"`` is a copy of the plain network
+    re-initialized with :func:`xavier_init_` (gain 1 for the sigmoid, 5/3
+    for tanh).
+    """
+    plain, with_bn = matched_pair(sizes, activation, seed=seed, norm_layer=norm_layer)
+    gain = 5.0 / 3.0 if activation == "tanh" else 1.0
+    xavier = xavier_init_(copy.deepcopy(plain), gain=gain, seed=seed)
+    return {"without BN, default init": plain, "without BN, Xavier init": xavier, "with BN": with_bn}
+
+
+def train_accuracy(
+    model: nn.Sequential,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_held: torch.Tensor,
+    y_held: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 60,
+    record_every: int = 25,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train like :func:`record_training`, but keep only the held-out accuracy.
+
+    Returns
+    -------
+    steps, accuracy : ndarray, shape (R,)
+        Checkpoint steps (0 first) and the accuracy on ``(x_held, y_held)`` there.
+    """
+    with _one_cpu_thread(x_train.device):
+        hist = train_classifier(
+            model,
+            x_train,
+            y_train,
+            steps=steps,
+            lr=lr,
+            batch_size=batch_size,
+            seed=seed,
+            record=lambda step, net: (step, accuracy(net, x_held, y_held)),
+            record_every=record_every,
+        )
+    step_ids, accs = zip(*hist.records, strict=True)
+    return np.asarray(step_ids), np.asarray(accs)
+
+
+def steps_to_reach(steps: np.ndarray, accuracy_curves: np.ndarray, level: float = 0.9) -> np.ndarray:
+    """First checkpoint step at which each accuracy curve reaches ``level``; NaN if it never does.
+
+    Parameters
+    ----------
+    steps : ndarray, shape (R,)
+    accuracy_curves : ndarray, shape (R,) or (S, R)
+        One curve, or one per seed.
+    level : float
+
+    Returns
+    -------
+    ndarray, shape () or (S,)
+    """
+    curves = np.atleast_2d(np.asarray(accuracy_curves, dtype=np.float64))
+    out = np.full(curves.shape[0], np.nan)
+    for i, curve in enumerate(curves):
+        hit = np.flatnonzero(curve >= level)
+        if hit.size:
+            out[i] = steps[hit[0]]
+    return out if np.ndim(accuracy_curves) == 2 else out[0]
+
+
+#: How each network is drawn: colour, marker and line style (colour-blind safe, distinct in grey).
+STYLES: dict[str, dict[str, str]] = {
+    "without BN, default init": {"color": COLORS["no_bn"], "marker": MARKERS[0], "linestyle": "-"},
+    "without BN, Xavier init": {"color": PALETTE[3], "marker": MARKERS[2], "linestyle": "--"},
+    "with BN": {"color": COLORS["bn"], "marker": MARKERS[1], "linestyle": "-."},
+}
+
+
+def plot_accuracy_seeds(
+    steps: np.ndarray, curves: Mapping[str, np.ndarray], title: str, level: float = 0.9
+) -> Figure:
+    """Held-out accuracy over training, mean and min-max band over seeds, one line per network.
+
+    Parameters
+    ----------
+    steps : ndarray, shape (R,)
+    curves : mapping of str to ndarray of shape (S, R)
+        Keys from :data:`STYLES`.
+    title : str
+    level : float
+        Drawn as a dotted reference line.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for name, runs in curves.items():
+        st = STYLES[name]
+        band(
+            ax,
+            steps,
+            runs,
+            st["color"],
+            f"{name} ({len(runs)} seeds)",
+            marker=st["marker"],
+            ls=st["linestyle"],
+        )
+    ax.axhline(level, color=COLORS["truth"], lw=0.8, ls=":")
+    ax.text(
+        steps[-1], level - 0.02, f"{level:.0%}", ha="right", va="top", fontsize=8.5, color=COLORS["truth"]
+    )
+    ax.set_xlabel("training step")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="lower right", fontsize=8.5)
+    ax.set_title(title)
+    return fig
 
 
 # --- experiment 2: a nudge to the first layer, felt deeper down --------------------------------
 class LayerShift(NamedTuple):
     """How far each hidden layer's pre-activation distribution moved, averaged over its units.
 
+    Absolute measures are in the units of the pre-activations; relative ones
+    are divided, unit by unit, by that unit's spread before the change.
+
     Attributes
     ----------
-    mean_shift : ndarray, shape (L,)
+    spread : ndarray, shape (D,)
+        ``std_before`` per unit, averaged: how wide the layer's inputs are.
+    mean_shift_abs : ndarray, shape (D,)
+        ``|mean_after - mean_before|`` per unit, averaged.
+    distance_abs : ndarray, shape (D,)
+        Wasserstein-1 distance between a unit's values before and after, averaged.
+    mean_shift : ndarray, shape (D,)
         ``|mean_after - mean_before| / std_before`` per unit, averaged.
-    std_change : ndarray, shape (L,)
+    std_change : ndarray, shape (D,)
         ``|std_after - std_before| / std_before`` per unit, averaged.
-    distance : ndarray, shape (L,)
-        Wasserstein-1 distance between a unit's values before and after,
-        divided by ``std_before``, averaged over units.
+    distance : ndarray, shape (D,)
+        Wasserstein-1 distance divided by ``std_before``, averaged over units.
     """
 
+    spread: np.ndarray
+    mean_shift_abs: np.ndarray
+    distance_abs: np.ndarray
     mean_shift: np.ndarray
     std_change: np.ndarray
     distance: np.ndarray
@@ -488,8 +678,8 @@ def distribution_shift(before: Sequence[np.ndarray], after: Sequence[np.ndarray]
     after, the Wasserstein-1 distance of the two empirical distributions is
     the mean absolute difference of the sorted values,
     :math:`\\frac1N\\sum_i |a_{(i)} - b_{(i)}|`: how far, on average, the
-    distribution's mass had to move. All three measures are in units of the
-    unit's spread before the change.
+    distribution's mass had to move. Each measure comes in absolute units and
+    in units of the unit's spread before the change.
 
     Parameters
     ----------
@@ -500,16 +690,24 @@ def distribution_shift(before: Sequence[np.ndarray], after: Sequence[np.ndarray]
     -------
     LayerShift
     """
-    mean_shift, std_change, distance = [], [], []
+    rows = []
     for a, b in zip(before, after, strict=True):
         a = np.asarray(a, dtype=np.float64)
         b = np.asarray(b, dtype=np.float64)
         spread = a.std(axis=0)
-        mean_shift.append(np.mean(np.abs(b.mean(axis=0) - a.mean(axis=0)) / spread))
-        std_change.append(np.mean(np.abs(b.std(axis=0) - spread) / spread))
+        shift = np.abs(b.mean(axis=0) - a.mean(axis=0))
         w1 = np.abs(np.sort(b, axis=0) - np.sort(a, axis=0)).mean(axis=0)
-        distance.append(np.mean(w1 / spread))
-    return LayerShift(np.array(mean_shift), np.array(std_change), np.array(distance))
+        rows.append(
+            (
+                spread.mean(),
+                shift.mean(),
+                w1.mean(),
+                np.mean(shift / spread),
+                np.mean(np.abs(b.std(axis=0) - spread) / spread),
+                np.mean(w1 / spread),
+            )
+        )
+    return LayerShift(*(np.array(col) for col in zip(*rows, strict=True)))
 
 
 def nudge_first_layer(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, rel_size: float) -> None:
@@ -578,31 +776,60 @@ def layer_shift_experiment(
     return distribution_shift(before, after)
 
 
+def stack_shifts(runs: Sequence[LayerShift]) -> LayerShift:
+    """Stack the :class:`LayerShift` of several seeds: every field gets shape (seeds, D)."""
+    return LayerShift(*(np.stack(field) for field in zip(*runs, strict=True)))
+
+
 def plot_layer_shift(shifts: Mapping[str, LayerShift], title: str) -> Figure:
-    """Shift against depth: the mean (left) and the whole distribution (right).
+    """Per layer: the spread of the pre-activations, and the absolute and relative shift after a nudge.
+
+    All three panels have a log y axis, so that a quantity that shrinks layer
+    after layer stays visible. Each line is the mean over seeds, with a
+    min-max band. The network with batch norm is left out of the spread panel
+    (its spread is 1 by construction).
 
     Parameters
     ----------
     shifts : mapping of str to LayerShift
-        ``"without BN"`` and ``"with BN"``.
+        Keys from :data:`STYLES`; each field of shape (seeds, D), from :func:`stack_shifts`.
     title : str
 
     Returns
     -------
     matplotlib.figure.Figure
     """
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4), sharey=True)
-    for name, s in shifts.items():
-        color = _color(name)
-        layers = np.arange(1, len(s.distance) + 1)
-        left.plot(layers, s.mean_shift, "o-", color=color, lw=2.0, label=name)
-        right.plot(layers, s.distance, "o-", color=color, lw=2.0, label=name)
-    left.set_title("how far the mean moved")
-    right.set_title("how far the whole distribution moved")
-    left.set_ylabel("shift (in units of the\nspread before the nudge)")
-    for ax in (left, right):
-        ax.set_xlabel("hidden layer (1 = the nudged one)")
+    fig, grid = plt.subplots(2, 2, figsize=(8, 6.2))
+    axes = [grid[0, 0], grid[0, 1], grid[1, 0]]
+    panels = [
+        ("spread", "std of the pre-activations", "spread before the nudge\n(with BN: 1 by construction)"),
+        ("distance_abs", "Wasserstein-1 distance", "absolute shift\n(in pre-activation units)"),
+        ("distance", "distance / std before the nudge", "relative shift\n(in units of the spread)"),
+    ]
+    handles = []
+    for ax, (field, ylabel, panel_title) in zip(axes, panels, strict=True):
+        for name, s in shifts.items():
+            if field == "spread" and name == "with BN":
+                continue
+            st = STYLES[name]
+            runs = getattr(s, field)
+            layers = np.arange(1, runs.shape[1] + 1)
+            line = band(ax, layers, runs, st["color"], name, marker=st["marker"], ls=st["linestyle"])
+            if field == "distance":
+                handles.append(line)
+        ax.set_yscale("log")
         ax.set_xticks(layers)
-        ax.legend(loc="upper left", fontsize=8.5)
+        ax.set_xlabel("hidden layer (1 = the nudged one)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title)
+    legend_ax = grid[1, 1]
+    legend_ax.axis("off")
+    legend_ax.legend(
+        handles=handles,
+        loc="center",
+        fontsize=10,
+        title="mean and min-max band\nover seeds",
+        title_fontsize=10,
+    )
     fig.suptitle(title)
     return fig
