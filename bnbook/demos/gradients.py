@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import timeit
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,11 +16,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from bnbook.gradcheck import numerical_gradient, relative_error
-from bnbook.scratch import batch_norm_forward
+from bnbook.plots import COLORS, MARKERS
+from bnbook.scratch import batch_norm_backward, batch_norm_forward
 
 __all__ = [
     "GRAD_NAMES",
+    "Check",
     "best_time",
+    "checks_table",
+    "grade_backward",
+    "offdiag_scaling",
+    "plot_offdiag_scaling",
     "feature_jacobian",
     "gradient_errors",
     "numerical_bn_gradients",
@@ -203,7 +210,7 @@ def plot_jacobians(
     cmap : str
         A diverging colormap; blue is negative, red positive with the default.
     annotate : bool
-        Write each non-zero entry's value, rounded to two decimals, in its cell (for small
+        Write each non-zero entry's value, rounded to two decimals, in its cell in 10-point type (for small
         matrices); exact zeros stay blank.
 
     Returns
@@ -230,8 +237,169 @@ def plot_jacobians(
                 if v == 0:  # leave exact zeros blank, so that structure stands out
                     continue
                 shade = "white" if abs(v) > 0.6 * vmax else "black"
-                ax.text(j, i, _short(v), ha="center", va="center", fontsize=6.5, color=shade)
+                ax.text(j, i, _short(v), ha="center", va="center", fontsize=10, color=shade)
     fig.colorbar(image, ax=list(axes), label=r"$\partial y_i / \partial x_j$", shrink=0.9)
     if title:
         fig.suptitle(title)
     return list(axes)
+
+
+class Check(NamedTuple):
+    """One verification: what was compared, its largest relative error and the bound it must stay under."""
+
+    name: str
+    against: str
+    error: float
+    bound: float
+
+
+def checks_table(checks: Sequence[Check]) -> str:
+    """The checks as an aligned text table: a passing error is shown only as the bound it stays under.
+
+    A measured error of rounding size differs in its last digits from one CPU
+    to another, so the table states the bound and whether it holds, never the
+    digits themselves.
+
+    Parameters
+    ----------
+    checks : sequence of Check
+
+    Returns
+    -------
+    str
+        Columns: check, compared with, max relative error (as ``< bound``), pass.
+    """
+    rows = [
+        [
+            c.name,
+            c.against,
+            f"< {c.bound:.0e}" if c.error < c.bound else f"{c.error:.1e} (bound {c.bound:.0e})",
+        ]
+        + ["yes" if c.error < c.bound else "NO"]
+        for c in checks
+    ]
+    return text_table(["check", "compared with", "max rel. error", "pass"], rows)
+
+
+def grade_backward(
+    fn: Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]],
+    shapes: Sequence[tuple[int, ...]] = ((16, 5), (4, 3, 5, 5)),
+    eps: float = 1e-5,
+    seed: int = 0,
+) -> list[Check]:
+    """Grade a reader's backward pass ``fn(dy, x, gamma, eps) -> (dx, dgamma, dbeta)``.
+
+    For each input shape, random float64 inputs, scale and upstream gradient
+    are drawn, and ``fn``'s three gradients are compared with
+    :func:`bnbook.scratch.batch_norm_backward` (bound 1e-10) and with
+    centred finite differences of the forward pass (bound 1e-7).
+
+    Parameters
+    ----------
+    fn : callable
+        The backward pass to grade, for inputs of shape ``(N, C, *)``.
+    shapes : sequence of tuple of int
+        Input shapes to try.
+    eps : float
+        The layer's epsilon.
+    seed : int
+
+    Returns
+    -------
+    list of Check
+        Two per shape; print them with :func:`checks_table`.
+    """
+    rng = np.random.default_rng(seed)
+    checks = []
+    for shape in shapes:
+        c = shape[1]
+        x = rng.normal(3.0, 2.0, size=shape)
+        gamma, beta = rng.normal(1.0, 0.5, size=c), rng.normal(0.0, 1.0, size=c)
+        dy = rng.normal(size=shape)
+        got = fn(dy, x, gamma, eps)
+        if len(got) != 3 or any(
+            np.shape(g) != np.shape(r) for g, r in zip(got, (x, gamma, beta), strict=False)
+        ):
+            raise ValueError(f"expected (dx, dgamma, dbeta) shaped like x, gamma and beta for input {shape}")
+        _, cache = batch_norm_forward(x, gamma, beta, eps)
+        ref = batch_norm_backward(dy, cache)
+        err_ref = max(relative_error(g, r) for g, r in zip(got, ref, strict=True))
+        numeric = numerical_bn_gradients(x, gamma, beta, dy, eps=eps)
+        err_fd = max(gradient_errors(got, numeric).values())
+        checks.append(Check(f"your backward, {shape}", "bnbook.scratch", err_ref, 1e-10))
+        checks.append(Check(f"your backward, {shape}", "finite differences", err_fd, 1e-7))
+    return checks
+
+
+def offdiag_scaling(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    batch_sizes: Sequence[int],
+    seeds: Sequence[int],
+    device: torch.device | str = "cpu",
+) -> dict[str, np.ndarray]:
+    r"""Mean size of the Jacobian's off-diagonal and diagonal entries against the batch size.
+
+    For every batch size ``m`` and seed, ``m`` standard normal values of one
+    feature pass through ``fn`` (a training-mode batch norm with
+    :math:`\gamma = 1`), and the Jacobian (:func:`feature_jacobian`) is
+    measured in units of the slope :math:`1/\sqrt{\sigma^2+\epsilon}` of the
+    direct path, which frozen statistics would give on the diagonal.
+
+    Parameters
+    ----------
+    fn : callable
+        Maps a ``(m, 1)`` float64 tensor to its batch-normalized ``(m, 1)`` output.
+    batch_sizes : sequence of int
+    seeds : sequence of int
+    device : torch.device or str
+
+    Returns
+    -------
+    dict
+        ``"m"``: the batch sizes; ``"offdiag"`` and ``"diag_deficit"``: arrays of
+        shape ``(len(seeds), len(batch_sizes))`` with the mean
+        :math:`|J_{ij}|` over :math:`i \ne j`, and the mean of
+        :math:`1 - J_{ii}`, both divided by the slope.
+    """
+    off = np.zeros((len(seeds), len(batch_sizes)))
+    deficit = np.zeros_like(off)
+    for a, seed in enumerate(seeds):
+        rng = np.random.default_rng([seed, 5])
+        for b, m in enumerate(batch_sizes):
+            x = rng.normal(size=m)
+            jac = feature_jacobian(fn, x, device)
+            slope = 1.0 / np.sqrt(x.var() + 1e-5)
+            mask = ~np.eye(m, dtype=bool)
+            off[a, b] = np.abs(jac[mask]).mean() / slope
+            deficit[a, b] = (1.0 - np.diag(jac) / slope).mean()
+    return {"m": np.asarray(batch_sizes), "offdiag": off, "diag_deficit": deficit}
+
+
+def plot_offdiag_scaling(ax: Axes, scaling: Mapping[str, np.ndarray]) -> None:
+    """Log-log plot of the measured off-diagonal size (markers, band over seeds) with the line 1/m.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    scaling : mapping
+        From :func:`offdiag_scaling`.
+    """
+    from bnbook.plots import band
+
+    m = scaling["m"].astype(float)
+    band(ax, m, scaling["offdiag"], COLORS["bn"], "mean |off-diagonal entry|", marker=MARKERS[0])
+    band(
+        ax,
+        m,
+        scaling["diag_deficit"],
+        COLORS["no_bn"],
+        "mean (1 - diagonal entry)",
+        marker=MARKERS[1],
+        ls="--",
+    )
+    ax.plot(m, 1.0 / m, color=COLORS["truth"], ls=":", lw=1.5, label="1/m")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("values per feature m (log scale)")
+    ax.set_ylabel("size, in units of the slope (log)")
+    ax.legend(fontsize=8.5, loc="lower left")

@@ -12,7 +12,12 @@ from the PyTorch layers; this module only drives them:
   (to expose a forgotten ``model.eval()``);
 * :func:`full_batch_statistics` and :func:`running_stats_gap` compare the
   running statistics with the population statistics of the final network
-  (recalibration itself is the library tool :func:`bnbook.nn.recalibrate_bn`).
+  (recalibration itself is the library tool :func:`bnbook.nn.recalibrate_bn`);
+* :func:`debias_running_stats` removes the initial values' share from the
+  running statistics, :func:`replay_running_stats` recomputes them with the
+  final weights over the training batches, and :func:`recalibration_study`
+  with :func:`plot_recalibration_study` separates the two causes of a stale
+  running average (initial-value bias and weight drift) over several seeds.
 """
 
 from __future__ import annotations
@@ -27,22 +32,29 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
+from bnbook.models import accuracy, mlp, train_classifier
 from bnbook.nn import batch_norm_layers
-from bnbook.plots import COLORS
+from bnbook.plots import COLORS, MARKERS
 from bnbook.scratch import BatchNorm
 
 __all__ = [
     "Trajectory",
+    "RECALIBRATION_METHODS",
     "batched_accuracy",
+    "debias_running_stats",
     "explorer_draws",
     "full_batch_statistics",
     "make_momentum_draw",
     "plot_batch_dependence",
+    "plot_recalibration_study",
     "plot_running_stats",
+    "recalibration_study",
+    "replay_running_stats",
     "running_stats_gap",
     "running_trajectory",
     "sample_batches",
 ]
+
 
 # --- one feature, a known population -----------------------------------------------------
 def sample_batches(
@@ -312,7 +324,7 @@ def full_batch_statistics(model: nn.Module, x: torch.Tensor) -> list[tuple[torch
     stats: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        z = inputs[0]
+        z = inputs[0].detach()
         dims = [0, *range(2, z.dim())]
         var, mean = torch.var_mean(z, dim=dims, correction=1)
         stats.append((mean, var))
@@ -394,3 +406,266 @@ def plot_batch_dependence(
         ax.set_xlabel("class")
         ax.set_ylabel("probability")
         ax.set_title(title)
+
+
+# --- two causes of stale running statistics ----------------------------------------------
+@torch.no_grad()
+def debias_running_stats(model: nn.Module) -> nn.Module:
+    r"""Remove the initial values' share from every running mean and variance, in place.
+
+    After :math:`t` updates with momentum :math:`\alpha`, PyTorch's running
+    mean is :math:`(1-\alpha)^t \cdot 0 + \sum_k w_k \mu_k` with weights
+    :math:`w_k` that sum to :math:`1 - (1-\alpha)^t`, and the running variance
+    carries :math:`(1-\alpha)^t \cdot 1` of its initial value 1. Dividing by
+    the weights' sum (as Adam corrects its moment estimates) gives
+
+    .. math::
+
+        \tilde\mu = \frac{\hat\mu}{1 - (1-\alpha)^t}, \qquad
+        \tilde\sigma^2 = \frac{\hat\sigma^2 - (1-\alpha)^t}{1 - (1-\alpha)^t}
+
+    which weights only the batches actually seen. Layers with
+    ``momentum=None`` (a cumulative average, no initial-value share) are left
+    alone. See ``chapters/04_training_vs_inference``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        With batch-norm layers whose running statistics started at 0 and 1
+        (a fresh layer or ``reset_running_stats``); changed in place.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``model`` itself.
+    """
+    for layer in batch_norm_layers(model):
+        t = int(layer.num_batches_tracked)
+        if layer.momentum is None or t == 0:
+            continue
+        w0 = (1.0 - layer.momentum) ** t  # weight still carried by the initial values
+        layer.running_mean.div_(1.0 - w0)
+        layer.running_var.sub_(w0).div_(1.0 - w0)
+    return model
+
+
+@torch.no_grad()
+def replay_running_stats(
+    model: nn.Module, x: torch.Tensor, steps: int, batch_size: int, seed: int, momentum: float | None
+) -> nn.Module:
+    """A copy of ``model`` whose running statistics come from the training batches, seen by the final weights.
+
+    The batch indices are drawn exactly as :func:`bnbook.models.train_classifier`
+    draws them with the same ``seed``, so the copy sees the same batches in the
+    same order, with the same momentum, as the model did during training. The
+    only difference is that every batch now passes through the *final*
+    weights: the control that removes weight drift and keeps everything else.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The trained model; left untouched.
+    x : Tensor, shape (N, *)
+        The training inputs, on the model's device.
+    steps, batch_size, seed : int
+        As given to :func:`bnbook.models.train_classifier`.
+    momentum : float or None
+        The layers' momentum during the replay.
+
+    Returns
+    -------
+    torch.nn.Module
+        The copy, in eval mode.
+    """
+    clone = copy.deepcopy(model)
+    layers = batch_norm_layers(clone)
+    clone.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = momentum
+        layer.train()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, x.shape[0], (batch_size,), generator=gen).to(x.device)
+        clone(x[idx])
+    return clone.eval()
+
+
+#: The four versions of the running statistics that :func:`recalibration_study` compares.
+RECALIBRATION_METHODS: tuple[str, ...] = (
+    "stored",
+    "bias-corrected",
+    "bias-corrected, no drift",
+    "recalibrated",
+)
+
+
+def _record_batch_statistics(layers: Sequence[nn.Module]) -> tuple[list, list]:
+    """Forward hooks that append each layer's (mean, unbiased var) of every training-mode call."""
+    log: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in layers]
+
+    def make_hook(k: int) -> Callable:
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if module.training:
+                z = inputs[0].detach()
+                var, mean = torch.var_mean(z, dim=[0, *range(2, z.dim())], correction=1)
+                log[k].append((mean, var))
+
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(k)) for k, layer in enumerate(layers)]
+    return log, handles
+
+
+@torch.no_grad()
+def _with_ema(
+    model: nn.Module, log: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], momentum: float
+) -> nn.Module:
+    """A copy of ``model`` whose running statistics are the moving average of the logged batch statistics."""
+    clone = copy.deepcopy(model)
+    for layer, steps in zip(batch_norm_layers(clone), log, strict=True):
+        layer.reset_running_stats()
+        layer.momentum = momentum
+        for mean, var in steps:  # the layer's own update rule, step by step
+            layer.running_mean.mul_(1.0 - momentum).add_(mean, alpha=momentum)
+            layer.running_var.mul_(1.0 - momentum).add_(var, alpha=momentum)
+        layer.num_batches_tracked.fill_(len(steps))
+    return clone
+
+
+def recalibration_study(
+    data: Mapping[str, torch.Tensor],
+    seeds: Sequence[int],
+    momenta: Sequence[float] = (0.1, 0.01),
+    steps: int = 150,
+    lr: float = 0.5,
+    batch_size: int = 32,
+    recal_batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> dict[tuple[float, str], np.ndarray]:
+    """Train the chapter's digit classifier per seed and grade four versions of its running statistics.
+
+    For every seed a ``64-64-64-10`` sigmoid MLP with batch norm is trained
+    once; the momentum never enters the gradient, so the weights are the same
+    for every momentum. A hook records every batch's statistics during
+    training, and each momentum's running statistics are rebuilt from them
+    with PyTorch's update rule (exactly what a layer with that momentum would
+    have stored). They are measured against the final network's population
+    statistics in four versions (:data:`RECALIBRATION_METHODS`): as stored;
+    with the initial values' share removed (:func:`debias_running_stats`);
+    bias-corrected but collected by the *final* weights over the same batches
+    (as :func:`replay_running_stats` does: the control without drift); and
+    recalibrated (:func:`bnbook.nn.recalibrate_bn`).
+
+    Parameters
+    ----------
+    data : mapping
+        Tensors ``x_train``, ``y_train``, ``x_test``, ``y_test`` on ``device``.
+    seeds : sequence of int
+        One training run per seed (initialization and batch order).
+    momenta : sequence of float
+        PyTorch momenta to compare.
+    steps, lr, batch_size : as in :func:`bnbook.models.train_classifier`
+    recal_batch_size : int
+        Batch size of the recalibration pass.
+    device : torch.device or str
+
+    Returns
+    -------
+    dict
+        ``(momentum, method) -> ndarray of shape (len(seeds), 3)``: per seed the
+        mean gap (in population standard deviations), the relative variance
+        gap (:func:`running_stats_gap`) and the eval-mode test accuracy.
+    """
+    from bnbook.nn import BatchNorm1d, recalibrate_bn
+
+    x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    out: dict[tuple[float, str], list] = {(a, meth): [] for a in momenta for meth in RECALIBRATION_METHODS}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        net = mlp([64, 64, 64, 10], activation="sigmoid", batch_norm=True, norm_layer=BatchNorm1d).to(device)
+        train_log, handles = _record_batch_statistics(batch_norm_layers(net))
+        try:
+            train_classifier(net, x_train, y_train, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
+        finally:
+            for h in handles:
+                h.remove()
+        net.eval()
+        population = full_batch_statistics(net, x_train)
+        # the control: the same batches, in the same order, through the final weights
+        replay = copy.deepcopy(net)
+        replay_log, handles = _record_batch_statistics(batch_norm_layers(replay))
+        with torch.no_grad():
+            replay.train()
+            gen = torch.Generator(device="cpu").manual_seed(seed)
+            for _ in range(steps):
+                idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=gen).to(x_train.device)
+                replay(x_train[idx])
+        for h in handles:
+            h.remove()
+        recalibrated = recalibrate_bn(copy.deepcopy(net), x_train, batch_size=recal_batch_size)
+        for a in momenta:
+            stored = _with_ema(net, train_log, a).eval()
+            versions = {
+                "stored": stored,
+                "bias-corrected": debias_running_stats(copy.deepcopy(stored)),
+                "bias-corrected, no drift": debias_running_stats(_with_ema(net, replay_log, a)).eval(),
+                "recalibrated": recalibrated,
+            }
+            for meth, version in versions.items():
+                mean_gap, var_gap = running_stats_gap(version, population)
+                out[a, meth].append((mean_gap, var_gap, accuracy(version, x_test, y_test)))
+    return {key: np.array(rows) for key, rows in out.items()}
+
+
+def plot_recalibration_study(
+    axes: Sequence[Axes], results: Mapping[tuple[float, str], np.ndarray], momenta: Sequence[float]
+) -> None:
+    """Variance gap (log scale) and test accuracy for each version of the running statistics.
+
+    One series per momentum, each with its own colour and marker; small
+    markers are the single seeds, large ones connected by a line their mean.
+
+    Parameters
+    ----------
+    axes : pair of matplotlib Axes
+        Left for the relative variance gap, right for the test accuracy.
+    results : mapping
+        From :func:`recalibration_study`.
+    momenta : sequence of float
+        The momenta to draw, in legend order.
+    """
+    pos = np.arange(len(RECALIBRATION_METHODS))
+    styles = [
+        (COLORS["ema"], MARKERS[1], "-"),
+        (COLORS["bn"], MARKERS[0], "--"),
+        (COLORS["no_bn"], MARKERS[2], ":"),
+    ]
+    for k, a in enumerate(momenta):
+        color, marker, ls = styles[k % len(styles)]
+        offset = (k - (len(momenta) - 1) / 2) * 0.12
+        for ax, col in ((axes[0], 1), (axes[1], 2)):
+            runs = np.stack([results[a, meth][:, col] for meth in RECALIBRATION_METHODS], axis=1)
+            for run in runs:
+                ax.scatter(pos + offset, run, s=14, color=color, marker=marker, alpha=0.45, lw=0)
+            ax.plot(
+                pos + offset,
+                runs.mean(axis=0),
+                color=color,
+                marker=marker,
+                ms=8,
+                ls=ls,
+                lw=1.5,
+                label=f"momentum {a:g}",
+            )
+    labels = ["stored", "initial value\nremoved", "initial value\nremoved,\nno drift", "recalibrated"]
+    for ax in axes:
+        ax.set_xticks(pos)
+        ax.set_xticklabels(labels, fontsize=8.5)
+        ax.set_xlabel("running statistics")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("variance gap |running / population - 1|")
+    axes[0].set_title("Variance gap, mean over features")
+    axes[1].set_ylabel("test accuracy (eval mode)")
+    axes[1].set_title("Eval-mode test accuracy")
+    axes[1].legend(loc="lower right", fontsize=9)

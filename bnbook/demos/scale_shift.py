@@ -15,20 +15,22 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from bnbook.plots import COLORS
+from bnbook.plots import COLORS, MARKERS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
     "ScaleShiftHistory",
+    "identity_gap",
     "make_gamma_beta_draw",
     "plot_four_settings",
     "plot_scale_shift_history",
     "sigmoid",
     "sigmoid_regime",
+    "tangent_radius",
     "train_scale_shift",
 ]
 
@@ -127,10 +129,11 @@ def plot_four_settings(
         bins = np.linspace(np.floor(lo), np.ceil(hi), 121)
     colors = list(colors or COLORS["features"])
     fig, ax = plt.subplots(figsize=figsize)
-    for (label, g, b, y), c in zip(outs, colors, strict=False):
+    styles = ["-", "--", "-.", ":"]
+    for k, ((label, g, b, y), c) in enumerate(zip(outs, colors, strict=False)):
         text = f"{label}: γ={g:g}, β={b:g}  (mean {y.mean():.2f}, std {y.std():.2f})"
         ax.hist(y, bins=bins, density=True, histtype="stepfilled", color=c, alpha=0.18)
-        ax.hist(y, bins=bins, density=True, histtype="step", color=c, lw=1.8, label=text)
+        ax.hist(y, bins=bins, density=True, histtype="step", color=c, lw=1.8, ls=styles[k % 4], label=text)
     ax.set_xlabel(r"output $y = \gamma\,\hat{x} + \beta$")
     ax.set_ylabel("density")
     ax.set_title("γ sets the spread and β the centre: one x̂ can take any mean and std")
@@ -138,36 +141,38 @@ def plot_four_settings(
     return fig
 
 
+def _counts(values: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Counts per bin of equally spaced ``bins`` (the fast path of ``np.histogram``, without a sort)."""
+    return np.histogram(values, bins=len(bins) - 1, range=(bins[0], bins[-1]))[0]
+
+
 def _stairs(ax: Axes, values: np.ndarray, bins: np.ndarray, color: str, label: str, alpha: float) -> None:
     """A filled histogram of ``values`` on ``ax``: the share of values per bin."""
-    counts, _ = np.histogram(values, bins=bins)
+    counts = _counts(values, bins)
     ax.stairs(counts / values.size, bins, fill=True, color=color, alpha=alpha, label=label, lw=0)
 
 
 def make_gamma_beta_draw(
     x_hat: np.ndarray,
-    xlim: tuple[float, float] = (-10.0, 10.0),
-    ylim: float = 0.35,
-    ylim_sigmoid: float = 0.7,
     saturation: float = SATURATION,
 ) -> Callable[..., None]:
     r"""A draw function ``draw(fig, gamma, beta)`` for a :class:`bnbook.widgets.Explorer`.
 
-    The left panel is the histogram of :math:`y = \gamma\hat x + \beta` on
-    fixed axes, over the standard normalized distribution (:math:`\gamma=1,
-    \beta=0`) in faint grey. The right panel is the histogram of
-    :math:`\sigma(y)`, the output after a sigmoid, in bins as wide as
-    ``saturation``, so that the first and last bins are the saturated outputs;
-    its title gives their share.
+    The left panel is the histogram of :math:`y = \gamma\hat x + \beta` over
+    the standard normalized distribution (:math:`\gamma=1, \beta=0`) in
+    faint grey. Its axes follow the frame: the x-range covers both
+    distributions (4.5 standard deviations either side of each centre) and
+    the y-range the taller of the two, so a narrow or a wide output is never
+    squashed. The bins are always 0.1 wide, so bin heights stay comparable
+    across frames. The right panel is the histogram of :math:`\sigma(y)`,
+    the output after a sigmoid, in bins as wide as ``saturation``, so that
+    the first and last bins are the saturated outputs; its title gives their
+    share.
 
     Parameters
     ----------
     x_hat : ndarray, shape (m,)
         Normalized activations, computed once by the caller.
-    xlim : (float, float)
-        Fixed range of the left panel (100 bins).
-    ylim, ylim_sigmoid : float
-        Fixed upper limits of the two panels (share of values per bin).
     saturation : float
         Distance from 0 or 1 below which a sigmoid output counts as saturated.
 
@@ -177,15 +182,17 @@ def make_gamma_beta_draw(
         ``draw(fig, gamma, beta)``, drawing on an empty ``Figure``.
     """
     x_hat = np.asarray(x_hat, dtype=np.float64).ravel()
-    bins_y = np.linspace(xlim[0], xlim[1], 101)
     bins_s = np.linspace(0.0, 1.0, int(round(1.0 / saturation)) + 1)
     ref_s = sigmoid(x_hat)
-    xticks = np.linspace(xlim[0], xlim[1], 5)
+    width = 0.1  # bin width of the left panel
 
     def draw(fig: Figure, gamma: float, beta: float) -> None:
         y = gamma * x_hat + beta
         s = sigmoid(y)
         sat = float(np.mean((s < saturation) | (s > 1.0 - saturation)))
+        lo = min(-4.5, beta - 4.5 * abs(gamma))
+        hi = max(4.5, beta + 4.5 * abs(gamma))
+        bins_y = np.arange(np.floor(lo / width) * width, hi + width, width)
         # Fixed margins instead of a layout engine: every frame has the same
         # layout, and saving renders once instead of twice.
         with mpl.rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
@@ -195,7 +202,7 @@ def make_gamma_beta_draw(
             2,
             gridspec_kw={
                 "width_ratios": [1.6, 1.0],
-                "left": 0.085,
+                "left": 0.09,
                 "right": 0.975,
                 "bottom": 0.155,
                 "top": 0.9,
@@ -204,27 +211,113 @@ def make_gamma_beta_draw(
         )
         _stairs(ax1, x_hat, bins_y, COLORS["batch"], "x̂ (γ=1, β=0)", alpha=0.35)
         _stairs(ax1, y, bins_y, COLORS["bn"], f"y: mean {y.mean():.2f}, std {y.std():.2f}", alpha=0.65)
-        ax1.set_xlim(*xlim)
-        ax1.set_xticks(xticks)
-        ax1.set_ylim(0.0, ylim)
+        top = max(_counts(v, bins_y).max() for v in (x_hat, y)) / x_hat.size
+        ax1.set_xlim(lo, hi)
+        ax1.set_ylim(0.0, 1.3 * top)
+        ax1.xaxis.set_major_locator(MaxNLocator(7, integer=True))
         ax1.yaxis.set_major_locator(MaxNLocator(4))
+        ax1.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
         ax1.set_xlabel(r"$y = \gamma\,\hat{x} + \beta$")
-        ax1.set_ylabel("share per bin")
+        ax1.set_ylabel("share per bin of width 0.1")
         ax1.set_title(f"γ = {gamma:g} sets the spread, β = {beta:g} the centre")
         ax1.legend(loc="upper left", fontsize=8)
-        for lo in (0.0, 1.0 - saturation):
-            ax2.axvspan(lo, lo + saturation, color=COLORS["truth"], alpha=0.08, lw=0)
+        for edge in (0.0, 1.0 - saturation):
+            ax2.axvspan(edge, edge + saturation, color=COLORS["truth"], alpha=0.08, lw=0)
         _stairs(ax2, ref_s, bins_s, COLORS["batch"], "σ(x̂)", alpha=0.35)
         _stairs(ax2, s, bins_s, COLORS["no_bn"], "σ(y)", alpha=0.65)
+        top_s = max(_counts(v, bins_s).max() for v in (ref_s, s)) / x_hat.size
         ax2.set_xlim(0.0, 1.0)
         ax2.set_xticks([0.0, 0.5, 1.0])
-        ax2.set_ylim(0.0, ylim_sigmoid)
+        ax2.set_ylim(0.0, 1.3 * top_s)
         ax2.yaxis.set_major_locator(MaxNLocator(4))
+        ax2.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         ax2.set_xlabel("sigmoid output σ(y)")
         ax2.set_title(f"after a sigmoid σ: {100 * sat:.1f}% saturated", fontsize=10)
         ax2.legend(loc="upper center", fontsize=8)
 
     return draw
+
+
+def tangent_radius(rel_tol: float = 0.1) -> float:
+    r"""The largest :math:`|z|` at which the sigmoid stays within ``rel_tol`` of its tangent at 0.
+
+    Solves :math:`(\sigma(z) - 1/2) / (z/4) = 1 - \text{rel\_tol}` by bisection;
+    the ratio equals :math:`\tanh(z/2) / (z/2)`, which falls from 1 as
+    :math:`|z|` grows.
+
+    Parameters
+    ----------
+    rel_tol : float
+        Relative tolerance, in (0, 1).
+
+    Returns
+    -------
+    float
+        The radius, accurate to about 1e-12.
+    """
+    if not 0.0 < rel_tol < 1.0:
+        raise ValueError(f"rel_tol must lie in (0, 1), got {rel_tol}")
+    lo, hi = 1e-9, 100.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if np.tanh(mid / 2) / (mid / 2) > 1.0 - rel_tol:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def identity_gap(
+    batch_sizes: Sequence[int],
+    n_batches: int = 500,
+    mean: float = 0.0,
+    std: float = 1.0,
+    eps: float = 1e-5,
+    seed: int = 0,
+) -> dict[int, np.ndarray]:
+    r"""How far the "identity" setting of γ and β misses on batches it was not fitted on (training mode).
+
+    For each batch size ``m``, γ and β are fitted on one batch so that the
+    layer gives back that batch exactly (:math:`\gamma = \sqrt{\sigma^2_\mathcal{B}
+    + \epsilon}`, :math:`\beta = \mu_\mathcal{B}`). The same γ and β then meet
+    ``n_batches`` fresh batches of the same size and distribution, each
+    normalized with its own statistics as in training mode. A new fit is
+    drawn for every fresh batch, so the numbers average over fits too.
+
+    Parameters
+    ----------
+    batch_sizes : sequence of int
+        Batch sizes ``m`` to try (at least 2).
+    n_batches : int
+        Fresh batches per size.
+    mean, std : float
+        The feature's population mean and standard deviation.
+    eps : float
+    seed : int
+
+    Returns
+    -------
+    dict of int to ndarray, shape (n_batches, 2)
+        Per fresh batch: the largest and the root-mean-square :math:`|y_i - x_i|`
+        over the batch, both in population standard deviations.
+    """
+    from bnbook.scratch import batch_norm_forward
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m in batch_sizes:
+        if m < 2:
+            raise ValueError(f"batch sizes must be at least 2, got {m}")
+        rows = []
+        for _ in range(n_batches):
+            fit, fresh = rng.normal(mean, std, size=(2, m, 1))
+            _, cache = batch_norm_forward(fit, eps=eps)
+            gamma, beta = np.sqrt(cache.var + eps), cache.mean
+            y, _ = batch_norm_forward(fresh, gamma, beta, eps)
+            err = np.abs(y - fresh) / std
+            rows.append((err.max(), np.sqrt(np.mean(err**2))))
+        out[int(m)] = np.array(rows)
+    return out
 
 
 class ScaleShiftHistory(NamedTuple):
@@ -346,7 +439,15 @@ def plot_scale_shift_history(
         (axes[1], history.beta, target_beta, "β"),
     ):
         for c in range(values.shape[1]):
-            ax.plot(steps, values[:, c], color=colors[c], lw=1.8, label=f"feature {c}: learned")
+            ax.plot(
+                steps,
+                values[:, c],
+                color=colors[c],
+                lw=1.8,
+                marker=MARKERS[c],
+                markevery=max(1, len(steps) // 8),
+                label=f"feature {c}: learned",
+            )
             ax.axhline(targets[c], color=colors[c], ls="--", lw=1.0, label=f"feature {c}: needed")
         ax.set_xlabel("SGD step")
         ax.set_ylabel(f"{name} (scale)" if name == "γ" else f"{name} (shift)")
