@@ -1,0 +1,161 @@
+"""Tests for the experiments of chapter 12 (``bnbook.demos.why``), against closed forms and torch."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bnbook.demos import why
+
+
+def _noisy(c: int = 4000, m: float = 1.0, s: float = 3.0, tau: float = 0.5, seed: int = 0) -> why.NoisyShift:
+    return why.NoisyShift(c, m, s, tau, generator=torch.Generator().manual_seed(seed))
+
+
+def test_noisy_shift_draws_follow_the_stated_schedule():
+    """Within one step: shifts ~ N(c_t, tau^2), scales ~ U(1, d_t); c_t in [-M, M], d_t in [1, S]."""
+    layer = _noisy()
+    for _ in range(5):
+        layer.resample()
+        c, d = layer.step_params.tolist()
+        assert -1.0 <= c <= 1.0 and 1.0 <= d <= 3.0
+        shift, scale = layer.shift.double(), layer.scale.double()
+        n = shift.numel()
+        # sample mean within 5 standard errors of c_t, sample variance close to tau^2 = 0.25
+        assert abs(shift.mean().item() - c) < 5 * 0.5 / math.sqrt(n)
+        assert abs(shift.var().item() - 0.25) < 5 * 0.25 * math.sqrt(2 / n)
+        # U(1, d): all inside, mean (1 + d) / 2, variance (d - 1)^2 / 12
+        assert scale.min().item() >= 1.0 and scale.max().item() <= d + 1e-6
+        assert abs(scale.mean().item() - (1 + d) / 2) < 5 * (d - 1) / math.sqrt(12 * n)
+        assert abs(scale.var().item() - (d - 1) ** 2 / 12) < 0.1 * (d - 1) ** 2 / 12
+
+
+def test_noisy_shift_step_parameters_are_uniform_over_time():
+    """Over many steps c_t ~ U(-M, M) (mean 0, variance M^2/3) and d_t ~ U(1, S) (mean (1+S)/2)."""
+    layer = _noisy(c=2, m=2.0, s=5.0)
+    params = []
+    for _ in range(4000):
+        layer.resample()
+        params.append(layer.step_params.clone())
+    c, d = torch.stack(params).double().T
+    assert abs(c.mean().item()) < 5 * 2.0 / math.sqrt(3 * 4000)
+    assert abs(c.var().item() - 4.0 / 3.0) < 0.1
+    assert abs(d.mean().item() - 3.0) < 5 * 4.0 / math.sqrt(12 * 4000)
+    assert c.abs().max().item() <= 2.0 and d.min().item() >= 1.0 and d.max().item() <= 5.0
+
+
+def test_noisy_shift_forward_train_and_eval():
+    layer = _noisy(c=3)
+    layer.resample()
+    x = torch.randn(8, 3)
+    torch.testing.assert_close(layer(x), x * layer.scale + layer.shift)
+    layer.eval()  # expected scale E[s] = E[(1 + d) / 2] = (1 + (1 + S) / 2) / 2 = (3 + S) / 4, E[m] = 0
+    torch.testing.assert_close(layer(x), x * 1.5)
+    with pytest.raises(ValueError, match="scale_max"):
+        why.NoisyShift(3, 1.0, 0.5, 0.5, generator=torch.Generator())
+
+
+def test_noisy_bn_output_has_the_injected_mean_and_spread():
+    """BN then NoisyShift: over the batch, unit j has mean s_j * beta_j + m_j and std s_j * gamma_j."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(5, eps=1e-12).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.uniform_(-1.0, 1.0)
+    layer = _noisy(c=5).double()
+    layer.resample()
+    out = layer(bn(torch.randn(64, 5, dtype=torch.float64) * 3 + 2))
+    torch.testing.assert_close(out.mean(0), layer.scale * bn.bias + layer.shift)
+    torch.testing.assert_close(out.std(0, correction=0), layer.scale * bn.weight)
+
+
+def test_distribution_moves_closed_form():
+    means = np.array([[0.0, 1.0], [1.0, 1.0], [1.0, 3.0]])
+    stds = np.array([[1.0, 2.0], [2.0, 2.0], [2.0, 4.0]])
+    mean_move, std_move = why.distribution_moves(means, stds)
+    # mean moves: |1-0|/1, 0/2, 0/2, |3-1|/2 -> mean 0.5; log-std moves: ln2, 0, 0, ln2 -> ln2/2
+    assert mean_move == pytest.approx(0.5)
+    assert std_move == pytest.approx(math.log(2) / 2)
+    with pytest.raises(ValueError):
+        why.distribution_moves(means[:1], stds[:1])
+
+
+def test_probe_along_gradient_on_a_quadratic():
+    """L(w) = w'Aw/2: g = Aw, loss at w - eta g and ||grad change|| = eta ||A g|| in closed form."""
+    rng = np.random.default_rng(0)
+    q = np.linalg.qr(rng.normal(size=(6, 6)))[0]
+    eig = np.array([0.1, 0.5, 1.0, 2.0, 3.0, 7.0])
+    a = q @ np.diag(eig) @ q.T
+    w0 = rng.normal(size=6)
+    w = torch.tensor(w0, requires_grad=True)
+    a_t = torch.tensor(a)
+    etas = [0.05, 0.1, 0.2]
+    probe = why.probe_along_gradient([w], lambda: 0.5 * w @ a_t @ w, etas)
+    g = a @ w0
+    assert probe.loss0 == pytest.approx(0.5 * w0 @ a @ w0, rel=1e-12)
+    for eta, loss, change in zip(etas, probe.loss, probe.grad_change, strict=True):
+        v = w0 - eta * g
+        assert loss == pytest.approx(0.5 * v @ a @ v, rel=1e-12)
+        assert change == pytest.approx(eta * np.linalg.norm(a @ g), rel=1e-10)
+    beta = np.linalg.norm(a @ g) / np.linalg.norm(g)  # the same for every eta on a quadratic
+    assert probe.beta == pytest.approx(beta, rel=1e-10)
+    assert probe.beta <= eig.max() + 1e-12
+    assert probe.grad_norm == pytest.approx(np.linalg.norm(g), rel=1e-12)
+    np.testing.assert_array_equal(w.detach().numpy(), w0)  # parameters put back
+    assert w.grad is None
+
+
+def test_probing_does_not_change_the_training_trajectory():
+    torch.manual_seed(0)
+    x = torch.randn(200, 8)
+    y = torch.randint(0, 3, (200,))
+    data = (x, y, x[:50], y[:50])
+    plain = why.train_run("bn", 1, data, [8, 16, 3], steps=12, lr=0.1, eval_every=4)
+    probed = why.train_run(
+        "bn", 1, data, [8, 16, 3], steps=12, lr=0.1, eval_every=4, probe_every=3, step_sizes=(1, 2)
+    )
+    np.testing.assert_array_equal(plain.loss, probed.loss)
+    np.testing.assert_array_equal(plain.test_acc, probed.test_acc)
+    assert len(probed.probes) == 4 and probed.probe_steps.tolist() == [0, 3, 6, 9]
+
+
+def test_train_run_effective_step_matches_the_update():
+    """Without weight decay the first weight matrix (followed by BN) moves by lr * grad, orthogonally:
+    ||W_t||^2 = ||W_{t-1}||^2 + ||dW_t||^2 up to epsilon and rounding."""
+    torch.manual_seed(0)
+    x = torch.randn(300, 8, dtype=torch.float32)
+    y = torch.randint(0, 3, (300,))
+    run = why.train_run("bn", 2, (x, y, x, y), [8, 16, 3], steps=30, lr=0.5)
+    norms = np.concatenate([[run.weight_norm[0] / math.sqrt(1 + run.eff_step[0] ** 2)], run.weight_norm])
+    pred = norms[:-1] ** 2 * (1 + run.eff_step**2)
+    np.testing.assert_allclose(norms[1:] ** 2, pred, rtol=1e-4)
+    assert np.all(np.diff(run.weight_norm) > 0)
+
+
+def test_residual_zero_gamma_is_the_identity_and_bn_branch_has_unit_variance():
+    torch.manual_seed(0)
+    x = torch.randn(256, 16, dtype=torch.float32)
+    v = why.residual_variances(x, 6, "bn_zero_gamma", seed=0)
+    np.testing.assert_allclose(v, v[0], rtol=1e-6)
+    net = why.residual_net(16, 3, "bn", seed=0).train()
+    with torch.no_grad():
+        branch = net[0].branch(x)
+    # biased per-unit variance of a BN output with gamma = 1, beta = 0 is var / (var + eps), about 1
+    torch.testing.assert_close(branch.var(0, correction=0), torch.ones(16), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="variant"):
+        why.residual_net(16, 3, "layer_norm", seed=0)
+
+
+def test_residual_without_bn_kaiming_branch_preserves_variance():
+    """Kaiming init (gain sqrt 2, then 1): a branch's output has about the second moment of its input."""
+    torch.manual_seed(0)
+    x = torch.randn(4096, 256)
+    net = why.residual_net(256, 1, "no_bn", seed=3)
+    with torch.no_grad():
+        out = net[0].branch(x)
+    ratio = out.pow(2).mean().item() / x.pow(2).mean().item()
+    assert 0.85 < ratio < 1.15
