@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 
 import pytest
 import torch
@@ -99,11 +98,11 @@ def dying_worker(rank: int, world: int) -> None:
 
 @pytest.mark.parametrize(("fn", "match"), [(failing_worker, "gives up on purpose"), (dying_worker, "died")])
 def test_a_failing_worker_leaves_nobody_hanging(fn, match) -> None:
-    t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="rank 1") as err:
-        launch(fn, 2, timeout=60)
+        launch(fn, 2, timeout=120)
     assert match in str(err.value)
-    assert time.monotonic() - t0 < 55, "the failure was noticed only at the timeout"
+    # noticed from the failure itself, not from the group timing out (whose message names no rank)
+    assert "made no progress" not in str(err.value)
 
 
 def test_launch_bad_arguments() -> None:
