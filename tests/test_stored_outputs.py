@@ -123,3 +123,16 @@ def test_checker_flags_what_does_not_reproduce() -> None:
     ignored = {"cell_type": "code", "metadata": {"tags": ["nbval-ignore-output"]}, "outputs": [glue | {}]}
     glue["data"]["application/papermill.record/text/plain"] = "0.4880847930908203"
     assert _problems({"cells": [ignored]}) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_figure_has_alt_text(path: Path) -> None:
+    """A cell that stores a picture says in its metadata what the picture shows (``mystnb.image.alt``)."""
+    nb = json.loads(path.read_text())
+    missing = []
+    for index, cell in enumerate(nb["cells"]):
+        images = [o for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
+        alt = cell.get("metadata", {}).get("mystnb", {}).get("image", {}).get("alt", "")
+        if images and len(alt.split()) < 4:
+            missing.append(index)
+    assert not missing, f"{path.name}: figures without alt text in cells {missing}"
