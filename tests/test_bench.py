@@ -1,0 +1,199 @@
+"""bnbook.bench: the floor arithmetic on synthetic timings, the ladder's structure, the pass counter.
+
+No test asserts a wall-clock time: timings on a shared machine are noise. The
+arithmetic is checked on made-up seconds with answers worked out by hand, and
+the pass counter against counts read off the operators' definitions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bnbook import bench
+
+TINY = (4, 3, 4, 4)
+
+
+def test_floor_is_four_sums_and_two_copies_in_training() -> None:
+    # 6 reads + 2 writes: a sum reads once, a copy reads once and writes once
+    assert bench.floor_seconds([1.0, 2.0], [10.0, 20.0]) == [4 * 1 + 2 * 10, 4 * 2 + 2 * 20]
+
+
+def test_floor_in_eval_mode_is_two_sums_and_two_copies() -> None:
+    assert bench.floor_seconds([1.0], [10.0], train=False) == [2 * 1 + 2 * 10]
+
+
+def test_floor_needs_one_sum_and_one_copy_per_round() -> None:
+    with pytest.raises(ValueError, match="one sum and one copy"):
+        bench.floor_seconds([1.0, 2.0], [1.0])
+
+
+def test_rows_take_ratios_within_each_round() -> None:
+    times = {
+        bench.NATIVE: [2.0, 4.0, 8.0],
+        "slow": [4.0, 12.0, 8.0],  # 2x, 3x, 1x native in its own round
+        bench.SUM: [0.1, 0.2, 0.4],
+        bench.COPY: [0.3, 0.6, 1.2],
+    }
+    rows = {r.name: r for r in bench.rows_from_times(times)}
+    assert list(rows) == [bench.NATIVE, "slow", bench.FLOOR]
+    floors = [4 * 0.1 + 2 * 0.3, 4 * 0.2 + 2 * 0.6, 4 * 0.4 + 2 * 1.2]  # 1.0, 2.0, 4.0
+    assert rows[bench.FLOOR].median_s == pytest.approx(2.0)
+    assert rows["slow"].x_native == pytest.approx((2.0, 1.0, 3.0))
+    # slow / floor per round: 4/1, 12/2, 8/4 -> median 4, min 2, max 6
+    assert rows["slow"].x_floor == pytest.approx((4.0, 2.0, 6.0))
+    assert rows[bench.NATIVE].x_floor == pytest.approx((2.0, 2.0, 2.0))
+    assert rows[bench.FLOOR].x_floor == pytest.approx((1.0, 1.0, 1.0))
+    assert (rows["slow"].min_s, rows["slow"].max_s) == (4.0, 12.0)
+    assert floors[1] == pytest.approx(rows[bench.FLOOR].median_s)
+
+
+def test_rows_refuse_ragged_or_incomplete_times() -> None:
+    with pytest.raises(ValueError, match="must include"):
+        bench.rows_from_times({bench.NATIVE: [1.0], bench.SUM: [1.0]})
+    with pytest.raises(ValueError, match="same"):
+        bench.rows_from_times({bench.NATIVE: [1.0], bench.SUM: [1.0, 2.0], bench.COPY: [1.0]})
+
+
+def _sane(rows: list[bench.Row]) -> None:
+    for row in rows:
+        assert row.min_s <= row.median_s <= row.max_s
+        for lo_med_hi in (row.x_native, row.x_floor):
+            med, lo, hi = lo_med_hi
+            assert 0 < lo <= med <= hi and math.isfinite(hi)
+
+
+def test_ladder_returns_every_entry_then_the_floor() -> None:
+    rows = bench.ladder(TINY, rounds=2, warmup=0)
+    names = [r.name for r in rows]
+    expected = [n for n in bench.LAYERS if n != "bnbook.fast.BatchNorm2d" or bench._fast_available()]
+    assert names == [*expected, bench.FLOOR]
+    _sane(rows)
+    native = rows[names.index(bench.NATIVE)]
+    assert native.x_native == (1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_ladder_runs_every_configuration(fmt, dtype, train) -> None:
+    rows = bench.ladder(
+        TINY, 1, ["bnbook.fast.BatchNorm2d"], warmup=0, dtype=dtype, memory_format=fmt, train=train
+    )
+    assert rows[-1].name == bench.FLOOR and bench.NATIVE in [r.name for r in rows]
+    _sane(rows)
+
+
+def test_ladder_accepts_a_custom_entry_and_rejects_bad_input() -> None:
+    calls = []
+
+    def factory(x, dy, train):
+        return lambda: calls.append(x.shape)
+
+    rows = bench.ladder(TINY, 3, [("mine", factory)], warmup=1)
+    assert [r.name for r in rows] == ["mine", bench.NATIVE, bench.FLOOR]
+    assert len(calls) == 4
+    with pytest.raises(ValueError, match="rounds"):
+        bench.ladder(TINY, 0)
+    with pytest.raises(ValueError, match="shape"):
+        bench.ladder((4, 3, 4))
+
+
+def test_shape_for_mib_gives_the_bytes_asked_for() -> None:
+    for mib, dtype in [(1, torch.float32), (16, torch.float32), (16, torch.float64), (256, torch.float32)]:
+        shape = bench.shape_for_mib(mib, dtype)
+        assert math.prod(shape) * torch.empty((), dtype=dtype).element_size() == mib * 2**20
+    with pytest.raises(ValueError, match="whole number"):
+        bench.shape_for_mib(0.1)
+
+
+def test_sweep_has_one_point_per_size() -> None:
+    points = bench.sweep([0.25, 0.5], [1, 2], warmup=0)
+    assert [p.mib for p in points] == [0.25, 0.5]
+    assert [p.rounds for p in points] == [1, 2]
+    assert points[1].shape[0] == 2 * points[0].shape[0]
+    for p in points:
+        _sane(p.rows)
+    with pytest.raises(ValueError, match="one round count per size"):
+        bench.sweep([1], [1, 2])
+
+
+def test_fresh_vs_refill_returns_positive_ratios() -> None:
+    for what in ("copy", "native"):
+        rows = bench.fresh_vs_refill([0.25, 1], rounds=2, what=what)
+        assert [r.mib for r in rows] == [0.25, 1.0]
+        for r in rows:
+            med, lo, hi = r.ratio
+            assert 0 < lo <= med <= hi and math.isfinite(hi)
+    with pytest.raises(ValueError, match="copy"):
+        bench.fresh_vs_refill([1], what="move")
+
+
+# --- the pass counter, against counts read off each operator's definition -----------------------------
+
+
+def test_counter_sees_an_add_as_two_reads_one_write_one_allocation() -> None:
+    a, b = torch.randn(1000), torch.randn(1000)
+    assert bench.count_passes(lambda: a + b, a) == bench.PassCount(2.0, 1.0, 1, 1)
+
+
+def test_counter_in_place_and_out_write_without_allocating() -> None:
+    a, b = torch.randn(1000), torch.randn(1000)
+    assert bench.count_passes(lambda: a.add_(b), a) == bench.PassCount(2.0, 1.0, 0, 1)
+    out = torch.empty(1000)
+    assert bench.count_passes(lambda: torch.mul(a, b, out=out), a) == bench.PassCount(2.0, 1.0, 0, 1)
+
+
+def test_counter_ignores_views_and_small_tensors_and_weights_by_bytes() -> None:
+    a = torch.randn(10, 100)
+    w = torch.randn(1, 100)
+    # the view is free; the broadcast (1, 100) operand is small; one read, one write
+    assert bench.count_passes(lambda: a.view(100, 10).t() * 2.0, a) == bench.PassCount(1.0, 1.0, 1, 1)
+    assert bench.count_passes(lambda: a * w, a) == bench.PassCount(1.0, 1.0, 1, 1)
+    # a float64 copy of a float32 tensor writes twice its bytes
+    assert bench.count_passes(lambda: a.double(), a) == bench.PassCount(1.0, 2.0, 1, 1)
+    # a reduction reads and writes nothing big
+    assert bench.count_passes(lambda: a.sum(), a) == bench.PassCount(1.0, 0.0, 0, 1)
+
+
+def test_counter_sees_native_batch_norm_as_one_op_each_way() -> None:
+    x, dy = torch.randn(TINY), torch.randn(TINY)
+    step = bench.ENTRIES[bench.NATIVE](x, dy, True)
+    count = bench.count_passes(step, x)
+    # forward reads x, writes y; backward reads dy and x, writes dx (two fresh outputs)
+    assert count == bench.PassCount(3.0, 2.0, 2, 2)
+
+
+def test_counter_finds_autograd_through_primitives_far_above_the_floor() -> None:
+    x, dy = torch.randn(TINY), torch.randn(TINY)
+    count = bench.count_passes(bench.ENTRIES[bench.PRIMITIVES](x, dy, True), x)
+    reads, writes = bench.FLOOR_PASSES[True]
+    assert count.reads > 2 * reads and count.writes > 2 * writes and count.allocations > 4
+
+
+def test_compiled_entry_reports_or_skips(monkeypatch) -> None:
+    import subprocess
+
+    def too_slow(*args, **kwargs):
+        raise subprocess.TimeoutExpired(cmd="python", timeout=1)
+
+    monkeypatch.setattr(bench.subprocess, "run", too_slow)
+    entry, msg = bench.compiled_entry(TINY, timeout_s=1)
+    assert entry is None and "longer than" in msg
+
+
+def test_allocation_study_runs_in_a_child_with_and_without_the_control() -> None:
+    for control in (False, True):
+        found = bench.allocation_study([0.25], [0.25], rounds=1, control=control)
+        if found is None:  # not Linux with glibc
+            continue
+        assert set(found) == {"copy", "native"}
+        for rows in found.values():
+            assert [r.mib for r in rows] == [0.25]
+            med, lo, hi = rows[0].ratio
+            assert 0 < lo <= med <= hi and math.isfinite(hi)
+    with pytest.raises(ValueError, match="rounds"):
+        bench.allocation_study([1], [1], rounds=0)
