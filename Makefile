@@ -14,7 +14,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: help venv dev book test ci unit notebooks notebooks-strict notebooks-strict-1thread notebooks-gpu browser \
 	execute lab serve bench lint \
-	binder-check screenshot clean
+	binder-check screenshot clean pdf
 
 help:
 	@echo "make book     build the HTML book into _build/html (creates .venv on first use)"
@@ -22,6 +22,7 @@ help:
 	@echo "make execute  re-run every chapter notebook in place, storing its outputs"
 	@echo "make lab      open the chapters in JupyterLab"
 	@echo "make serve    serve _build/html on http://127.0.0.1:8000"
+	@echo "make pdf      the whole book as one PDF, _build/pdf/bnbook.pdf (headless Chromium, offline)"
 	@echo "make bench    forward+backward speed against torch.nn.BatchNorm2d"
 	@echo "make notebooks-strict  strict nbval: stored outputs must match a re-run"
 	@echo "make notebooks-strict-1thread  the same with one thread (sums in another order, as on another CPU)"
@@ -108,6 +109,10 @@ binder-check:
 
 screenshot: book dev
 	$(PY) docs/make_screenshot.py
+
+# The whole book as one PDF: the single-page HTML build, printed by headless Chromium.
+pdf: dev
+	$(PY) tools/make_pdf.py
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis .ruff_cache

@@ -1,6 +1,6 @@
 """Local Sphinx extension: fixes to the Jupyter Book 1 stack that the book relies on.
 
-Registered in ``_config.yml`` under ``sphinx: local_extensions``. It does five
+Registered in ``_config.yml`` under ``sphinx: local_extensions``. It does seven
 things, each at the source of a problem rather than by hiding its symptom:
 
 1. **One THEBE_JS_URL per page.** sphinx-thebe registers its inline
@@ -28,8 +28,9 @@ things, each at the source of a problem rather than by hiding its symptom:
    page's tooltips from data it collects while writing the pages they point
    to, and keeps that data only for the current build. When a chapter is
    rewritten but the glossary is not, the chapter gets no tooltips at all. We
-   save the collected data after each build (in the doctree folder) and give
-   it back to sphinx-tippy for the pages the next build does not rewrite.
+   save the collected data after each html build (in the doctree folder) and
+   give it back to sphinx-tippy for the pages the next one does not rewrite
+   (singlehtml, which shares the doctree folder, writes its one page whole).
 
 5. **A lighter offline MathJax.** sphinx-mathjax-offline copies all of MathJax
    3 (24 MB) into ``_static/mathjax``, although pages load one combined
@@ -37,6 +38,23 @@ things, each at the source of a problem rather than by hiding its symptom:
    components and the Node-only adaptors, about 15 MB; everything
    ``tex-chtml.js`` may load lazily stays (TeX extensions, fonts, the menu and
    its accessibility and SVG-renderer options).
+
+6. **The single-page build knows every node.** Sphinx gives a translator the
+   node handlers registered for its builder's name (``singlehtml``) and falls
+   back to those of its format (``html``) only when the name has none.
+   sphinx-exercise registers its nodes for ``singlehtml`` by name, so the
+   handlers myst-nb registers for ``html`` (hidden code cells) went missing
+   and ``jupyter-book build --builder singlehtml`` (the PDF's source, see
+   ``tools/make_pdf.py``) failed on "unknown node type: HideCodeCellNode".
+   We copy the ``html`` handlers that a builder of the html format lacks.
+
+7. **Bibliography entries are list items.** Docutils writes the citations of
+   the bibliography as ``<div role="doc-biblioentry">`` children of a
+   ``<div role="list">``. DPUB-ARIA 1.1 deprecated ``doc-biblioentry`` and
+   assistive technology (and axe-core, rule ``aria-required-children``) no
+   longer counts it as a list item, so the list reads as empty. We write
+   ``role="listitem"``, as DPUB-ARIA 1.1 advises; the markup is otherwise
+   docutils' own.
 """
 
 from __future__ import annotations
@@ -46,6 +64,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.config import Config
 from sphinx.util import logging
@@ -122,6 +141,8 @@ _TIPPY_STATE = "bnbook_tippy_pages.pickle"
 
 def _restore_tippy_data(app: Sphinx, env: Any) -> None:
     """Before writing: sphinx-tippy's data for the pages this build will not rewrite."""
+    if app.builder.name != "html":
+        return  # singlehtml writes its one page whole, with links of its own (#document-...)
     path = Path(app.doctreedir, _TIPPY_STATE)
     if not path.is_file():
         return
@@ -138,7 +159,7 @@ def _restore_tippy_data(app: Sphinx, env: Any) -> None:
 
 
 def _save_tippy_data(app: Sphinx, exception: Exception | None) -> None:
-    if exception is not None or app.builder.format != "html":
+    if exception is not None or app.builder.name != "html":
         return
     data = getattr(app.env, "tippy_data", None)
     if data and data.get("pages"):
@@ -171,12 +192,41 @@ def _prune_offline_mathjax(app: Sphinx, exception: Exception | None) -> None:
         adaptors.rmdir()
 
 
+def _share_html_handlers(app: Sphinx) -> None:
+    """Give an html-format builder with its own handler table (singlehtml) the ``html`` node handlers."""
+    builder = app.builder
+    if builder.format != "html" or builder.name == "html":
+        return
+    tables = app.registry.translation_handlers
+    own = tables.get(builder.name)
+    if own is None:
+        return  # Sphinx falls back to the html table by itself
+    for node_name, handlers in tables.get("html", {}).items():
+        own.setdefault(node_name, handlers)
+
+
+def _visit_citation(self: Any, node: nodes.citation) -> None:
+    """docutils' HTML5 ``visit_citation``, with ``role="listitem"`` for the deprecated ``doc-biblioentry``."""
+    if not isinstance(node.previous_sibling(), type(node)):
+        self.body.append('<div role="list" class="citation-list">\n')
+    self.body.append(self.starttag(node, "div", classes=[node.tagname], role="listitem"))
+
+
+def _depart_citation(self: Any, node: nodes.citation) -> None:
+    self.body.append("</div>\n")
+    if not isinstance(node.next_node(descend=False, siblings=True), type(node)):
+        self.body.append("</div>\n")
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     _normalise_inline_js(app)
+    app.add_node(nodes.citation, override=True, html=(_visit_citation, _depart_citation))
     # priority > 500: run after Jupyter Book's config handling and after
     # sphinx-tippy has registered its defaults.
     app.connect("config-inited", _drop_vendor_assets, priority=900)
     app.connect("config-inited", _check_tippy_js, priority=900)
+    # every extension has registered its nodes by now; translators are made when writing
+    app.connect("builder-inited", _share_html_handlers)
     # after reading, before writing: the tooltip data of pages that are not rewritten
     app.connect("env-updated", _restore_tippy_data)
     # after sphinx-tippy's build-finished handler (priority 500) wrote the new files

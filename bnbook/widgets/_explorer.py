@@ -90,6 +90,11 @@ class Explorer:
     layout : {"constrained", "tight", None}
         Layout engine of each frame's figure; None (fixed margins set by
         ``draw``) renders fastest.
+    alt : str, optional
+        One sentence saying what the picture shows, for screen readers
+        (default: "Explorer: " and the slider captions). The static form's
+        image reads this followed by the values it currently shows, and
+        updates it as a slider moves.
     """
 
     def __init__(
@@ -104,6 +109,7 @@ class Explorer:
         dpi: int = 100,
         max_frames: int = 80,
         layout: str | None = "constrained",
+        alt: str | None = None,
     ) -> None:
         if not callable(draw):
             raise ValueError("draw must be a callable draw(fig, **values)")
@@ -138,6 +144,7 @@ class Explorer:
         self.figsize = figsize
         self.dpi = dpi
         self.layout = layout
+        self.alt = alt or "Explorer: " + ", ".join(self.labels.values())
         self._frames: dict[tuple[int, ...], bytes] = {}
         self._live: dict[tuple[int, ...], bytes] = {}
         self.last_redraw_ms: float | None = None
@@ -214,13 +221,16 @@ class Explorer:
                 f'<output class="bnx-value">{html.escape(_fmt(values[start[d]]))}</output></label>'
             )
         shown = [[_fmt(v) for v in values] for values in self.params.values()]
-        alt = "Explorer: " + ", ".join(self.labels.values())
+        # the alt text: the description, then the values on show (the script keeps them current)
+        now = "; ".join(f"{self.labels[k]} = {shown[d][start[d]]}" for d, k in enumerate(self.params))
+        alt = f"{self.alt.rstrip('. ')}. Shown: {now}."
         return (
             f'<div class="bnbook-explorer" id="{uid}" style="max-width:100%">'
             f'<div class="bnx-controls" style="display:grid;gap:0.2em 0;margin-bottom:0.4em">'
             + "".join(rows)
             + "</div>"
             f'<img class="bnx-frame" style="max-width:100%;height:auto" alt="{html.escape(alt)}" '
+            f'data-alt="{html.escape(self.alt.rstrip(". "))}" '
             f'src="data:image/png;base64,{first}">'
             "</div>\n"
             "<style>.bnx-row{display:flex;align-items:center;gap:0.6em;font-size:0.9em}"
@@ -231,10 +241,12 @@ class Explorer:
             f"var frames={json.dumps(frames)};var shown={json.dumps(shown)};"
             f"var shape={json.dumps(list(self.shape))};"
             "var sliders=root.querySelectorAll('.bnx-slider');var outs=root.querySelectorAll('.bnx-value');"
-            "var img=root.querySelector('.bnx-frame');"
-            "function update(){var k=0;for(var d=0;d<sliders.length;d++){var i=+sliders[d].value;"
-            "k=k*shape[d]+i;outs[d].textContent=shown[d][i];}"
-            "img.src='data:image/png;base64,'+frames[k];}"
+            "var img=root.querySelector('.bnx-frame');var names=root.querySelectorAll('.bnx-name');"
+            "function update(){var k=0,now=[];for(var d=0;d<sliders.length;d++){var i=+sliders[d].value;"
+            "k=k*shape[d]+i;outs[d].textContent=shown[d][i];"
+            "now.push(names[d].textContent+' = '+shown[d][i]);}"
+            "img.src='data:image/png;base64,'+frames[k];"
+            "img.alt=img.getAttribute('data-alt')+'. Shown: '+now.join('; ')+'.';}"
             "for(var d=0;d<sliders.length;d++){sliders[d].addEventListener('input',update);}"
             "})();</script>"
         )
