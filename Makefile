@@ -27,7 +27,7 @@ help:
 	@echo "make notebooks-strict  strict nbval: stored outputs must match a re-run"
 	@echo "make notebooks-strict-1thread  the same with one thread (sums in another order, as on another CPU)"
 	@echo "make binder-check      build the Binder environment in a fresh virtualenv and run a chapter"
-	@echo "make screenshot        regenerate docs/screenshot.png from the built book"
+	@echo "make screenshot        regenerate docs/screenshot-light.png and -dark.png from the built book"
 	@echo "make clean    remove the build and caches (keeps .venv)"
 
 # --- environment -----------------------------------------------------------

@@ -224,11 +224,16 @@ def test_solutions_hidden_until_opened(site: Browser, path: str) -> None:
         except Exception:
             problems.append(f"{name!r} did not open when its title was clicked")
             continue
-        if solution.locator(".math").count():
-            try:  # MathJax typesets the math of an opened solution as it comes into view
-                solution.locator("mjx-lazy").first.wait_for(state="detached", timeout=5000)
-            except Exception:
-                problems.append(f"the math in {name!r} was not typeset once it was opened")
+        pending = solution.locator("mjx-lazy")
+        try:  # MathJax typesets the math of an opened solution as it comes into view: scroll to each
+            for _ in range(200):
+                if pending.count() == 0:
+                    break
+                first = pending.first
+                first.scroll_into_view_if_needed()
+                first.wait_for(state="detached", timeout=5000)
+        except Exception:
+            problems.append(f"the math in {name!r} was not typeset once it was scrolled into view")
         title.click()  # fold it again
         body.wait_for(state="hidden", timeout=3000)
     assert solutions.count() > 0
