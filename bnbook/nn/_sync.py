@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 
-from bnbook._checks import check_eps, check_momentum, check_num_features
 from bnbook.nn._batchnorm import _BatchNorm, _bcast, _check_floating, _runs
 
 __all__ = ["SyncBatchNorm"]
@@ -157,16 +156,8 @@ class SyncBatchNorm(_BatchNorm):
         *,
         bias: bool = True,
     ) -> None:
-        super().__init__(
-            check_num_features(num_features),
-            check_eps(eps),
-            check_momentum(momentum),
-            affine,
-            track_running_stats,
-            device,
-            dtype,
-            bias=bias,
-        )
+        # The checks and the state are the other layers' own; only process_group is new.
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self.process_group = process_group
 
     def _check_input_dim(self, input: Tensor) -> None:
