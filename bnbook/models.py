@@ -7,6 +7,7 @@ in :mod:`bnbook.training`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from bnbook import nn as bnn
 
-__all__ = ["History", "accuracy", "mlp", "small_cnn", "train_classifier"]
+__all__ = ["History", "accuracy", "lsuv_init", "mlp", "small_cnn", "train_classifier"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -109,6 +110,133 @@ def small_cnn(
         layers += [nn.ReLU(), nn.MaxPool2d(2)]
     layers += [nn.Flatten(), nn.Linear(channels[1] * 2 * 2, num_classes)]
     return nn.Sequential(*layers)
+
+
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _unit_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-unit mean and standard deviation of a pre-activation: over every dim but dim 1 (or the last)."""
+    z = z.double()
+    if z.dim() == 2:
+        dims: tuple[int, ...] = (0,)
+    else:
+        dims = (0, *range(2, z.dim()))
+    return z.mean(dims), z.std(dims, unbiased=False)
+
+
+@torch.no_grad()
+def lsuv_init(model: nn.Module, x: torch.Tensor, target_std: float = 1.0, eps: float = 1e-8) -> nn.Module:
+    r"""Scale a network so that every hidden pre-activation has mean 0 and std 1 on ``x`` (chapters 1 and 8).
+
+    A data-dependent initialization in the spirit of LSUV (Mishkin & Matas,
+    2016) and of the data-dependent init of weight normalization (Salimans &
+    Kingma, 2016). Layer by layer, from the input on, each hidden ``Linear``
+    or ``Conv`` unit :math:`j` with pre-activation :math:`z_j = w_j^	op h + b_j`
+    is rewritten as
+
+    .. math::
+
+        w_j \leftarrow rac{s\, w_j}{\sigma_j}, \qquad b_j \leftarrow rac{s\,(b_j - \mu_j)}{\sigma_j}
+
+    where :math:`\mu_j, \sigma_j` are the mean and (biased) standard deviation of
+    :math:`z_j` over the batch ``x`` (and over positions, for a convolution),
+    measured after the layers below have been rescaled, and :math:`s` is
+    ``target_std``. Afterwards the network computes, at this batch, the
+    pre-activations that batch norm with :math:`\gamma = s, eta = 0` would
+    give, but with fixed weights: nothing is normalized during training. This
+    is the control that separates "batch norm starts at a good scale" from
+    "batch norm keeps the scale good".
+
+    Hidden layers are every ``Linear``/``Conv1d/2d/3d`` module except the last
+    one in ``model.modules()`` order (the logits, left as they are). A layer
+    without a bias is only rescaled, so its mean is not moved. The weights are
+    changed in place; the model's mode and buffers are left as they were.
+    :class:`bnbook.batched.BatchedMLP` is handled member by member, each on its
+    own slice of ``x`` when ``x`` has shape ``(K, B, D)``.
+
+    Parameters
+    ----------
+    model : nn.Module
+    x : Tensor
+        A batch of training inputs, shape ``(B, ...)`` (``(K, B, D)`` or
+        ``(B, D)`` for a BatchedMLP), with at least 2 samples.
+    target_std : float, > 0
+    eps : float, > 0
+        A unit whose std is below ``eps`` (a dead unit) is left unscaled.
+
+    Returns
+    -------
+    The same ``model``.
+
+    Examples
+    --------
+    >>> net = mlp([64, 32, 10], "sigmoid")
+    >>> _ = lsuv_init(net, torch.randn(128, 64))
+    """
+    from bnbook.batched import BatchedMLP  # the batched models import this module
+
+    if not (target_std > 0 and math.isfinite(target_std)):
+        raise ValueError(f"target_std must be positive and finite, got {target_std}")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    if x.dim() < 2 or x.shape[-2 if isinstance(model, BatchedMLP) and x.dim() == 3 else 0] < 2:
+        raise ValueError(f"lsuv_init needs a batch of at least 2 samples, got shape {tuple(x.shape)}")
+    was_training = model.training
+    if isinstance(model, BatchedMLP):
+        _lsuv_batched(model, x, target_std, eps)
+        return model
+    layers = [m for m in model.modules() if isinstance(m, _WEIGHTED)]
+    if len(layers) < 2:
+        raise ValueError("lsuv_init needs a model with at least one hidden Linear or Conv layer")
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if k in dict(model.named_buffers())}
+    model.eval()  # no running statistics move, and dropout is off
+    try:
+        for layer in layers[:-1]:
+            seen: list[torch.Tensor] = []
+            handle = layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out))
+            try:
+                model(x)
+            finally:
+                handle.remove()
+            mean, std = _unit_stats(seen[0])
+            scale = torch.where(std > eps, target_std / std, torch.ones_like(std))
+            w = layer.weight
+            w.mul_(scale.to(w.dtype).view(-1, *([1] * (w.dim() - 1))))
+            if layer.bias is not None:
+                layer.bias.sub_(mean.to(w.dtype)).mul_(scale.to(w.dtype))
+    finally:
+        model.train(was_training)
+        model.load_state_dict(buffers, strict=False)
+    return model
+
+
+def _lsuv_batched(model, x: torch.Tensor, target_std: float, eps: float) -> None:
+    """:func:`lsuv_init` for every member of a BatchedMLP at once."""
+    if x.dim() == 2:
+        x = x.unsqueeze(0).expand(model.k, -1, -1)
+    if x.dim() != 3 or x.shape[0] != model.k or x.shape[2] != model.sizes[0]:
+        raise ValueError(f"x must have shape ({model.k}, B, {model.sizes[0]}) or (B, {model.sizes[0]})")
+    from bnbook.batched import ACTIVATIONS
+
+    act = ACTIVATIONS[model.activation]
+    h, b = x.to(model.weights[0].dtype), 0
+    was_training = model.training
+    model.eval()
+    try:
+        for i, w in enumerate(model.weights[:-1]):
+            bias = model.biases[b] if model._has_bias[i] else None
+            z = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
+            mean, std = z.double().mean(1), z.double().std(1, unbiased=False)  # (K, C)
+            scale = torch.where(std > eps, target_std / std, torch.ones_like(std)).to(w.dtype)
+            w.mul_(scale.unsqueeze(1))
+            if bias is not None:
+                bias.sub_(mean.to(w.dtype)).mul_(scale)
+                b += 1
+            z = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
+            h = act(model._norm(z, i) if model.batch_norm else z)
+    finally:
+        model.train(was_training)
 
 
 class History(NamedTuple):
