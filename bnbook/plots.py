@@ -7,7 +7,7 @@ import io
 import matplotlib
 import matplotlib.pyplot as plt
 
-__all__ = ["COLORS", "MARKERS", "PALETTE", "band", "fig_to_png", "use_style"]
+__all__ = ["COLORS", "MARKERS", "PALETTE", "SERIES", "band", "fig_to_png", "series", "use_style"]
 
 #: Okabe and Ito's colour-blind-safe palette, in the order series take it.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
@@ -24,6 +24,34 @@ COLORS = {
 
 #: Markers that go with :data:`PALETTE`, so overlapping series stay distinct in grey too.
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
+
+
+#: One look per series across the book: every chapter draws a series with this colour, marker
+#: and line style, so "no BN" is the same vermillion circle in chapter 1 and in chapter 8.
+SERIES: dict[str, dict[str, str]] = {
+    "no_bn": {"color": "#D55E00", "marker": "o", "linestyle": "-", "label": "no BN, default init"},
+    "xavier": {"color": "#E69F00", "marker": "v", "linestyle": "--", "label": "no BN, Xavier/Kaiming init"},
+    "lsuv": {"color": "#CC79A7", "marker": "D", "linestyle": "-.", "label": "no BN, data-dependent init"},
+    "bn": {"color": "#0072B2", "marker": "s", "linestyle": "-", "label": "BN"},
+    "bn_after": {"color": "#56B4E9", "marker": "^", "linestyle": "--", "label": "BN after the activation"},
+    "noisy_bn": {"color": "#56B4E9", "marker": "P", "linestyle": ":", "label": "BN with added noise"},
+    "renorm": {"color": "#009E73", "marker": "^", "linestyle": "-", "label": "batch renorm"},
+    "ghost": {"color": "#56B4E9", "marker": "P", "linestyle": "--", "label": "ghost BN"},
+    "gn": {"color": "#CC79A7", "marker": "X", "linestyle": "-", "label": "group norm"},
+    "ln": {"color": "#E69F00", "marker": "v", "linestyle": "-", "label": "layer norm"},
+    "frozen": {"color": "#000000", "marker": "D", "linestyle": ":", "label": "frozen BN statistics"},
+}
+
+
+def series(name: str, **overrides) -> dict[str, str]:
+    """Keyword arguments for ``ax.plot`` that draw series ``name`` in its book-wide look.
+
+    >>> series("bn")["marker"]
+    's'
+    """
+    if name not in SERIES:
+        raise ValueError(f"unknown series {name!r}; known: {sorted(SERIES)}")
+    return {**SERIES[name], **overrides}
 
 
 def use_style() -> None:
