@@ -4,7 +4,27 @@ from __future__ import annotations
 
 import numbers
 
-__all__ = ["check_eps", "check_momentum", "check_num_features", "check_spatial_rank"]
+__all__ = [
+    "BadInputError",
+    "UnsupportedDtypeError",
+    "check_eps",
+    "check_momentum",
+    "check_num_features",
+    "check_spatial_rank",
+]
+
+
+class BadInputError(ValueError, RuntimeError):
+    """Bad input where ``torch.nn`` raises ``RuntimeError`` (a wrong channel count, mixed dtypes).
+
+    It is a ``ValueError`` (bnbook's rule for bad user input) and a
+    ``RuntimeError`` (what torch raises in the same case), so code written
+    against either library catches it.
+    """
+
+
+class UnsupportedDtypeError(ValueError, NotImplementedError):
+    """An input dtype batch norm does not compute in (integers); torch raises ``NotImplementedError``."""
 
 
 def check_num_features(num_features: object) -> int:

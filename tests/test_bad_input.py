@@ -18,29 +18,148 @@ from bnbook import scratch
 
 # --- constructor ------------------------------------------------------------------
 
-ALL_CLASSES = [scratch.BatchNorm, bnn.BatchNorm1d, bnn.BatchNorm2d, bnn.BatchNorm3d]
-CLASS_IDS = ["scratch", "nn1d", "nn2d", "nn3d"]
+NN_CLASSES = [bnn.BatchNorm1d, bnn.BatchNorm2d, bnn.BatchNorm3d]
+NN_IDS = ["nn1d", "nn2d", "nn3d"]
 
 
-@pytest.mark.parametrize("cls", ALL_CLASSES, ids=CLASS_IDS)
 @pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf"), "1e-5", None, True], ids=repr)
-def test_bad_eps_rejected(cls, eps) -> None:
+def test_scratch_bad_eps_rejected(eps) -> None:
     with pytest.raises(ValueError, match="eps"):
-        cls(3, eps=eps)
+        scratch.BatchNorm(3, eps=eps)
 
 
-@pytest.mark.parametrize("cls", ALL_CLASSES, ids=CLASS_IDS)
 @pytest.mark.parametrize("num_features", [0, -2, 2.5, "3", True, None], ids=repr)
-def test_bad_num_features_rejected(cls, num_features) -> None:
+def test_scratch_bad_num_features_rejected(num_features) -> None:
     with pytest.raises(ValueError, match="num_features"):
-        cls(num_features)
+        scratch.BatchNorm(num_features)
 
 
-@pytest.mark.parametrize("cls", ALL_CLASSES, ids=CLASS_IDS)
 @pytest.mark.parametrize("momentum", [-0.1, 1.5, float("nan"), "0.1", True], ids=repr)
-def test_bad_momentum_rejected(cls, momentum) -> None:
+def test_scratch_bad_momentum_rejected(momentum) -> None:
     with pytest.raises(ValueError, match="momentum"):
-        cls(3, momentum=momentum)
+        scratch.BatchNorm(3, momentum=momentum)
+
+
+# bnbook.nn takes what torch.nn takes, so that converting any torch layer works.
+@pytest.mark.parametrize("cls", NN_CLASSES, ids=NN_IDS)
+@pytest.mark.parametrize(
+    "kwargs", [{"eps": 0.0}, {"eps": -1e-5}, {"momentum": 1.5}, {"momentum": -0.5}], ids=repr
+)
+def test_nn_accepts_what_torch_accepts_at_construction(cls, kwargs) -> None:
+    ours = cls(3, **kwargs)
+    theirs = getattr(torch.nn, cls.__name__)(3, **kwargs)
+    assert (ours.eps, ours.momentum) == (theirs.eps, theirs.momentum)
+
+
+@pytest.mark.parametrize("cls", NN_CLASSES, ids=NN_IDS)
+def test_nn_accepts_zero_features_like_torch(cls) -> None:
+    assert cls(0).num_features == getattr(torch.nn, cls.__name__)(0).num_features == 0
+
+
+@pytest.mark.parametrize("cls", NN_CLASSES, ids=NN_IDS)
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"eps": float("nan")}, {"eps": float("inf")}, {"eps": "1e-5"}, {"momentum": float("nan")},
+     {"momentum": "0.1"}, {"momentum": True}, {"num_features": -2}, {"num_features": 2.5}],
+    ids=repr,
+)
+def test_nn_refuses_what_would_poison_the_statistics(cls, kwargs) -> None:
+    """Non-numbers, NaN and infinity: torch takes some silently; bnbook refuses them (documented)."""
+    args = {"num_features": 3, **kwargs}
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        cls(**args)
+
+
+@pytest.mark.parametrize("momentum", [1.5, -0.5])
+def test_nn_momentum_outside_unit_interval_matches_torch(momentum) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(16, 3) * 2 + 1
+    ours, theirs = bnn.BatchNorm1d(3, momentum=momentum), torch.nn.BatchNorm1d(3, momentum=momentum)
+    for _ in range(3):
+        torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-5])
+def test_nn_nonpositive_eps_refused_when_it_runs_like_torch(eps) -> None:
+    x = torch.randn(8, 3)
+    ours, theirs = bnn.BatchNorm1d(3, eps=eps), torch.nn.BatchNorm1d(3, eps=eps)
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.raises(ValueError, match="eps") as ours_err:
+        ours(x)
+    with pytest.raises(ValueError, match="eps"):
+        theirs(x)
+    assert "eps" in str(ours_err.value)
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # In eval mode torch accepts eps = 0 (and refuses a negative eps): so does bnbook.
+    ours.eval(), theirs.eval()
+    if eps == 0.0:
+        torch.testing.assert_close(ours(x), theirs(x))
+    else:
+        with pytest.raises(ValueError, match="eps"):
+            ours(x)
+
+
+def _torch_and_ours(fn):
+    """Run ``fn(module_ns)`` with torch.nn and with bnbook.nn; return both exceptions."""
+    errors = []
+    for ns in (torch.nn, bnn):
+        with pytest.raises(Exception) as info:
+            fn(ns)
+        errors.append(info.value)
+    return errors
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(lambda ns: ns.BatchNorm1d(4)(torch.randn(8, 3)), id="wrong-channels"),
+        pytest.param(lambda ns: ns.BatchNorm1d(3)(torch.randn(8, 3, dtype=torch.float64)), id="x64-params32"),
+        pytest.param(lambda ns: ns.BatchNorm1d(3).double()(torch.randn(8, 3)), id="x32-params64"),
+        pytest.param(
+            lambda ns: ns.BatchNorm2d(3)(torch.randn(4, 3, 2, 2, dtype=torch.float64)), id="2d-mixed"
+        ),
+        pytest.param(lambda ns: ns.BatchNorm1d(3)(torch.ones(8, 3, dtype=torch.long)), id="integer-input"),
+    ],
+)
+def test_nn_errors_are_catchable_as_torchs(case) -> None:
+    """Each refusal is a ValueError and also of the class torch raises, so either ``except`` catches it."""
+    theirs, ours = _torch_and_ours(case)
+    assert isinstance(ours, ValueError)
+    assert isinstance(ours, type(theirs)), (type(ours), type(theirs))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("which", ["running_mean", "running_var"])
+def test_running_statistics_that_require_grad_are_refused_like_torch(training, which) -> None:
+    x = torch.randn(8, 3)
+    rm, rv = torch.zeros(3), torch.ones(3)
+    stats = {"running_mean": rm, "running_var": rv}
+    stats[which].requires_grad_(True)
+    with pytest.raises(RuntimeError):
+        torch.nn.functional.batch_norm(x, rm, rv, training=training)
+    with pytest.raises(RuntimeError, match=which) as info:
+        bnn.batch_norm(x, rm, rv, training=training)
+    assert isinstance(info.value, ValueError)
+    assert torch.equal(rm.detach(), torch.zeros(3)) and torch.equal(rv.detach(), torch.ones(3))
+
+
+def test_half_input_with_float32_parameters_is_accepted_like_torch() -> None:
+    x = torch.randn(8, 3).to(torch.bfloat16)
+    torch.testing.assert_close(bnn.BatchNorm1d(3)(x), torch.nn.BatchNorm1d(3)(x))
+
+
+def test_momentum_none_without_a_counter_runs_like_torch() -> None:
+    """torch leaves the statistics in place when there is no counter to average with; so does bnbook."""
+    x = torch.randn(16, 3) * 3 + 2
+    ours, theirs = bnn.BatchNorm1d(3, momentum=None), torch.nn.BatchNorm1d(3, momentum=None)
+    ours.num_batches_tracked = None
+    theirs.num_batches_tracked = None
+    torch.testing.assert_close(ours(x), theirs(x))
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
 
 
 def test_numpy_scalars_accepted_in_constructor() -> None:

@@ -466,11 +466,6 @@ def test_one_value_per_channel_in_training(shape) -> None:
 
 
 @pytest.mark.parametrize("eps", [0.0, -1e-5, float("nan"), float("inf")], ids=str)
-@pytest.mark.parametrize(
-    "cls",
-    [scratch.BatchNorm, bnn.BatchNorm1d, bnn.BatchNorm2d, bnn.BatchNorm3d],
-    ids=lambda c: f"{c.__module__}.{c.__name__}",
-)
-def test_nonpositive_eps_rejected_at_construction(cls, eps) -> None:
+def test_scratch_rejects_bad_eps_at_construction(eps) -> None:
     with pytest.raises(ValueError, match="eps"):
-        cls(3, eps=eps)
+        scratch.BatchNorm(3, eps=eps)

@@ -17,14 +17,16 @@ The Function also supports what torch's own layer supports: double backward
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.ao.quantization import fuser_method_mappings as _fusers
+from torch.autograd import forward_ad as _forward_ad
 from torch.nn.modules import batchnorm as _torch_bn
 
-from bnbook._checks import check_eps, check_momentum, check_num_features, check_spatial_rank
+from bnbook._checks import BadInputError, UnsupportedDtypeError, check_spatial_rank
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "BatchNormFunction", "batch_norm"]
 
@@ -63,8 +65,54 @@ def _per_channel_count(x: Tensor) -> int:
 
 
 def _check_floating(input: Tensor, who: str) -> None:
-    if not (input.is_floating_point() and not input.is_complex()):
-        raise ValueError(f"{who} expects a floating-point input, got dtype {input.dtype}")
+    if not input.is_floating_point():
+        raise UnsupportedDtypeError(f"{who} expects a floating-point input, got dtype {input.dtype}")
+
+
+_HALF = (torch.float16, torch.bfloat16)
+_OPERANDS = ("weight", "bias", "running_mean", "running_var")
+_is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _check_operands(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+) -> None:
+    """torch's checks on the per-channel operands, raised before anything changes.
+
+    Each must have C entries and the input's dtype (float32 also goes with a
+    half-precision input, as in torch's mixed-precision rule), and running
+    statistics must not require grad (they are updated in place, outside autograd).
+    """
+    c = input.shape[1]
+    for name, t in zip(_OPERANDS, (weight, bias, running_mean, running_var), strict=True):
+        if t is None:
+            continue
+        if t.numel() != c:
+            raise BadInputError(
+                f"{name} should contain {c} elements not {t.numel()} (input size {tuple(input.shape)})"
+            )
+        if t.dtype != input.dtype and not (input.dtype in _HALF and t.dtype == torch.float32):
+            raise BadInputError(
+                f"mixed dtypes: input is {input.dtype} but {name} is {t.dtype}; convert one of them "
+                f"(a float32 {name} is accepted only with a float16 or bfloat16 input)"
+            )
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.requires_grad:
+            raise BadInputError(
+                f"{name} requires grad, but running statistics are updated in place outside autograd; "
+                f"pass a buffer (or {name}.detach())"
+            )
+
+
+def _check_eps_at_forward(eps: float, training: bool) -> None:
+    """torch's rule, checked when the layer runs: eps > 0 with batch statistics, >= 0 otherwise."""
+    if not (eps > 0 if training else eps >= 0) or eps == math.inf:
+        wanted = "positive" if training else "non-negative"
+        raise ValueError(f"batch_norm eps must be a finite {wanted} number, got {eps}")
 
 
 class BatchNormFunction(torch.autograd.Function):
@@ -98,6 +146,23 @@ class BatchNormFunction(torch.autograd.Function):
 
     generate_vmap_rule = True
 
+    @classmethod
+    def apply(cls, *args: Any, **kwargs: Any) -> Any:
+        """``torch.autograd.Function.apply``, without its per-call signature binding when it is not needed.
+
+        torch binds every call's arguments to ``forward``'s signature (with
+        ``inspect``, tens of microseconds) so that defaults reach
+        ``setup_context``. When all nine arguments are passed by position and
+        no functorch transform is active there is nothing to bind, and the call
+        goes straight to autograd's C++ entry point: the same graph, the same
+        outputs.
+        """
+        if kwargs or len(args) != 9 or torch._C._are_functorch_transforms_active() or any(
+            isinstance(a, Tensor) and _is_wrapped(a) for a in args[:3]
+        ):
+            return super().apply(*args, **kwargs)
+        return super(torch.autograd.Function, cls).apply(*args)
+
     @staticmethod
     def forward(
         x: Tensor,
@@ -112,35 +177,38 @@ class BatchNormFunction(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor, Tensor]:
         nd = x.dim()
         # Half-precision inputs are computed in float32 and returned in their own dtype, like torch.
-        cd = torch.promote_types(x.dtype, torch.float32)
-        w = None if weight is None else weight.to(cd)
-        b = None if bias is None else bias.to(cd)
+        cd = x.dtype if x.dtype not in _HALF else torch.float32
+        w = None if weight is None else _as(weight, cd)
+        b = None if bias is None else _as(bias, cd)
         if mean is None:
             m = _per_channel_count(x)
-            xw = x.to(cd)
-            mean = _channel_sum(xw) / max(m, 1)
-            xc = xw - _bcast(mean, nd)
-            var = _channel_sumsq(xc) / max(m, 1)
+            xw = _as(x, cd)
+            if nd == 2:  # (N, C): one reduction over the rows; no reshape needed
+                inv_m = _const(1.0 / max(m, 1), xw)
+                mean = xw.sum(0).mul_(inv_m)
+                xc = xw - mean
+                var = torch.linalg.vecdot(xc, xc, dim=0).mul_(inv_m)
+            else:
+                mean = _channel_sum(xw) / max(m, 1)
+                xc = xw - _bcast(mean, nd)
+                var = _channel_sumsq(xc) / max(m, 1)
             if m > 1:
                 with torch.no_grad():
                     if running_mean is not None:
-                        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+                        running_mean.lerp_(_as(mean, running_mean.dtype), momentum)
                     if running_var is not None:
-                        running_var.lerp_((var * (m / (m - 1))).to(running_var.dtype), momentum)
-            scale = torch.rsqrt(var + eps) if w is None else torch.rsqrt(var + eps) * w
+                        running_var.lerp_(_as(var * _const(m / (m - 1), var), running_var.dtype), momentum)
+            scale = torch.rsqrt(var + _const(eps, var))
+            if w is not None:
+                scale = scale.mul_(w)
             # The centred values become the output in place: one allocation the size of x.
-            if b is None:
-                y = xc.mul_(_bcast(scale, nd))
-            else:
-                y = torch.addcmul(_bcast(b, nd), xc, _bcast(scale, nd), out=xc)
-            return y.to(x.dtype), mean, var
+            if nd > 2:
+                scale, b = _bcast(scale, nd), (None if b is None else _bcast(b, nd))
+            y = xc.mul_(scale) if b is None else torch.addcmul(b, xc, scale, out=xc)
+            return _as(y, x.dtype), mean, var
+        y = _eval_affine(x, w, b, mean, var, eps, cd)
         # Copies: the caller's buffers must not come back as outputs of this Function.
-        mean, var = mean.to(cd, copy=True), var.to(cd, copy=True)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd if w is None else invstd * w
-        shift = -mean * scale if b is None else b - mean * scale
-        y = torch.addcmul(_bcast(shift, nd), x.to(cd), _bcast(scale, nd))
-        return y.to(x.dtype), mean, var
+        return y, mean.to(cd, copy=True), var.to(cd, copy=True)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -152,7 +220,8 @@ class BatchNormFunction(torch.autograd.Function):
         ctx.has_bias = bias is not None
         # The input itself, like torch's kernel: no float32 copy of a half input.
         ctx.save_for_backward(x, weight, mean, var)
-        ctx.save_for_forward(x, weight, mean, var)
+        if _forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+            ctx.save_for_forward(x, weight, mean, var)  # for jvp; only forward-mode AD needs it
         ctx.mark_non_differentiable(mean, var)
         ctx.set_materialize_grads(False)
 
@@ -167,9 +236,9 @@ class BatchNormFunction(torch.autograd.Function):
             dx, dw, db = _backward_differentiable(ctx, dy, x, weight, mean, var)
         else:
             dx, dw, db = _backward_fast(ctx, dy, x, weight, mean, var)
-        dx = dx.to(x.dtype) if need_x else None
-        dw = dw.to(weight.dtype) if weight is not None and need_w else None
-        db = db.to(weight.dtype if weight is not None else x.dtype) if ctx.has_bias and need_b else None
+        dx = _as(dx, x.dtype) if need_x else None
+        dw = _as(dw, weight.dtype) if weight is not None and need_w else None
+        db = _as(db, x.dtype if weight is None else weight.dtype) if ctx.has_bias and need_b else None
         return (dx, dw, db, *rest)
 
     @staticmethod
@@ -197,27 +266,73 @@ class BatchNormFunction(torch.autograd.Function):
         return y_t.to(x.dtype), None, None
 
 
+def _eval_affine(
+    x: Tensor, w: Tensor | None, b: Tensor | None, mean: Tensor, var: Tensor, eps: float, cd: torch.dtype
+) -> Tensor:
+    """``y = x * scale + shift`` per channel: ``scale = w/sqrt(var + eps)``, ``shift = b - mean*scale``."""
+    scale = torch.rsqrt(_as(var, cd) + eps)
+    if w is not None:
+        scale = scale * w
+    mean = _as(mean, cd)
+    shift = torch.mul(mean, scale).neg_() if b is None else torch.addcmul(b, mean, scale, value=-1)
+    nd = x.dim()
+    if nd > 2:
+        shift, scale = _bcast(shift, nd), _bcast(scale, nd)
+    return _as(torch.addcmul(shift, _as(x, cd), scale), x.dtype)
+
+
+_CONSTANTS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
+
+
+def _const(value: float, like: Tensor) -> Tensor:
+    """``value`` as a 0-dim tensor of ``like``'s dtype and device, made once and reused.
+
+    A Python number in a tensor operation is wrapped into a tensor on every
+    call; for the per-channel vectors of a small layer that wrapping costs as
+    much as the arithmetic, so the few constants of a layer are kept.
+    """
+    key = (value, like.dtype, like.device)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        if len(_CONSTANTS) > 4096:  # many batch sizes or eps values: start afresh
+            _CONSTANTS.clear()
+        t = _CONSTANTS[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return t
+
+
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t`` in ``dtype``, without a call into torch when it already is."""
+    return t if t.dtype is dtype else t.to(dtype)
+
+
 def _backward_fast(ctx: Any, dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, var: Tensor):
     """The closed form with in-place updates: two temporaries the size of ``x``."""
     cd = mean.dtype
     nd = x.dim()
-    dy = dy.to(cd)
-    invstd = torch.rsqrt(var + ctx.eps)
-    k = invstd if weight is None else invstd * weight.to(cd)
-    xc = x.to(cd) - _bcast(mean, nd)
-    dbeta = _channel_sum(dy)
-    buf = dy * xc  # becomes dx below
-    dgamma = _channel_sum(buf) * invstd
+    dy = _as(dy, cd)
+    invstd = torch.rsqrt(var + _const(ctx.eps, var))
+    k = invstd if weight is None else invstd * _as(weight, cd)
+    if nd == 2:  # (N, C): per-channel vectors broadcast as they are, and one reduction sums a channel
+        xc = _as(x, cd) - mean
+        dbeta = dy.sum(0)
+        buf = dy * xc  # becomes dx below
+        dgamma = buf.sum(0).mul_(invstd)
+    else:
+        xc = _as(x, cd) - _bcast(mean, nd)
+        dbeta = _channel_sum(dy)
+        buf = dy * xc
+        dgamma = _channel_sum(buf).mul_(invstd)
     if not ctx.needs_input_grad[0]:
         return None, dgamma, dbeta
-    if ctx.batch_stats:
-        m = max(_per_channel_count(x), 1)
-        # dx = k * (dy - dbeta/m - x_hat * dgamma/m), with x_hat = xc * invstd
-        dx = torch.addcmul(_bcast(-k * dbeta / m, nd), xc, _bcast(-k * invstd * dgamma / m, nd), out=buf)
-        dx.addcmul_(dy, _bcast(k, nd))
-    else:
-        dx = torch.mul(dy, _bcast(k, nd), out=buf)
-    return dx, dgamma, dbeta
+    if not ctx.batch_stats:
+        return torch.mul(dy, k if nd == 2 else _bcast(k, nd), out=buf), dgamma, dbeta
+    # dx = k * (dy - dbeta/m - x_hat * dgamma/m), with x_hat = xc * invstd
+    a = k * _const(-1.0 / max(_per_channel_count(x), 1), k)
+    c0, c1 = a * dbeta, (a * invstd).mul_(dgamma)
+    if nd > 2:
+        k, c0, c1 = _bcast(k, nd), _bcast(c0, nd), _bcast(c1, nd)
+    dx = torch.addcmul(c0, dy, k, out=buf)
+    return dx.addcmul_(xc, c1), dgamma, dbeta
 
 
 def _backward_differentiable(
@@ -295,27 +410,74 @@ def batch_norm(
     Raises
     ------
     ValueError
-        For input of fewer than 2 dimensions or of a non-floating dtype, for
-        ``eps <= 0``, or for a batch with one value per channel in training.
-        Nothing is updated when it raises.
+        For input of fewer than 2 dimensions, for ``eps <= 0`` in training (or
+        ``< 0`` in eval), or for a batch with one value per channel in training,
+        as torch does.
+    BadInputError
+        (a ``ValueError`` and a ``RuntimeError``, like torch's) for a
+        per-channel operand with the wrong number of entries or another dtype
+        than the input, or running statistics that require grad.
+    UnsupportedDtypeError
+        (a ``ValueError`` and a ``NotImplementedError``) for integer input.
+
+    Nothing is updated when it raises.
     """
     if input.dim() < 2:
         raise ValueError(f"batch_norm expects input of shape (N, C, *), got {input.dim()}D input")
     _check_floating(input, "batch_norm")
-    eps = check_eps(eps)
-    function = BatchNormFunction if function is None else function
+    eps = float(eps)
+    _check_eps_at_forward(eps, training)
+    _check_operands(input, weight, bias, running_mean, running_var)
     c = input.shape[1]
     if training:
         if c and input.numel() // c == 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )
+    elif running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var must be given when training is False")
+    return _dispatch(input, running_mean, running_var, weight, bias, training, momentum, eps, function)
+
+
+def _dispatch(
+    input: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    function: Any,
+) -> Tensor:
+    """Run checked arguments through ``function`` (default :class:`BatchNormFunction`)."""
+    if (function is None or function is BatchNormFunction) and _no_autograd(input, weight, bias):
+        # Nothing to differentiate: run the Function's arithmetic without building a graph node.
+        if training:
+            return BatchNormFunction.forward(
+                input, weight, bias, None, None, eps, running_mean, running_var, float(momentum)
+            )[0]
+        cd = input.dtype if input.dtype not in _HALF else torch.float32
+        w = None if weight is None else _as(weight, cd)
+        b = None if bias is None else _as(bias, cd)
+        return _eval_affine(input, w, b, running_mean, running_var, eps, cd)
+    function = BatchNormFunction if function is None else function
+    if training:
         return function.apply(
             input, weight, bias, None, None, eps, running_mean, running_var, float(momentum)
         )[0]
-    if running_mean is None or running_var is None:
-        raise ValueError("running_mean and running_var must be given when training is False")
-    return function.apply(input, weight, bias, running_mean, running_var, eps)[0]
+    return function.apply(input, weight, bias, running_mean, running_var, eps, None, None, 0.0)[0]
+
+
+def _no_autograd(*tensors: Tensor | None) -> bool:
+    """True when no autograd mode could record this call: no grad needed, no forward AD, no transform."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    return (
+        _forward_ad._current_level < 0
+        and not torch._C._are_functorch_transforms_active()
+        and not _is_wrapped(tensors[0])
+    )
 
 
 class _BatchNorm(_torch_bn._BatchNorm):
@@ -341,9 +503,9 @@ class _BatchNorm(_torch_bn._BatchNorm):
         bias: bool = True,
     ) -> None:
         super().__init__(
-            check_num_features(num_features),
-            check_eps(eps),
-            check_momentum(momentum),
+            _torch_like_count(num_features),
+            _torch_like_real(eps, "eps"),
+            None if momentum is None else _torch_like_real(momentum, "momentum"),
             affine,
             track_running_stats,
             device,
@@ -360,38 +522,65 @@ class _BatchNorm(_torch_bn._BatchNorm):
 
     def forward(self, input: Tensor) -> Tensor:
         # Every check comes before any state changes, so a refused call changes nothing.
-        self._check_input_dim(input)
-        _check_floating(input, type(self).__name__)
-        if input.shape[1] != self.num_features:
-            raise ValueError(
+        if input.dim() not in self._ranks:
+            self._check_input_dim(input)
+        if not input.is_floating_point():
+            _check_floating(input, type(self).__name__)
+        c = input.shape[1]
+        if c != self.num_features:
+            raise BadInputError(
                 f"{type(self).__name__} expects {self.num_features} channels on dim 1, "
-                f"got {input.shape[1]} (input size {tuple(input.shape)})"
+                f"got {c} (input size {tuple(input.shape)})"
             )
-        use_batch_stats = self.training or self.running_mean is None
-        if use_batch_stats and input.numel() // input.shape[1] == 1:
+        training = self.training
+        params, buffers = self._parameters, self._buffers
+        weight, bias = params["weight"], params["bias"]
+        running_mean, running_var = buffers["running_mean"], buffers["running_var"]
+        tracked = buffers["num_batches_tracked"]
+        use_batch_stats = training or running_mean is None
+        eps = self.eps
+        if not (eps > 0 if use_batch_stats else eps >= 0) or eps == math.inf:
+            _check_eps_at_forward(eps, use_batch_stats)
+        if use_batch_stats and input.numel() == c:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats:
+        _check_operands(input, weight, bias, running_mean, running_var)
+        momentum = self.momentum
+        factor = 0.0 if momentum is None else momentum
+        if training and self.track_running_stats and tracked is not None:
             # As torch does, the counter moves before the statistics are computed, so that a
             # recomputation under activation checkpointing repeats both, in the same order.
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                factor = 1.0 / float(self.num_batches_tracked)
-        # Like torch: buffers are passed unless training without tracking.
-        pass_buffers = not self.training or self.track_running_stats
-        return batch_norm(
-            input,
-            self.running_mean if pass_buffers else None,
-            self.running_var if pass_buffers else None,
-            self.weight,
-            self.bias,
-            use_batch_stats,
-            factor,
-            self.eps,
-            function=self._function_for(input),
+            tracked.add_(1)
+            if momentum is None:
+                factor = 1.0 / float(tracked)
+        if training and not self.track_running_stats:  # like torch: no buffers when training untracked
+            running_mean = running_var = None
+        return _dispatch(
+            input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps,
+            self._function_for(input),
         )
+
+
+def _torch_like_count(num_features: object) -> int:
+    """``num_features`` as torch takes it: a non-negative integer (0 is allowed, as in torch)."""
+    if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral) or num_features < 0:
+        raise ValueError(f"num_features must be a non-negative integer, got {num_features!r}")
+    return int(num_features)
+
+
+def _torch_like_real(value: object, name: str) -> float:
+    """A real number, as torch accepts it; only non-numbers and NaN or infinity are refused.
+
+    torch takes any ``eps`` when the layer is built and refuses ``eps <= 0`` when
+    it runs; bnbook does the same. It also takes any ``momentum``: values outside
+    [0, 1] extrapolate the running average, which is legal, if rarely wise.
+    A NaN or infinite value would turn every running statistic into NaN, so it
+    is refused here, where torch would accept it silently.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
 
 
 class BatchNorm1d(_BatchNorm, _torch_bn.BatchNorm1d):
