@@ -109,3 +109,119 @@ def test_fold_sequential_mlp() -> None:
     folded = bnn.fold_batch_norms(model)
     torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
     assert not any(isinstance(m, nn.BatchNorm1d) for m in folded.modules())
+
+
+# --- what fold_batch_norms must not fold, or must fold differently -----------------
+
+
+def _trained_eval(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """A few training steps' worth of running statistics, then eval mode."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    return model.eval()
+
+
+class _ConvUsedTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + self.conv(x)
+
+
+class _LayerReusedWithOwnNorms(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+        self.bn1, self.bn2 = bnn.BatchNorm2d(3), bnn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn2(self.conv(self.bn1(self.conv(x))))
+
+
+class _WeightReadDirectly(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + self.conv.weight.sum()
+
+
+class _KeywordCall(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, bias=False)
+        self.bn = bnn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn(input=self.conv(x))
+
+
+@pytest.mark.parametrize("cls", [_ConvUsedTwice, _LayerReusedWithOwnNorms, _WeightReadDirectly, _KeywordCall])
+def test_fold_is_exact_for_reused_layers_and_keyword_calls(cls) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 6, 6, dtype=torch.float64)
+    model = _trained_eval(cls().double(), x)
+    folded = bnn.fold_batch_norms(model)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
+
+
+def test_keyword_call_is_still_folded() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 6, 6, dtype=torch.float64)
+    folded = bnn.fold_batch_norms(_trained_eval(_KeywordCall().double(), x))
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+
+
+@pytest.mark.parametrize("length", [5, 6], ids=["L-differs-from-out", "L-equals-out"])
+@pytest.mark.parametrize("with_example", [False, True], ids=["no-example", "example"])
+def test_linear_on_sequences_with_batchnorm1d_over_length(length, with_example) -> None:
+    """(N, L, F) -> Linear -> BatchNorm1d(L): the norm is over L, which no Linear can absorb."""
+    torch.manual_seed(0)
+    x = torch.randn(8, length, 4, dtype=torch.float64)
+    model = _trained_eval(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(length)).double(), x)
+    model[1].weight.data.uniform_(0.5, 2.0)
+    examples = (x,) if with_example else ()
+    folded = bnn.fold_batch_norms(model, *examples)
+    if length == 6 and not with_example:
+        # Sizes match, and without shapes the pair is folded for (N, C) input only: 3-D input is refused.
+        with pytest.raises(ValueError, match="example input"):
+            folded(x)
+        x2 = torch.randn(8, 4, dtype=torch.float64)
+        model2 = _trained_eval(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6)).double(), x2)
+        torch.testing.assert_close(bnn.fold_batch_norms(model2)(x2), model2(x2), rtol=1e-9, atol=1e-9)
+    else:
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
+
+
+def test_linear_with_example_input_of_shape_n_c_is_folded_to_a_plain_linear() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(16, 4, dtype=torch.float64)
+    model = _trained_eval(nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6)).double(), x)
+    folded = bnn.fold_batch_norms(model, x)
+    assert [type(m) for m in folded.children()] == [nn.Linear]
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
+
+
+def test_models_with_batch_renorm_and_ghost_batch_norm_fold() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 5, 5, dtype=torch.float64)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, bias=False),
+        bnn.BatchRenorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 1, bias=False),
+        bnn.GhostBatchNorm(bnn.BatchNorm2d(4), ghost_size=4),
+    ).double()
+    model = _trained_eval(model, x)
+    folded = bnn.fold_batch_norms(model)
+    torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
+    assert not any(isinstance(m, bnn.BatchRenorm2d) for m in folded.modules())
+    with pytest.raises(ValueError, match="training mode"):
+        bnn.fold_batch_norms(model.train())
