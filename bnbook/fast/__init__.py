@@ -22,12 +22,16 @@ precision, a GPU, double backward) takes the eager path.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad as _forward_ad
 
 from bnbook.nn import _batchnorm as _eager
 
@@ -47,6 +51,11 @@ DISABLE_ENV = "BNBOOK_NO_EXTENSION"
 _state: dict[str, Any] = {"module": None, "error": None, "tried": False}
 
 
+#: Seconds to wait for another process that is building the kernels, before falling back.
+BUILD_WAIT_ENV = "BNBOOK_BUILD_WAIT"
+_BUILD_WAIT_S = 600.0
+
+
 def load(verbose: bool = False) -> Any:
     """Build (first time) or load (afterwards) the kernels; None when that is not possible here."""
     if _state["tried"]:
@@ -58,18 +67,55 @@ def load(verbose: bool = False) -> Any:
     try:
         from torch.utils import cpp_extension
 
-        _state["module"] = cpp_extension.load(
-            name="bnbook_bn_kernels",
-            sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=verbose,
-        )
-    except Exception as err:  # no compiler, no ninja, a failed build: fall back, and say why
+        build_dir = Path(cpp_extension._get_build_directory("bnbook_bn_kernels", verbose))
+        wait = float(os.environ.get(BUILD_WAIT_ENV, _BUILD_WAIT_S))
+        with _build_lock(build_dir, wait):
+            _state["module"] = cpp_extension.load(
+                name="bnbook_bn_kernels",
+                sources=[str(_SOURCE)],
+                extra_cflags=["-O3", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                verbose=verbose,
+            )
+    except Exception as err:  # no compiler, no ninja, a failed build, a build that never ends: fall back
         _state["error"] = (
             f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         )
     return _state["module"]
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path, wait_s: float) -> Iterator[None]:
+    """Hold an exclusive lock on the build folder that the OS releases when its holder dies.
+
+    torch's own build lock is a file that a killed build leaves behind, after
+    which every later build waits for it forever. Under this lock no other
+    bnbook process can be building here, so such a file is stale and is
+    removed. If another live process holds the lock for longer than
+    ``wait_s`` seconds, :class:`TimeoutError` is raised (and the caller falls back).
+    """
+    import fcntl
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "bnbook-build.lock", "a+") as handle:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"another process has been building the kernels in {build_dir} for over "
+                        f"{wait_s:.0f} s (set {BUILD_WAIT_ENV} to wait longer)"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)  # left by a build that was killed
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def available() -> bool:
@@ -85,7 +131,22 @@ def status() -> str:
 
 
 def _fusable(x: Tensor) -> bool:
+    """Whether the kernels serve this call: a plain float32/float64 CPU tensor, outside any transform.
+
+    Everything else takes ``bnbook.nn``'s eager path, which supports it: other
+    dtypes and devices, ``vmap`` and the other functorch transforms, forward-mode
+    AD (``jvp``), tracing and ``torch.export`` (tensor subclasses such as fake
+    tensors), and ``torch.compile``.
+    """
+    if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter:
+        return False
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
+        return False
+    if (
+        _forward_ad._current_level >= 0
+        or torch._C._are_functorch_transforms_active()
+        or torch.compiler.is_compiling()
+    ):
         return False
     if x.is_contiguous():
         return True
@@ -94,18 +155,28 @@ def _fusable(x: Tensor) -> bool:
 
 
 class FusedBatchNormFunction(torch.autograd.Function):
-    """``(x, weight, bias, mean, var, eps, running_mean, running_var, momentum) -> y`` on the fused kernels.
+    """``(x, weight, bias, mean, var, eps, running_mean, running_var, momentum) -> (y, mean, invstd)``.
 
     Same arguments and meaning as :class:`bnbook.nn.BatchNormFunction`; running
-    buffers are updated in the forward pass. Returns ``y`` only. Single
-    backward (``once_differentiable``): double backward takes the eager path.
+    buffers are updated in the forward pass. The extra outputs are the float64
+    per-channel mean and inverse standard deviation (not differentiable).
+    The first backward pass runs on the fused kernel. Under
+    ``create_graph=True`` (a gradient penalty, a Hessian) it evaluates the
+    closed form with differentiable operations instead, as ``bnbook.nn`` does,
+    so second derivatives are exact.
     """
 
+    @classmethod
+    def apply(cls, *args: Any, **kwargs: Any) -> Any:
+        """``Function.apply`` without the per-call signature binding (see ``BatchNormFunction.apply``)."""
+        if kwargs or len(args) != 9:
+            return super().apply(*args, **kwargs)
+        return super(torch.autograd.Function, cls).apply(*args)
+
     @staticmethod
-    def forward(ctx, x, weight, bias, mean, var, eps, running_mean, running_var, momentum):
+    def forward(x, weight, bias, mean, var, eps, running_mean, running_var, momentum):
         ext = load()
-        batch_stats = mean is None
-        if batch_stats:
+        if mean is None:
             y, mean64, invstd64 = ext.forward_train(x, weight, bias, eps)
             m = x.numel() // x.shape[1]
             if m > 1:
@@ -115,31 +186,49 @@ class FusedBatchNormFunction(torch.autograd.Function):
                     if running_var is not None:
                         var64 = invstd64.pow(-2) - eps
                         running_var.lerp_((var64 * (m / (m - 1))).to(running_var.dtype), momentum)
-        else:
-            mean64 = mean.to(torch.float64)
-            invstd64 = torch.rsqrt(var.to(torch.float64) + eps)
-            alpha = invstd64 if weight is None else invstd64 * weight.to(torch.float64)
-            beta = torch.zeros_like(alpha) if bias is None else bias.to(torch.float64)
-            y = ext.forward_affine(x, mean64, alpha, beta)
-        ctx.save_for_backward(x, weight, mean64, invstd64)
-        ctx.batch_stats, ctx.has_bias = batch_stats, bias is not None
-        return y
+            return y, mean64, invstd64
+        # Copies, never the caller's buffers: a later in-place update of a saved buffer would break backward.
+        mean64 = mean.to(torch.float64, copy=True)
+        invstd64 = torch.rsqrt(var.to(torch.float64) + eps)
+        alpha = invstd64 if weight is None else invstd64 * weight.to(torch.float64)
+        beta = torch.zeros_like(alpha) if bias is None else bias.to(torch.float64)
+        return ext.forward_affine(x, mean64, alpha, beta), mean64, invstd64
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, mean, _, eps = inputs[:6]
+        _, mean64, invstd64 = output
+        ctx.save_for_backward(x, weight, mean64, invstd64)
+        ctx.batch_stats, ctx.has_bias, ctx.eps = mean is None, bias is not None, eps
+        ctx.mark_non_differentiable(mean64, invstd64)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, dy, *_unused):
         x, weight, mean64, invstd64 = ctx.saved_tensors
-        fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() else None
-        fmt = torch.channels_last_3d if x.dim() == 5 and not x.is_contiguous() else fmt
-        dy = dy.contiguous(memory_format=fmt) if fmt is not None else dy.contiguous()
-        dx, dgamma, dbeta = load().backward_train(dy, x, weight, mean64, invstd64, ctx.batch_stats)
-        dw = dgamma.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-        db = (
-            dbeta.to(x.dtype if weight is None else weight.dtype)
-            if ctx.has_bias and ctx.needs_input_grad[2]
-            else None
-        )
-        return (dx if ctx.needs_input_grad[0] else None), dw, db, None, None, None, None, None, None
+        none = (None,) * 6
+        if dy is None:
+            return (None, None, None, *none)
+        if torch.is_grad_enabled():  # create_graph=True: the differentiable closed form
+            var = (invstd64.pow(-2) - ctx.eps).to(_compute_dtype(x))
+            dx, dw, db = _eager._backward_differentiable(ctx, dy, x, weight, mean64.to(var.dtype), var)
+            dx = dx.to(x.dtype) if ctx.needs_input_grad[0] else None
+        else:
+            fmt = torch.channels_last if x.dim() == 4 and not x.is_contiguous() else None
+            fmt = torch.channels_last_3d if x.dim() == 5 and not x.is_contiguous() else fmt
+            dy = dy.contiguous(memory_format=fmt) if fmt is not None else dy.contiguous()
+            dx, dw, db = load().backward_train(dy, x, weight, mean64, invstd64, ctx.batch_stats)
+            dx = dx if ctx.needs_input_grad[0] else None
+        dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = db.to(x.dtype if weight is None else weight.dtype)
+        else:
+            db = None
+        return (dx, dw, db, *none)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 class _Fused:
@@ -147,8 +236,14 @@ class _Fused:
 
     @staticmethod
     def apply(x, weight, bias, mean, var, eps, running_mean=None, running_var=None, momentum=0.0):
-        y = FusedBatchNormFunction.apply(x, weight, bias, mean, var, eps, running_mean, running_var, momentum)
-        return y, None, None
+        args = (x, weight, bias, mean, var, eps, running_mean, running_var, momentum)
+        if not (torch.is_grad_enabled() and (x.requires_grad or _any_grad(weight, bias))):
+            return FusedBatchNormFunction.forward(*args)[0], None, None  # no graph to record
+        return FusedBatchNormFunction.apply(*args)[0], None, None
+
+
+def _any_grad(*tensors: Tensor | None) -> bool:
+    return any(t is not None and t.requires_grad for t in tensors)
 
 
 class _FusedMixin:
