@@ -29,6 +29,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 
 from bnbook.nn._batchnorm import _BatchNorm, _bcast, _check_floating, _runs
+from bnbook.nn._renorm import GhostBatchNorm
 
 __all__ = ["SyncBatchNorm"]
 
@@ -194,32 +195,51 @@ class SyncBatchNorm(_BatchNorm):
     def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
         """Replace every batch-norm layer of ``module`` (torch's or bnbook's) by a :class:`SyncBatchNorm`.
 
-        Parameters, running statistics, the counter, ``requires_grad`` and the
-        training mode carry over; the device and dtype too. Returns the
-        converted module (a new one when ``module`` itself is a batch norm;
-        otherwise ``module``, changed in place).
+        As in torch, the new layer takes over the old one's parameters and
+        buffers themselves, not copies: an optimizer built before the
+        conversion still updates them, and tied weights stay tied. The
+        training mode and ``qconfig`` carry over. Unlike torch, a layer that
+        appears at several places of the model becomes one SyncBatchNorm at
+        all of them, so it stays one layer. The batch norm inside a
+        :class:`~bnbook.nn.GhostBatchNorm` stays local: ghost batches are
+        per-process sub-batches by definition, and ranks with different
+        local batch sizes would otherwise run different numbers of collectives.
+
+        Returns the converted module (a new one when ``module`` itself is a
+        batch norm; otherwise ``module``, changed in place).
         """
-        if isinstance(module, _TorchBatchNorm) and not isinstance(module, cls):
-            ref = module.weight if module.weight is not None else module.running_mean
-            factory = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-            out = cls(
-                module.num_features,
-                module.eps,
-                module.momentum,
-                module.affine,
-                module.track_running_stats,
-                process_group,
-                **factory,
-                bias=module.bias is not None,
-            )
-            with torch.no_grad():
-                out.load_state_dict(module.state_dict())
-            if module.affine:
-                out.weight.requires_grad_(module.weight.requires_grad)
-                if module.bias is not None:
-                    out.bias.requires_grad_(module.bias.requires_grad)
-            out.train(module.training)
-            return out
+        return _convert(cls, module, process_group, {})
+
+
+def _convert(
+    cls: type[SyncBatchNorm], module: nn.Module, process_group: Any, done: dict[int, nn.Module]
+) -> nn.Module:
+    """:meth:`SyncBatchNorm.convert_sync_batchnorm`, remembering what it has converted."""
+    if id(module) in done:
+        return done[id(module)]
+
+    out = module
+    if isinstance(module, _TorchBatchNorm):
+        out = cls(
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            process_group,
+            bias=module.bias is not None,
+        )
+        if module.affine:
+            out.weight = module.weight
+            out.bias = module.bias
+        out.running_mean = module.running_mean
+        out.running_var = module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.training = module.training
+        if hasattr(module, "qconfig"):
+            out.qconfig = module.qconfig
+    done[id(module)] = out
+    if not isinstance(module, GhostBatchNorm):
         for name, child in module.named_children():
-            module.add_module(name, cls.convert_sync_batchnorm(child, process_group))
-        return module
+            out.add_module(name, _convert(cls, child, process_group, done))
+    return out
