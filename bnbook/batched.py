@@ -370,8 +370,10 @@ def evaluate_batched(model: BatchedMLP, x: torch.Tensor, y: torch.Tensor) -> tup
     """
     was_training = model.training
     model.eval()
-    logits = model(x)
-    model.train(was_training)
+    try:
+        logits = model(x)
+    finally:
+        model.train(was_training)
     k, n, c = logits.shape
     loss = F.cross_entropy(logits.reshape(k * n, c), y.repeat(k), reduction="none").view(k, n).mean(1)
     acc = (logits.argmax(dim=2) == y).to(torch.float64).mean(1)
@@ -493,7 +495,8 @@ def train_batched(
     loss = losses.T.double().cpu().numpy()
     bad = ~np.isfinite(loss)
     diverged = bad.any(axis=1)
-    first_bad = np.where(diverged, bad.argmax(axis=1) + 1, steps + 1)  # step whose loss was not finite
+    # The step whose loss was first not finite (argmax of an empty row is undefined: no steps, no divergence).
+    first_bad = np.where(diverged, bad.argmax(axis=1) + 1 if steps else 0, steps + 1)
     loss[np.arange(steps)[None, :] + 1 >= first_bad[:, None]] = np.nan
     es = np.asarray(eval_steps, dtype=np.int64)
     if eval_steps:

@@ -10,16 +10,19 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from bnbook.nn._renorm import _BatchRenorm
+
 __all__ = ["batch_norm_layers", "recalibrate_bn"]
 
 
-def batch_norm_layers(model: nn.Module) -> list[_BatchNorm]:
+def batch_norm_layers(model: nn.Module) -> list[nn.Module]:
     """The batch-norm layers of ``model`` that track running statistics, in module order.
 
     Any subclass of ``torch.nn.modules.batchnorm._BatchNorm`` counts: torch's
-    ``BatchNorm1d/2d/3d`` and ``SyncBatchNorm``, and bnbook's layers.
+    ``BatchNorm1d/2d/3d`` and ``SyncBatchNorm``, and bnbook's layers; and
+    bnbook's batch renormalization layers, which keep the same running statistics.
     """
-    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    return [m for m in model.modules() if isinstance(m, (_BatchNorm, _BatchRenorm)) and m.track_running_stats]
 
 
 @torch.no_grad()
@@ -32,7 +35,10 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> 
     eval mode (so that, for example, dropout is off). Afterwards each running
     statistic is the plain average of the batch statistics over the pass: the
     estimate of the population statistics that Ioffe and Szegedy's Algorithm 2
-    prescribes. See ``chapters/04_training_vs_inference``.
+    prescribes. See ``chapters/04_training_vs_inference``. Batch
+    renormalization layers are recalibrated the same way: during the pass
+    they normalize with the batch statistics alone (no correction), and their
+    running statistics become the average batch mean and unbiased variance.
 
     Momenta and every module's mode are restored afterwards. If the pass
     raises, the running statistics and counters are restored too, so the
@@ -76,6 +82,12 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> 
         (layer.running_mean.clone(), layer.running_var.clone(), layer.num_batches_tracked.clone())
         for layer in layers
     ]
+    renorms = [layer for layer in layers if isinstance(layer, _BatchRenorm)]
+    limits = [(layer.r_max, layer.d_max) for layer in renorms]
+    sums: dict[nn.Module, list] = {layer: [0, 0.0, 0.0] for layer in renorms}
+    handles = [
+        layer.register_forward_pre_hook(_accumulate(sums[layer]), with_kwargs=True) for layer in renorms
+    ]
     ok = False
     try:
         model.eval()
@@ -83,10 +95,22 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> 
             layer.reset_running_stats()
             layer.momentum = None
             layer.train()
+        for layer in renorms:
+            # Plain batch norm during the pass (no correction), and no running update of its own:
+            # batch renorm averages standard deviations, the population estimate averages variances.
+            layer.r_max, layer.d_max, layer.momentum = 1.0, 0.0, 0.0
         for start in range(0, x.shape[0] - batch_size + 1, batch_size):
             model(x[start : start + batch_size].to(device))
+        for layer in renorms:
+            count, mean_sum, var_sum = sums[layer]
+            layer.running_mean.copy_(mean_sum / count)
+            layer.running_var.copy_(var_sum / count)
         ok = True
     finally:
+        for handle in handles:
+            handle.remove()
+        for layer, (r_max, d_max) in zip(renorms, limits, strict=True):
+            layer.r_max, layer.d_max = r_max, d_max
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
         if not ok:
@@ -97,3 +121,16 @@ def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> 
         for m, mode in modes.items():
             m.training = mode
     return model
+
+
+def _accumulate(acc: list):
+    """A forward pre-hook adding a batch's per-channel mean and unbiased variance to ``acc``."""
+
+    def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = (args[0] if args else kwargs["input"]).detach()
+        dims = [0, *range(2, x.dim())]
+        acc[0] += 1
+        acc[1] = acc[1] + x.mean(dims, dtype=torch.float64)
+        acc[2] = acc[2] + x.to(torch.float64).var(dims, unbiased=True)
+
+    return hook
