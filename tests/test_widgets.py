@@ -171,3 +171,16 @@ def test_show_is_live_otherwise(monkeypatch) -> None:
     monkeypatch.delenv("BNBOOK_STATIC", raising=False)
     _explorer().show()
     assert len(shown) == 1 and isinstance(shown[0], ipywidgets.VBox)
+
+
+def test_a_value_that_looks_like_markup_cannot_end_the_script() -> None:
+    import json
+    import re
+
+    evil = "</script><script>alert(1)</script><!--"
+    ex = Explorer(lambda fig, v: None, {"v": [evil, "a&b"]}, name="esc2", **SMALL)
+    page = ex.to_html()
+    assert page.lower().count("</script") == 1  # the element's own end tag, only
+    assert "<!--" not in page
+    shown = json.loads(re.search(r"var shown=(\[.*?\]\]);", page).group(1))
+    assert shown[0][0] == evil  # the escapes decode to the same string

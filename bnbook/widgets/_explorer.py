@@ -237,9 +237,9 @@ class Explorer:
             ".bnx-name{min-width:11em}.bnx-slider{flex:0 1 16em}"
             ".bnx-value{min-width:4em;font-family:monospace}</style>\n"
             "<script>(function(){"
-            f"var root=document.getElementById({json.dumps(uid)});"
-            f"var frames={json.dumps(frames)};var shown={json.dumps(shown)};"
-            f"var shape={json.dumps(list(self.shape))};"
+            f"var root=document.getElementById({_script_json(uid)});"
+            f"var frames={_script_json(frames)};var shown={_script_json(shown)};"
+            f"var shape={_script_json(list(self.shape))};"
             "var sliders=root.querySelectorAll('.bnx-slider');var outs=root.querySelectorAll('.bnx-value');"
             "var img=root.querySelector('.bnx-frame');var names=root.querySelectorAll('.bnx-name');"
             "function update(){var k=0,now=[];for(var d=0;d<sliders.length;d++){var i=+sliders[d].value;"
@@ -295,3 +295,14 @@ class Explorer:
             display(HTML(self.to_html()))
         else:
             display(self.live())
+
+
+def _script_json(value: object) -> str:
+    """JSON that is safe inside an HTML ``<script>`` element.
+
+    A string such as ``"</script>"`` or ``"<!--"`` in plain JSON would end or
+    confuse the element, so ``<``, ``>`` and ``&`` are written as ``\\u``
+    escapes, which decode to the same string (``json.dumps`` already escapes
+    every other non-ASCII character, the two JavaScript line separators included).
+    """
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
