@@ -110,9 +110,12 @@ def _check_operands(
 
 def _check_eps_at_forward(eps: float, training: bool) -> None:
     """torch's rule, checked when the layer runs: eps > 0 with batch statistics, >= 0 otherwise."""
-    if not (eps > 0 if training else eps >= 0) or eps == math.inf:
-        wanted = "positive" if training else "non-negative"
-        raise ValueError(f"batch_norm eps must be a finite {wanted} number, got {eps}")
+    if training and not eps > 0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if not eps >= 0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    if eps == math.inf:
+        raise ValueError("batch_norm eps must be finite, but got inf")
 
 
 class BatchNormFunction(torch.autograd.Function):
