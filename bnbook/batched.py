@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bnbook import nn as bnn
+
 __all__ = ["ACTIVATIONS", "INITS", "BatchedHistory", "BatchedMLP", "evaluate_batched", "train_batched"]
 
 #: Activation functions by name, applied elementwise after each hidden layer (and its batch norm).
@@ -310,7 +312,7 @@ class BatchedMLP(nn.Module):
             layers.append(lin)
             if i < last:
                 if self.batch_norm:
-                    bn = nn.BatchNorm1d(
+                    bn = bnn.BatchNorm1d(
                         fan_out, eps=self.eps, momentum=self.momentum, device=p.device, dtype=p.dtype
                     )
                     with torch.no_grad():

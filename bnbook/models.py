@@ -59,7 +59,7 @@ def mlp(
 
 def small_cnn(
     batch_norm: bool = True,
-    norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    norm_layer: type[nn.Module] = bnn.BatchNorm2d,
     channels: tuple[int, int] = (16, 32),
     num_classes: int = 10,
 ) -> nn.Sequential:
@@ -77,7 +77,8 @@ def small_cnn(
     batch_norm : bool
         Put a batch-norm layer after each convolution.
     norm_layer : module class
-        ``torch.nn.BatchNorm2d`` by default; ``bnbook.nn.BatchNorm2d`` is a drop-in.
+        The book's own ``bnbook.nn.BatchNorm2d`` by default; ``torch.nn.BatchNorm2d``
+        (or any drop-in) works too.
     channels : (int, int)
         Output channels of the two convolutions.
     num_classes : int
