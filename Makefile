@@ -93,7 +93,7 @@ browser: dev
 
 # --- authoring ---------------------------------------------------------------
 execute: venv
-	BNBOOK_STATIC=1 BNBOOK_DEVICE=cpu $(PY) tools/execute.py $(NOTEBOOKS)
+	BNBOOK_STATIC=1 BNBOOK_DEVICE=cpu BNBOOK_RECORD_TIMES=1 $(PY) tools/execute.py $(NOTEBOOKS)
 
 lab: venv
 	$(BIN)/jupyter lab chapters
