@@ -7,7 +7,17 @@ import io
 import matplotlib
 import matplotlib.pyplot as plt
 
-__all__ = ["COLORS", "MARKERS", "PALETTE", "SERIES", "band", "fig_to_png", "series", "use_style"]
+__all__ = [
+    "COLORS",
+    "MARKERS",
+    "PALETTE",
+    "SERIES",
+    "band",
+    "fig_to_png",
+    "histogram",
+    "series",
+    "use_style",
+]
 
 #: Okabe and Ito's colour-blind-safe palette, in the order series take it.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
@@ -98,6 +108,66 @@ def band(ax, x, runs, color: str, label: str, marker: str | None = None, alpha: 
     )
     ax.fill_between(x, lo, hi, color=color, alpha=alpha, linewidth=0)
     return line
+
+
+def histogram(ax, edges, values=None, shares=None, y_max: float | None = None, **stairs_kw):
+    """Draw a histogram as steps: the share of the values in each bin of ``edges`` (chapters 1 and 6).
+
+    Give either the raw ``values`` or their precomputed per-bin ``shares``.
+    Raw values outside ``[edges[0], edges[-1]]`` are counted in the first or
+    last bin, so no tail is lost from the picture, and every bin's height is
+    the share of *all* values that fall in it (the heights add up to 1), so
+    samples of different sizes compare directly. With ``y_max`` the y axis
+    stops there and a bin taller than ``y_max`` is cut at the top and
+    labelled with its height.
+
+    Parameters
+    ----------
+    ax : matplotlib Axes
+    edges : array of float, shape (bins + 1,)
+        Increasing bin edges.
+    values : array of float, any shape, optional
+    shares : array of float, shape (bins,), optional
+    y_max : float, optional
+    **stairs_kw
+        Passed to ``ax.stairs`` (``color``, ``fill``, ``alpha``, ``label``, ``linestyle``, ...).
+
+    Returns
+    -------
+    matplotlib.patches.StepPatch
+        The drawn steps; their heights are the shares.
+    """
+    import numpy as np
+
+    edges = np.asarray(edges, dtype=float)
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"edges must be an increasing 1-d array of at least 2 values, got {edges!r}")
+    if (values is None) == (shares is None):
+        raise ValueError("give either values or shares, not both and not neither")
+    if values is not None:
+        flat = np.ravel(np.asarray(values, dtype=float))
+        if flat.size == 0:
+            raise ValueError("values holds nothing to count")
+        shares = np.histogram(np.clip(flat, edges[0], edges[-1]), bins=edges)[0] / flat.size
+    shares = np.asarray(shares, dtype=float)
+    if shares.shape != (len(edges) - 1,):
+        raise ValueError(f"shares must have shape ({len(edges) - 1},), got {shares.shape}")
+    patch = ax.stairs(shares, edges, **stairs_kw)
+    if y_max is not None:
+        centres = (edges[:-1] + edges[1:]) / 2
+        for c, h in zip(centres, shares, strict=True):
+            if h > y_max:
+                ax.annotate(
+                    f"{h:.0%}",
+                    (c, y_max),
+                    xytext=(5, -12),
+                    textcoords="offset points",
+                    fontsize=8,
+                    color=COLORS["truth"],
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+                )
+        ax.set_ylim(0, y_max)
+    return patch
 
 
 def fig_to_png(fig: matplotlib.figure.Figure, dpi: int = 72) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -178,3 +179,44 @@ def test_figures_draw_what_the_chapter_reads() -> None:
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels[0] == "BN before tanh (25.0% saturated)"
     plt.close(fig)
+
+
+@pytest.mark.parametrize("placement", ["before", "after", "none"])
+def test_stack_trains_each_member_as_train_classifier_does(placement: str) -> None:
+    from bnbook.models import train_classifier
+
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(120, 64, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (120,), generator=gen)
+    seeds, lrs = [3, 4, 5], [0.1, 0.5, 0.5]
+    nets = []
+    for s in seeds:
+        torch.manual_seed(s)
+        nets.append(pl.placement_mlp(SIZES, placement).double())
+    stack = pl.PlacementStack([copy.deepcopy(n) for n in nets])
+    assert stack.placement == placement
+    pl.train_stack(stack, x, y, lrs, seeds, steps=15, batch_size=16)
+    for net, got, lr, s in zip(nets, stack.unstack(), lrs, seeds, strict=True):
+        train_classifier(net, x, y, steps=15, lr=lr, batch_size=16, seed=s)
+        for (name, a), b in zip(net.state_dict().items(), got.state_dict().values(), strict=True):
+            assert torch.allclose(a.double(), b.double(), atol=1e-12), name
+
+
+def test_excess_kurtosis_closed_forms(rng: np.random.Generator) -> None:
+    # two values +-1 with equal weight: m4 = m2 = 1, so the excess kurtosis is 1 - 3 = -2
+    z = np.array([[1.0, 5.0], [-1.0, 3.0]] * 4)
+    np.testing.assert_allclose(pl.excess_kurtosis(z), [-2.0, -2.0])
+    big = np.column_stack([rng.standard_normal(400_000), rng.uniform(-1, 1, 400_000)])
+    np.testing.assert_allclose(pl.excess_kurtosis(big), [0.0, -1.2], atol=0.03)
+    with pytest.raises(ValueError, match="constant"):
+        pl.excess_kurtosis(np.ones((5, 2)))
+    with pytest.raises(ValueError, match="shape"):
+        pl.excess_kurtosis(np.ones(5))
+
+
+def test_run_names_have_a_book_wide_look() -> None:
+    from bnbook.plots import series
+
+    assert pl.run_name("none", "lsuv") == "none+lsuv"
+    assert pl.STYLE["before"]["color"] == series("bn")["color"]
+    assert pl.STYLE["none+lsuv"]["marker"] == series("lsuv")["marker"]

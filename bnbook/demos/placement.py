@@ -20,17 +20,22 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from bnbook.models import train_classifier
-from bnbook.plots import COLORS, MARKERS, band
+from bnbook import nn as bnn
+from bnbook.models import lsuv_init
+from bnbook.plots import COLORS, band, histogram, series
 
 __all__ = [
     "PLACEMENTS",
     "SATURATION_Z",
     "PlacementRun",
+    "PlacementStack",
     "activation_inputs",
     "BiasPair",
     "bias_gradient",
+    "excess_kurtosis",
+    "run_name",
     "train_bias_pair",
+    "train_bias_pairs",
     "count_parameters",
     "placement_mlp",
     "plot_curves",
@@ -47,21 +52,23 @@ PLACEMENTS = ("before", "after", "none")
 #: that is when ``|z| > atanh(sqrt(0.9))``, about 1.818.
 SATURATION_Z = math.atanh(math.sqrt(0.9))
 
-#: Colours and markers of the two placements in every figure of the chapter.
+#: The book-wide look of each run (see :func:`run_name`): colour, marker, line style and label.
 STYLE = {
-    "before": {"color": COLORS["bn"], "marker": MARKERS[0], "ls": "-"},
-    "after": {"color": COLORS["features"][2], "marker": MARKERS[1], "ls": "--"},
-    "none": {"color": COLORS["no_bn"], "marker": MARKERS[2], "ls": ":"},
+    "before": series("bn", label="BN before tanh"),
+    "after": series("bn_after", label="BN after tanh"),
+    "none": series("no_bn", label="no BN"),
+    "none+lsuv": series("lsuv", label="no BN, data-dependent init"),
 }
 
-LABELS = {"before": "BN before tanh", "after": "BN after tanh", "none": "no BN"}
+#: Order of the runs in tables.
+RUN_NAMES = tuple(STYLE)
 
 
 def placement_mlp(
     sizes: Sequence[int],
     placement: str = "before",
     bias: bool | None = None,
-    norm_layer: type[nn.Module] = nn.BatchNorm1d,
+    norm_layer: type[nn.Module] = bnn.BatchNorm1d,
 ) -> nn.Sequential:
     """A tanh network ``sizes[0] -> ... -> sizes[-1]`` with batch norm placed as asked.
 
@@ -83,7 +90,7 @@ def placement_mlp(
         choice: no bias when batch norm follows the ``Linear`` directly
         (``"before"``), a bias otherwise.
     norm_layer : module class
-        ``torch.nn.BatchNorm1d`` by default; ``bnbook.nn.BatchNorm1d`` works too.
+        ``bnbook.nn.BatchNorm1d`` by default; ``torch.nn.BatchNorm1d`` works too.
 
     Returns
     -------
@@ -177,6 +184,32 @@ def bias_gradient(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, train_
     return grad
 
 
+def excess_kurtosis(z: np.ndarray) -> np.ndarray:
+    r"""Excess kurtosis of every column (unit) of ``z``, shape ``(n, width) -> (width,)``.
+
+    .. math::
+
+        \kappa_j = \frac{m_{4,j}}{m_{2,j}^2} - 3, \qquad m_{p,j} = \tfrac1n \sum_i (z_{ij} - \bar z_j)^p
+
+    It is 0 for a normal distribution, -1.2 for a uniform one and positive for
+    heavy tails. Batch norm fixes a unit's mean and variance; this number is
+    about the shape, which batch norm does not fix.
+    """
+    z = np.asarray(z, dtype=np.float64)
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"z must have shape (n >= 2, width), got {z.shape}")
+    c = z - z.mean(axis=0)
+    m2 = (c**2).mean(axis=0)
+    if np.any(m2 == 0):
+        raise ValueError("a column of z is constant; its kurtosis is undefined")
+    return (c**4).mean(axis=0) / m2**2 - 3.0
+
+
+def run_name(placement: str, init: str = "default") -> str:
+    """The name of a run in tables and figures: the placement, plus ``+lsuv`` for the data-dependent init."""
+    return placement if init == "default" else f"{placement}+{init}"
+
+
 class PlacementRun(NamedTuple):
     """One training run: the curves, the final numbers and the tanh inputs at both ends."""
 
@@ -188,13 +221,182 @@ class PlacementRun(NamedTuple):
     test_acc: np.ndarray  # test set, eval mode
     z_init: list[np.ndarray]  # tanh inputs on the test set before training
     z_final: list[np.ndarray]  # and after
+    init: str = "default"  # "default" (PyTorch's) or "lsuv" (bnbook.models.lsuv_init)
+    model: nn.Module | None = None  # the trained network, in eval mode
+
+    @property
+    def name(self) -> str:
+        return run_name(self.placement, self.init)
 
 
-def _evaluate(model: nn.Module, x_train, y_train, x_test, y_test) -> tuple[float, float]:
-    with torch.no_grad():
-        loss = nn.functional.cross_entropy(model(x_train), y_train).item()
-        acc = (model(x_test).argmax(dim=1) == y_test).double().mean().item()
-    return loss, acc
+class PlacementStack(nn.Module):
+    """``K`` networks from :func:`placement_mlp`, all with one placement, run as one computation.
+
+    Member ``k`` is ``nets[k]``: its ``Linear`` weights are stacked into tensors of
+    shape ``(K, fan_in, fan_out)``, and the batch-norm layers of all members
+    become one layer with ``K * C`` channels. That layer normalizes every
+    channel over the batch dimension only, so channel block ``k`` sees member
+    ``k``'s examples alone: each member computes exactly what its own network
+    computes, and the stack is only faster (one call per layer for all members).
+    :meth:`unstack` gives the members back as ordinary networks.
+
+    Inputs have shape ``(K, B, D)`` (member ``k`` reads ``x[k]``) or ``(B, D)``
+    (every member reads the same batch); outputs ``(K, B, classes)``.
+    """
+
+    def __init__(self, nets: Sequence[nn.Sequential], norm_layer: type[nn.Module] = bnn.BatchNorm1d):
+        super().__init__()
+        if not nets:
+            raise ValueError("need at least one network")
+        kinds = {tuple(type(m).__name__ for m in net) for net in nets}
+        if len(kinds) != 1:
+            raise ValueError("all networks must have the same layers")
+        first = nets[0]
+        self.k = len(nets)
+        self.norm_layer = norm_layer
+        lin_at = [i for i, m in enumerate(first) if isinstance(m, nn.Linear)]
+        after_first = type(first[lin_at[0] + 1])
+        if after_first is nn.Tanh:
+            self.placement = "none" if len(first) == 2 * len(lin_at) - 1 else "after"
+        else:
+            self.placement = "before"
+        self.sizes = [first[lin_at[0]].in_features] + [first[i].out_features for i in lin_at]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([net[i].weight.detach().T for net in nets]).clone()) for i in lin_at
+        )
+        self.biases = nn.ParameterDict(
+            {
+                str(j): nn.Parameter(torch.stack([net[i].bias.detach() for net in nets]).clone())
+                for j, i in enumerate(lin_at)
+                if first[i].bias is not None
+            }
+        )
+        self.norms = nn.ModuleList()
+        if self.placement != "none":
+            ref = first[lin_at[0]].weight
+            for j, i in enumerate(lin_at[:-1]):
+                pos = i + 1 if self.placement == "before" else i + 2
+                width = self.sizes[j + 1]
+                norm = norm_layer(self.k * width).to(device=ref.device, dtype=ref.dtype)
+                with torch.no_grad():
+                    for name in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(norm, name).copy_(torch.cat([getattr(net[pos], name) for net in nets]))
+                self.norms.append(norm)
+
+    def _norm(self, j: int, z: torch.Tensor) -> torch.Tensor:
+        k, b, c = z.shape
+        out = self.norms[j](z.transpose(0, 1).reshape(b, k * c))
+        return out.reshape(b, k, c).transpose(0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if x.dim() == 3 else x.expand(self.k, *x.shape)
+        last = len(self.weights) - 1
+        for j, w in enumerate(self.weights):
+            z = h @ w
+            if str(j) in self.biases:
+                z = z + self.biases[str(j)][:, None, :]
+            if j == last:
+                return z
+            if self.placement == "before":
+                h = torch.tanh(self._norm(j, z))
+            elif self.placement == "after":
+                h = self._norm(j, torch.tanh(z))
+            else:
+                h = torch.tanh(z)
+        raise AssertionError("unreachable")
+
+    def unstack(self) -> list[nn.Sequential]:
+        """The members as ordinary :func:`placement_mlp` networks (copies, in the stack's mode)."""
+        ref = self.weights[0]
+        nets = []
+        for k in range(self.k):
+            net = placement_mlp(
+                self.sizes, self.placement, bias="0" in self.biases, norm_layer=self.norm_layer
+            )
+            net = net.to(device=ref.device, dtype=ref.dtype)
+            lins = [m for m in net if isinstance(m, nn.Linear)]
+            norms = [m for m in net if not isinstance(m, (nn.Linear, nn.Tanh))]
+            with torch.no_grad():
+                for j, lin in enumerate(lins):
+                    lin.weight.copy_(self.weights[j][k].T)
+                    if lin.bias is not None:
+                        lin.bias.copy_(self.biases[str(j)][k])
+                for j, norm in enumerate(norms):
+                    c = norm.num_features
+                    for name in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(norm, name).copy_(getattr(self.norms[j], name)[k * c : (k + 1) * c])
+                    norm.num_batches_tracked.copy_(self.norms[j].num_batches_tracked)
+            nets.append(net.train(self.training))
+        return nets
+
+
+def train_stack(
+    stack: PlacementStack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lrs: Sequence[float],
+    seeds: Sequence[int],
+    steps: int,
+    batch_size: int = 64,
+    record=None,
+    record_every: int = 1,
+) -> list:
+    """Plain SGD for every member of ``stack``, as :func:`bnbook.models.train_classifier` does it per network.
+
+    Member ``k`` draws its mini-batches with ``torch.randint`` from a generator
+    seeded with ``seeds[k]`` and steps with learning rate ``lrs[k]``. The summed
+    loss gives every member the gradient of its own mean loss.
+    ``record(step, stack)`` is called before the first step and after every
+    ``record_every`` steps; its return values are returned.
+    """
+    k = stack.k
+    if len(lrs) != k or len(seeds) != k:
+        raise ValueError(
+            f"need one learning rate and one seed per member ({k}), got {len(lrs)} and {len(seeds)}"
+        )
+    if steps < 0 or batch_size < 2 or min(lrs) <= 0:
+        raise ValueError(f"need steps >= 0, batch_size >= 2 and lr > 0, got {steps}, {batch_size}, {lrs}")
+    ref = stack.weights[0]
+    lr = torch.tensor([float(v) for v in lrs], device=ref.device, dtype=ref.dtype)
+    params = [p for p in stack.parameters() if p.requires_grad]
+    # the learning rate of each entry: members along dim 0, or in blocks of C channels for batch norm
+    scale = [
+        lr.view(k, *[1] * (p.dim() - 1)) if p.shape[0] == k else lr.repeat_interleave(p.shape[0] // k)
+        for p in params
+    ]
+    gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    n = x.shape[0]
+    records = []
+    stack.train()
+    if record is not None:
+        records.append(record(0, stack))
+    for step in range(1, steps + 1):
+        idx = torch.stack([torch.randint(0, n, (batch_size,), generator=g) for g in gens]).to(x.device)
+        logits = stack(x[idx])
+        loss = (
+            nn.functional.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="sum") / batch_size
+        )
+        for p in params:
+            p.grad = None
+        loss.backward()
+        with torch.no_grad():
+            for p, s in zip(params, scale, strict=True):
+                p.sub_(p.grad * s)
+        if record is not None and step % record_every == 0:
+            records.append(record(step, stack))
+    return records
+
+
+@torch.no_grad()
+def _evaluate_stack(stack: PlacementStack, x_train, y_train, x_test, y_test) -> np.ndarray:
+    """Per member: the loss on the training set and the accuracy on the test set, in eval mode."""
+    was = stack.training
+    stack.eval()
+    out = stack(x_train)
+    loss = nn.functional.cross_entropy(out.transpose(1, 2), y_train.expand(stack.k, -1), reduction="none")
+    acc = (stack(x_test).argmax(dim=2) == y_test).double().mean(dim=1)
+    stack.train(was)
+    return np.stack([loss.mean(dim=1).cpu().double().numpy(), acc.cpu().numpy()])
 
 
 def train_placements(
@@ -206,65 +408,83 @@ def train_placements(
     steps: int = 300,
     batch_size: int = 64,
     record_every: int = 20,
+    init: str = "default",
 ) -> list[PlacementRun]:
     """Train one network per placement, learning rate and seed with plain SGD.
 
     The seed sets both the initial weights (``torch.manual_seed``) and the order
     of the mini-batches, so that for a given seed every placement and learning
-    rate sees the same batches. Curves are measured in eval mode on the full
-    training set (loss) and the test set (accuracy). The model takes the dtype
-    and device of ``data``.
+    rate sees the same batches. With ``init="lsuv"`` every network is then
+    rescaled by :func:`bnbook.models.lsuv_init` on the whole training set. All
+    networks of one placement train together in a :class:`PlacementStack`;
+    each computes what it would compute alone. Curves are measured in eval mode
+    on the full training set (loss) and the test set (accuracy). The models take
+    the dtype and device of ``data`` and use ``bnbook.nn.BatchNorm1d``.
     """
+    if init not in ("default", "lsuv"):
+        raise ValueError(f"init must be 'default' or 'lsuv', got {init!r}")
     x_train, y_train, x_test, y_test = data
     runs = []
     for placement in placements:
-        for lr in lrs:
-            for seed in seeds:
-                torch.manual_seed(seed)
-                model = placement_mlp(sizes, placement).to(device=x_train.device, dtype=x_train.dtype)
-                z_init = activation_inputs(model, x_test)
+        grid = [(lr, seed) for lr in lrs for seed in seeds]
+        nets = []
+        for _, seed in grid:
+            torch.manual_seed(seed)
+            net = placement_mlp(sizes, placement).to(device=x_train.device, dtype=x_train.dtype)
+            if init == "lsuv":
+                lsuv_init(net, x_train)
+            nets.append(net)
+        z_init = [activation_inputs(net, x_test) for net in nets]
+        stack = PlacementStack(nets)
 
-                def record(_step, net):
-                    net.eval()
-                    out = _evaluate(net, x_train, y_train, x_test, y_test)
-                    net.train()
-                    return out
+        def record(_step, st):
+            return _evaluate_stack(st, x_train, y_train, x_test, y_test)
 
-                hist = train_classifier(
-                    model,
-                    x_train,
-                    y_train,
-                    steps=steps,
-                    lr=lr,
-                    batch_size=batch_size,
-                    seed=seed,
-                    record=record,
-                    record_every=record_every,
+        hist = np.stack(
+            train_stack(
+                stack,
+                x_train,
+                y_train,
+                [lr for lr, _ in grid],
+                [s for _, s in grid],
+                steps,
+                batch_size,
+                record=record,
+                record_every=record_every,
+            )
+        )  # (records, 2, members)
+        stack.eval()
+        for m, (lr, seed) in enumerate(grid):
+            net = stack.unstack()[m]
+            runs.append(
+                PlacementRun(
+                    placement,
+                    lr,
+                    seed,
+                    np.arange(hist.shape[0]) * record_every,
+                    hist[:, 0, m],
+                    hist[:, 1, m],
+                    z_init[m],
+                    activation_inputs(net, x_test),
+                    init,
+                    net,
                 )
-                loss, acc = np.asarray(hist.records).T
-                runs.append(
-                    PlacementRun(
-                        placement,
-                        lr,
-                        seed,
-                        np.arange(len(loss)) * record_every,
-                        loss,
-                        acc,
-                        z_init,
-                        activation_inputs(model, x_test),
-                    )
-                )
+            )
     return runs
 
 
 def summarize(runs: Sequence[PlacementRun]) -> dict[tuple[str, float], dict[str, float]]:
-    """Per (placement, lr): mean, min and max over seeds of the final test accuracy
-    and of the saturated share of tanh inputs, before and after training."""
+    """Per (run name, lr): mean, min and max over seeds of the final test accuracy and training loss,
+    of the saturated share of tanh inputs before and after training, and of their median excess kurtosis.
+
+    Run names are those of :func:`run_name` (``"before"``, ``"after"``, ``"none"``, ``"none+lsuv"``).
+    """
     table: dict[tuple[str, float], dict[str, float]] = {}
-    keys = sorted({(r.placement, r.lr) for r in runs}, key=lambda k: (PLACEMENTS.index(k[0]), k[1]))
+    keys = sorted({(r.name, r.lr) for r in runs}, key=lambda k: (RUN_NAMES.index(k[0]), k[1]))
     for key in keys:
-        group = [r for r in runs if (r.placement, r.lr) == key]
+        group = [r for r in runs if (r.name, r.lr) == key]
         acc = np.array([r.test_acc[-1] for r in group])
+        loss = np.array([r.train_loss[-1] for r in group])
         sat0 = np.array([saturated_fraction(r.z_init) for r in group])
         sat1 = np.array([saturated_fraction(r.z_final) for r in group])
         table[key] = {
@@ -272,6 +492,9 @@ def summarize(runs: Sequence[PlacementRun]) -> dict[tuple[str, float], dict[str,
             "acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
             "acc_min": float(acc.min()),
             "acc_max": float(acc.max()),
+            "loss_mean": float(loss.mean()),
+            "loss_min": float(loss.min()),
+            "loss_max": float(loss.max()),
             "sat_init": float(sat0.mean()),
             "sat_final": float(sat1.mean()),
             "sat_final_min": float(sat1.min()),
@@ -280,35 +503,26 @@ def summarize(runs: Sequence[PlacementRun]) -> dict[tuple[str, float], dict[str,
     return table
 
 
-def plot_curves(runs: Sequence[PlacementRun], lrs: Sequence[float], placements=("before", "after")) -> Figure:
+def median_kurtosis(z: Sequence[np.ndarray]) -> float:
+    """Median over all units of all layers of the excess kurtosis of the tanh inputs ``z``."""
+    return float(np.median(np.concatenate([excess_kurtosis(a) for a in z])))
+
+
+def plot_curves(runs: Sequence[PlacementRun], lrs: Sequence[float], names=("before", "after")) -> Figure:
     """Training loss (top row) and test accuracy (bottom row) per learning rate, mean and min-max band."""
     fig, axes = plt.subplots(2, len(lrs), figsize=(3.0 * len(lrs) + 1.0, 5.6), sharex=True, sharey="row")
     axes = np.asarray(axes).reshape(2, len(lrs))
     for j, lr in enumerate(lrs):
-        for placement in placements:
-            group = [r for r in runs if r.placement == placement and r.lr == lr]
+        for name in names:
+            group = [r for r in runs if r.name == name and r.lr == lr]
             if not group:
                 continue
             x = group[0].steps
-            style = STYLE[placement]
-            band(
-                axes[0, j],
-                x,
-                [r.train_loss for r in group],
-                style["color"],
-                LABELS[placement],
-                marker=style["marker"],
-                ls=style["ls"],
-            )
-            band(
-                axes[1, j],
-                x,
-                [r.test_acc for r in group],
-                style["color"],
-                LABELS[placement],
-                marker=style["marker"],
-                ls=style["ls"],
-            )
+            st = STYLE[name]
+            for row, curves in ((0, [r.train_loss for r in group]), (1, [r.test_acc for r in group])):
+                band(
+                    axes[row, j], x, curves, st["color"], st["label"], marker=st["marker"], ls=st["linestyle"]
+                )
         axes[0, j].set_title(f"learning rate {lr:g}")
         axes[0, j].set_yscale("log")
         axes[1, j].set_xlabel("training step")
@@ -319,32 +533,34 @@ def plot_curves(runs: Sequence[PlacementRun], lrs: Sequence[float], placements=(
     return fig
 
 
-def plot_histograms(runs: Sequence[PlacementRun], lr: float, placements=("before", "after")) -> Figure:
-    """Histograms of the tanh inputs (both hidden layers, test set, all seeds) at init and after training."""
+def plot_histograms(runs: Sequence[PlacementRun], lr: float, names=("before", "after")) -> Figure:
+    """Histograms of the tanh inputs (both hidden layers, test set, all seeds) at init and after training.
+
+    Heights are the share of inputs per bin of width 0.2; values beyond ±6 are
+    counted in the outermost bins.
+    """
     fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.4), sharey=True)
     bins = np.linspace(-6, 6, 61)
     for ax, when in zip(axes, ("z_init", "z_final"), strict=True):
-        for placement in placements:
-            group = [r for r in runs if r.placement == placement and r.lr == lr]
+        for name in names:
+            group = [r for r in runs if r.name == name and r.lr == lr]
             z = np.concatenate([np.ravel(a) for r in group for a in getattr(r, when)])
-            style = STYLE[placement]
-            share = saturated_fraction(z)
-            ax.hist(
-                np.clip(z, bins[0], bins[-1]),
-                bins=bins,
-                density=True,
-                histtype="step",
+            st = STYLE[name]
+            histogram(
+                ax,
+                bins,
+                values=z,
                 lw=1.8,
-                color=style["color"],
-                ls=style["ls"],
-                label=f"{LABELS[placement]} ({share:.1%} saturated)",
+                color=st["color"],
+                linestyle=st["linestyle"],
+                label=f"{st['label']} ({saturated_fraction(z):.1%} saturated)",
             )
         for s in (-SATURATION_Z, SATURATION_Z):
             ax.axvline(s, color=COLORS["truth"], lw=0.8, ls=(0, (2, 2)))
         ax.set_xlabel("input of tanh, z")
         ax.set_title("at initialization" if when == "z_init" else f"after training (lr {lr:g})")
         ax.legend(fontsize=8.5, loc="upper left")
-    axes[0].set_ylabel("density")
+    axes[0].set_ylabel("share of inputs per bin")
     return fig
 
 
@@ -360,6 +576,61 @@ class BiasPair(NamedTuple):
     model_with: nn.Sequential
 
 
+def train_bias_pairs(
+    seeds: Sequence[int],
+    lr: float,
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    sizes: Sequence[int] = (64, 64, 64, 10),
+    steps: int = 300,
+    batch_size: int = 64,
+) -> list[BiasPair]:
+    """Train ``Linear -> BN -> tanh`` networks with and without the Linear biases, one pair per seed.
+
+    Both networks of a pair start from the same weights (drawn with ``seed``; the
+    biases of the second network keep PyTorch's random initial values, drawn
+    with ``seed + 1``) and see the same mini-batches.
+    """
+    x_train, y_train, x_test, y_test = data
+    without, with_bias, biases0 = [], [], []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        net0 = placement_mlp(sizes, "before", bias=False).to(device=x_train.device, dtype=x_train.dtype)
+        torch.manual_seed(seed + 1)
+        net1 = placement_mlp(sizes, "before", bias=True).to(device=x_train.device, dtype=x_train.dtype)
+        net1.load_state_dict(net0.state_dict(), strict=False)  # same weights; biases stay random
+        biases0.append([m.bias.detach().clone() for m in net1[:-1] if isinstance(m, nn.Linear)])
+        without.append(net0)
+        with_bias.append(net1)
+    trained = []
+    for nets in (without, with_bias):
+        stack = PlacementStack(nets)
+        train_stack(stack, x_train, y_train, [lr] * len(seeds), list(seeds), steps, batch_size)
+        trained.append(stack.unstack())
+    pairs = []
+    for net0, net1, b0 in zip(*trained, biases0, strict=True):
+        b1 = [m.bias.detach() for m in net1[:-1] if isinstance(m, nn.Linear)]
+        change = max((x1 - x0).abs().max().item() for x0, x1 in zip(b0, b1, strict=True))
+        with torch.no_grad():
+            batch0, batch1 = copy.deepcopy(net0)(x_test), copy.deepcopy(net1)(x_test)  # train mode
+            net0.eval()
+            net1.eval()
+            out0, out1 = net0(x_test), net1(x_test)
+        acc0 = (out0.argmax(dim=1) == y_test).double().mean().item()
+        acc1 = (out1.argmax(dim=1) == y_test).double().mean().item()
+        pairs.append(
+            BiasPair(
+                acc0,
+                acc1,
+                (batch0 - batch1).abs().max().item(),
+                (out0 - out1).abs().max().item(),
+                change,
+                net0,
+                net1,
+            )
+        )
+    return pairs
+
+
 def train_bias_pair(
     seed: int,
     lr: float,
@@ -368,36 +639,5 @@ def train_bias_pair(
     steps: int = 300,
     batch_size: int = 64,
 ) -> BiasPair:
-    """Train ``Linear -> BN -> tanh`` networks with and without the Linear biases.
-
-    Both start from the same weights (drawn with ``seed``; the biases of the
-    second network keep PyTorch's random initial values, drawn with ``seed + 1``)
-    and see the same mini-batches.
-    """
-    x_train, y_train, x_test, y_test = data
-    torch.manual_seed(seed)
-    without = placement_mlp(sizes, "before", bias=False).to(device=x_train.device, dtype=x_train.dtype)
-    torch.manual_seed(seed + 1)
-    with_bias = placement_mlp(sizes, "before", bias=True).to(device=x_train.device, dtype=x_train.dtype)
-    with_bias.load_state_dict(without.state_dict(), strict=False)  # same weights; biases stay random
-    biases0 = [m.bias.detach().clone() for m in with_bias[:-1] if isinstance(m, nn.Linear)]
-    for net in (without, with_bias):
-        train_classifier(net, x_train, y_train, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
-    biases1 = [m.bias.detach() for m in with_bias[:-1] if isinstance(m, nn.Linear)]
-    change = max((b1 - b0).abs().max().item() for b0, b1 in zip(biases0, biases1, strict=True))
-    with torch.no_grad():
-        batch0, batch1 = copy.deepcopy(without)(x_test), copy.deepcopy(with_bias)(x_test)  # train mode
-        without.eval()
-        with_bias.eval()
-        out0, out1 = without(x_test), with_bias(x_test)
-    acc0 = (out0.argmax(dim=1) == y_test).double().mean().item()
-    acc1 = (out1.argmax(dim=1) == y_test).double().mean().item()
-    return BiasPair(
-        acc0,
-        acc1,
-        (batch0 - batch1).abs().max().item(),
-        (out0 - out1).abs().max().item(),
-        change,
-        without,
-        with_bias,
-    )
+    """One pair of :func:`train_bias_pairs`."""
+    return train_bias_pairs([seed], lr, data, sizes, steps, batch_size)[0]

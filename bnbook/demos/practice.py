@@ -8,14 +8,18 @@ only reads trained models and draws:
 * :func:`gamma_drift` measures how far each layer's gamma moved from its initial 1,
   and :func:`plot_gamma_drift` draws that distance over training for several
   learning rates;
-* :func:`plot_learning_curves` draws training histories.
+* :func:`plot_learning_curves` draws training histories;
+* :func:`adam_step_factors` gives the bounds on one Adam step, in units of the
+  learning rate, and :func:`watch_largest_step` measures the largest step taken.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 from matplotlib.axes import Axes
 from torch import nn
 
@@ -24,6 +28,8 @@ from bnbook.plots import COLORS, MARKERS, PALETTE, band
 
 __all__ = [
     "BN_QUANTITIES",
+    "adam_step_factors",
+    "watch_largest_step",
     "bn_state",
     "gamma_drift",
     "plot_bn_state",
@@ -85,18 +91,14 @@ def plot_bn_state(axes: Sequence[Axes], model: nn.Module, layer_names: Sequence[
         ax.set_ylabel("value")
 
 
-def plot_gamma_drift(
-    ax: Axes,
-    epochs: np.ndarray,
-    steps_per_epoch: int,
-    drift: Mapping[float, np.ndarray],
-) -> None:
+def plot_gamma_drift(ax: Axes, steps_per_epoch: int, drift: Mapping[float, np.ndarray]) -> None:
     """Mean ``|gamma - 1|`` after each epoch, one band (min-max over seeds) per learning rate.
 
-    ``drift[lr]`` has shape (seeds, len(epochs)).
+    ``drift[lr]`` has shape (seeds, epochs); the learning rates may run for different numbers of epochs.
     """
-    steps = np.asarray(epochs) * steps_per_epoch
     for k, (lr, runs) in enumerate(sorted(drift.items())):
+        runs = np.asarray(runs)
+        steps = np.arange(1, runs.shape[1] + 1) * steps_per_epoch
         band(ax, steps, runs, PALETTE[k], f"learning rate {lr:g}", marker=MARKERS[k])
     ax.set_xlabel("training steps")
     ax.set_ylabel(r"mean $|\gamma - 1|$ over channels")
@@ -122,3 +124,47 @@ def plot_learning_curves(
     acc_ax.set_xlabel("training step (end of each epoch)")
     acc_ax.set_ylabel("test accuracy (eval mode)")
     acc_ax.legend()
+
+
+def adam_step_factors(beta1: float = 0.9, beta2: float = 0.999) -> tuple[float, float]:
+    r"""Bounds on one Adam step :math:`|\Delta\theta|`, in units of the learning rate, for long runs.
+
+    Returns ``(sparse, worst)``:
+
+    - ``sparse`` :math:`= (1-\beta_1)/\sqrt{1-\beta_2}`, Kingma and Ba's bound (2015, Section 2.1)
+      for a gradient that was 0 at every earlier step and is not 0 now; it applies when
+      :math:`1-\beta_1 > \sqrt{1-\beta_2}` (otherwise the step stays below 1);
+    - ``worst`` :math:`= \text{sparse} / \sqrt{1-\beta_1^2/\beta_2}`, the supremum over all gradient
+      sequences (Cauchy-Schwarz on the two moving averages, reached by a gradient that grows by a
+      factor :math:`\beta_2/\beta_1` per step).
+
+    Both ignore Adam's bias correction, which makes early steps smaller, and its tiny :math:`\delta`.
+    """
+    if not (0 <= beta1 < 1 and 0 < beta2 < 1 and beta1**2 < beta2):
+        raise ValueError(f"need 0 <= beta1 < 1, 0 < beta2 < 1 and beta1**2 < beta2, got {beta1}, {beta2}")
+    sparse = (1 - beta1) / math.sqrt(1 - beta2)
+    return sparse, sparse / math.sqrt(1 - beta1**2 / beta2)
+
+
+def watch_largest_step(optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Record the largest ``|change| / lr`` of any entry of ``params`` over the optimizer's future steps.
+
+    Returns a dict whose ``"largest"`` entry is updated after every ``optimizer.step()``
+    (via the optimizer's step hooks; ``lr`` is read from the parameter's group).
+    """
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    params = list(params)
+    seen = {"largest": 0.0}
+    saved: list[torch.Tensor] = []
+
+    def before(_opt, _args, _kwargs):
+        saved[:] = [p.detach().clone() for p in params]
+
+    def after(_opt, _args, _kwargs):
+        for p, old in zip(params, saved, strict=True):
+            step = (p.detach() - old).abs().max().item() / lr_of[id(p)]
+            seen["largest"] = max(seen["largest"], step)
+
+    optimizer.register_step_pre_hook(before)
+    optimizer.register_step_post_hook(after)
+    return seen
