@@ -40,3 +40,31 @@ def test_interleaved_times():
     assert calls[:8] == ["a", "a", "b", "b", "b", "b", "a", "a"] and len(calls) == 16  # order alternates
     with pytest.raises(ValueError):
         inf.interleaved_times({"a": lambda: None}, 0, 1)
+    with pytest.raises(ValueError, match="reduce"):
+        inf.interleaved_times({"a": lambda: None}, 1, 1, reduce="median")
+
+
+def test_interleaved_times_min_keeps_the_fastest_call():
+    """With reduce="min" a round records its fastest call: one slow call in a round does not count."""
+    import time
+
+    state = {"n": 0}
+
+    def sometimes_slow():
+        state["n"] += 1
+        if state["n"] % 3 == 1:  # the first of every three calls sleeps
+            time.sleep(0.02)
+
+    t_min = inf.interleaved_times({"f": sometimes_slow}, 2, 3, warmup=0, reduce="min")["f"]
+    assert np.all(t_min < 0.01)
+    state["n"] = 0
+    t_mean = inf.interleaved_times({"f": sometimes_slow}, 2, 3, warmup=0)["f"]
+    assert np.all(t_mean > 0.02 / 3 * 0.9)
+
+
+def test_median_range_trims_the_extremes():
+    med, lo, hi = inf.median_range([5.0, 1.0, 100.0, 2.0, 3.0, 4.0, 0.01], k=2)
+    assert (med, lo, hi) == (3.0, 1.0, 5.0)  # sorted: 0.01, 1, 2, 3, 4, 5, 100
+    assert inf.median_range([2.0], k=1) == (2.0, 2.0, 2.0)
+    with pytest.raises(ValueError):
+        inf.median_range([1.0, 2.0], k=2)

@@ -159,3 +159,58 @@ def test_residual_without_bn_kaiming_branch_preserves_variance():
         out = net[0].branch(x)
     ratio = out.pow(2).mean().item() / x.pow(2).mean().item()
     assert 0.85 < ratio < 1.15
+
+
+def test_paired_difference_against_a_hand_computation():
+    a, b = [0.90, 0.92, 0.95, 0.91, 0.93], [0.88, 0.91, 0.92, 0.90, 0.90]
+    d = np.array(a) - np.array(b)  # 0.02, 0.01, 0.03, 0.01, 0.03
+    p = why.paired_difference(a, b)
+    se = d.std(ddof=1) / math.sqrt(5)
+    assert p.mean == pytest.approx(0.02) and p.se == pytest.approx(se) and p.n == 5
+    assert (p.lo, p.hi) == pytest.approx((0.02 - 2.776 * se, 0.02 + 2.776 * se))  # t(0.975, 4) = 2.776
+    assert why.verdict(p) == "higher" and why.verdict(why.paired_difference(b, a)) == "lower"
+    assert why.verdict(why.paired_difference([1.0, 2.0, 3.0], [2.0, 1.0, 3.0])) == "about the same"
+    assert p.text() == f"+0.020 ± {se:.3f} (95%: {p.lo:+.3f} to {p.hi:+.3f})"
+    with pytest.raises(ValueError):
+        why.paired_difference([1.0], [2.0])
+
+
+def test_scale_invariant_weights_are_the_linear_weights_before_batch_norm():
+    net = why.build_mlp("bn", [8, 16, 16, 3], seed=0, device=torch.device("cpu"))
+    found = why.scale_invariant_weights(net)
+    assert [w.shape for w in found] == [(16, 8), (16, 16)]
+    assert all(w is m.weight for w, m in zip(found, [net[0], net[3]], strict=True))
+    assert why.scale_invariant_weights(why.build_mlp("no_bn", [8, 16, 3], 0, torch.device("cpu"))) == []
+
+
+def test_decay_on_scale_invariant_leaves_gamma_beta_and_head_alone():
+    """Decay on every parameter and decay on the scale-invariant weights alone give different runs."""
+    torch.manual_seed(0)
+    x = torch.randn(200, 8)
+    y = torch.randint(0, 3, (200,))
+    data = (x, y, x[:50], y[:50])
+    plain = why.train_run("bn", 4, data, [8, 16, 3], steps=5, lr=0.1, eval_every=5)
+    both = why.train_run("bn", 4, data, [8, 16, 3], steps=5, lr=0.1, weight_decay=0.5, eval_every=5)
+    only = why.train_run(
+        "bn", 4, data, [8, 16, 3], steps=5, lr=0.1, weight_decay=0.5, decay_on="scale_invariant", eval_every=5
+    )
+    # the first weight matrix is decayed in both: its norm falls below the undecayed run's
+    assert only.weight_norm[-1] < plain.weight_norm[-1] and both.weight_norm[-1] < plain.weight_norm[-1]
+    # the first loss comes before any update; after it, decaying gamma, beta and the head as well
+    # changes the path
+    assert plain.loss[0] == only.loss[0] == both.loss[0]
+    assert not np.array_equal(only.loss, both.loss)
+    with pytest.raises(ValueError, match="decay_on"):
+        why.train_run("bn", 4, data, [8, 16, 3], steps=1, lr=0.1, decay_on="gamma")
+    with pytest.raises(ValueError, match="scale-invariant"):
+        why.train_run(
+            "no_bn", 4, data, [8, 16, 3], steps=1, lr=0.1, weight_decay=0.1, decay_on="scale_invariant"
+        )
+
+
+def test_bn_networks_use_the_books_layer():
+    from bnbook.nn import BatchNorm1d
+
+    net = why.build_mlp("noisy_bn", [8, 16, 3], seed=0, device=torch.device("cpu"))
+    assert any(isinstance(m, BatchNorm1d) for m in net)
+    assert isinstance(why.residual_net(8, 1, "bn", seed=0)[0].branch[1], BatchNorm1d)

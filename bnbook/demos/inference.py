@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -12,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from bnbook.plots import MARKERS, PALETTE
 
-__all__ = ["TwoBranch", "interleaved_times", "module_summary", "plot_times"]
+__all__ = ["TwoBranch", "interleaved_times", "median_range", "module_summary", "plot_times"]
 
 
 class TwoBranch(nn.Module):
@@ -40,27 +41,57 @@ def module_summary(model: nn.Module) -> dict[str, int]:
 
 
 def interleaved_times(
-    fns: Mapping[str, Callable[[], object]], repeats: int, inner: int, warmup: int = 2
+    fns: Mapping[str, Callable[[], object]],
+    repeats: int,
+    inner: int,
+    warmup: int = 2,
+    reduce: str = "mean",
 ) -> dict[str, np.ndarray]:
     """Seconds per call of each function, measured round-robin: ``{name: array of repeats}``.
 
     Each round runs every function ``inner`` times in turn, so that a busy machine
     slows them alike; every other round runs them in reverse order, so that no
     function always comes first or last. Ratios are best taken round by round.
+    ``reduce`` says what a round records for each function: the mean time of its
+    ``inner`` calls (``"mean"``), or the fastest of them (``"min"``), which drops the
+    calls during which the process was descheduled on a shared machine.
     """
     if repeats < 1 or inner < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1, inner >= 1, warmup >= 0, got {repeats}, {inner}, {warmup}")
+    if reduce not in ("mean", "min"):
+        raise ValueError(f"reduce must be 'mean' or 'min', got {reduce!r}")
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     for r in range(warmup + repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             fn = fns[name]
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
+            if reduce == "mean":
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                t = (time.perf_counter() - t0) / inner
+            else:
+                t = math.inf
+                for _ in range(inner):
+                    t0 = time.perf_counter()
+                    fn()
+                    t = min(t, time.perf_counter() - t0)
             if r >= warmup:
-                times[name].append((time.perf_counter() - t0) / inner)
+                times[name].append(t)
     return {k: np.array(v) for k, v in times.items()}
+
+
+def median_range(values: Sequence[float] | np.ndarray, k: int = 3) -> tuple[float, float, float]:
+    """The median of ``values`` and a range that drops the ``k - 1`` most extreme values at each end.
+
+    Returns ``(median, k-th lowest, k-th highest)``. Per-round timing ratios on a busy machine have
+    a few wild rounds; the median and this trimmed range describe the rest. ``k`` must leave at
+    least one value: ``len(values) >= 2 * k - 1``.
+    """
+    x = np.sort(np.asarray(values, dtype=float).ravel())
+    if k < 1 or x.size < 2 * k - 1:
+        raise ValueError(f"need k >= 1 and at least 2k - 1 = {2 * k - 1} values, got k={k}, {x.size} values")
+    return float(np.median(x)), float(x[k - 1]), float(x[-k])
 
 
 def plot_times(

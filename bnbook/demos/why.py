@@ -7,9 +7,16 @@ Four miniatures of later research on batch norm, all on the 8x8 digits:
   parameters change from step to step, and :func:`train_run` trains it next to plain batch norm and
   plain networks while measuring how much the input of the last hidden nonlinearity moves;
 * the loss landscape along the training trajectory (:func:`probe_along_gradient`, their Section 3.1);
-* scale invariance and the effective step size of a weight matrix followed by batch norm;
+* scale invariance and the effective step size of a weight matrix followed by batch norm, with weight
+  decay on every parameter or on the scale-invariant weights alone (:func:`scale_invariant_weights`);
 * the activation variance of a deep residual network at initialization (:func:`residual_variances`),
   with and without batch norm and with the last ``gamma`` of each branch set to zero.
+
+Comparisons over seeds are paired (the same seed gives the same initial weights and batches), and
+:func:`paired_difference` turns them into a mean difference with its standard error and a 95%
+interval; :func:`verdict` reads the interval the way the book does.
+
+The batch-norm layers are the book's own, :class:`bnbook.nn.BatchNorm1d`.
 """
 
 from __future__ import annotations
@@ -21,16 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnbook.plots import COLORS, MARKERS, PALETTE, band
+from bnbook.nn import BatchNorm1d
+from bnbook.plots import MARKERS, PALETTE, band, series
 
 __all__ = [
     "KINDS",
     "LABELS",
     "NoisyShift",
+    "Paired",
     "Probe",
     "Run",
     "build_mlp",
     "distribution_moves",
+    "paired_difference",
     "plot_landscape",
     "plot_noisy_training",
     "plot_residual",
@@ -38,7 +48,9 @@ __all__ = [
     "probe_along_gradient",
     "residual_net",
     "residual_variances",
+    "scale_invariant_weights",
     "train_run",
+    "verdict",
 ]
 
 #: The four networks of the noisy-BN comparison.
@@ -53,14 +65,20 @@ LABELS = {
     "bn_zero_gamma": "BN, last γ = 0",
 }
 
-_COLOR = {
-    "no_bn": COLORS["no_bn"],
-    "no_bn_kaiming": PALETTE[4],
-    "bn": COLORS["bn"],
-    "noisy_bn": PALETTE[2],
-    "bn_zero_gamma": PALETTE[3],
+#: The book-wide look of each network (:func:`bnbook.plots.series`), with this chapter's labels.
+_SERIES = {
+    "no_bn": "no_bn",
+    "no_bn_kaiming": "xavier",
+    "bn": "bn",
+    "noisy_bn": "noisy_bn",
 }
-_MARKER = {"no_bn": MARKERS[1], "no_bn_kaiming": MARKERS[3], "bn": MARKERS[0], "noisy_bn": MARKERS[2]}
+
+
+def _look(kind: str) -> dict[str, str]:
+    """Colour, marker, line style and label of a network kind, for :func:`bnbook.plots.band`."""
+    if kind == "bn_zero_gamma":  # a variant of BN: BN's colour, its own marker and line style
+        return series("bn", marker="v", linestyle="--", label=LABELS[kind])
+    return series(_SERIES[kind], label=LABELS[kind])
 
 
 class NoisyShift(nn.Module):
@@ -170,7 +188,7 @@ def build_mlp(
             nn.init.zeros_(lin.bias)
         layers.append(lin)
         if bn:
-            layers.append(nn.BatchNorm1d(fan_out))
+            layers.append(BatchNorm1d(fan_out))
         if kind == "noisy_bn":
             layers.append(NoisyShift(fan_out, *noise, generator=gen))
         layers.append(nn.ReLU())
@@ -260,6 +278,67 @@ def distribution_moves(means: np.ndarray, stds: np.ndarray) -> tuple[float, floa
     return float(mean_move.mean()), float(std_move.mean())
 
 
+_DECAY_ON = ("all", "scale_invariant")
+
+
+def scale_invariant_weights(model: nn.Sequential) -> list[torch.Tensor]:
+    """The weights of the Linear layers that feed a batch-norm layer directly (no bias).
+
+    Scaling such a weight matrix by any ``a > 0`` leaves the network's output unchanged (up to
+    ``eps``), so weight decay on them changes only their norm, hence the effective learning rate.
+    """
+    modules = list(model)
+    return [
+        m.weight
+        for m, nxt in zip(modules[:-1], modules[1:], strict=True)
+        if isinstance(m, nn.Linear) and m.bias is None and isinstance(nxt, nn.BatchNorm1d)
+    ]
+
+
+#: Two-sided 97.5% quantiles of Student's t for 1 to 10 degrees of freedom.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+class Paired(NamedTuple):
+    """A paired comparison over seeds: the mean of ``a - b``, its standard error and a 95% interval."""
+
+    mean: float
+    se: float
+    lo: float
+    hi: float
+    n: int
+
+    def text(self, digits: int = 3) -> str:
+        """``"+0.011 ± 0.003 (95%: +0.003 to +0.019)"`` with ``digits`` decimals."""
+        d = digits
+        return f"{self.mean:+.{d}f} ± {self.se:.{d}f} (95%: {self.lo:+.{d}f} to {self.hi:+.{d}f})"
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> Paired:
+    """Mean and standard error of the paired differences ``a - b`` (one pair per seed).
+
+    The interval is ``mean ± t * se`` with Student's t quantile for ``n - 1`` degrees of freedom
+    (``n`` from 2 to 11; beyond that the normal approximation ``1.96 + 2.5 / (n - 1)``).
+    """
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError(f"need two equal-length sequences of at least 2 values, got shape {d.shape}")
+    n = d.size
+    se = float(d.std(ddof=1) / np.sqrt(n))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96 + 2.5 / (n - 1)
+    mean = float(d.mean())
+    return Paired(mean, se, mean - t * se, mean + t * se, n)
+
+
+def verdict(p: Paired, higher: str = "higher", lower: str = "lower") -> str:
+    """``higher`` if the interval lies above 0, ``lower`` if below, else ``"about the same"``."""
+    if p.lo > 0:
+        return higher
+    if p.hi < 0:
+        return lower
+    return "about the same"
+
+
 class Run(NamedTuple):
     """One training run of :func:`train_run`."""
 
@@ -282,6 +361,7 @@ def train_run(
     lr: float,
     batch_size: int = 64,
     weight_decay: float = 0.0,
+    decay_on: str = "all",
     eval_every: int = 25,
     probe_every: int = 0,
     step_sizes: Sequence[float] = (),
@@ -289,6 +369,9 @@ def train_run(
 ) -> Run:
     """Train one network of :func:`build_mlp` with plain SGD (and optional weight decay) on cross-entropy.
 
+    Weight decay shrinks parameters by ``1 - lr * weight_decay`` before each step: every parameter
+    (``decay_on="all"``) or only the scale-invariant weights of :func:`scale_invariant_weights`
+    (``decay_on="scale_invariant"``), which leaves ``gamma``, ``beta`` and the output layer alone.
     ``data`` is ``(x_train, y_train, x_test, y_test)`` on the device. Mini-batches are drawn with a
     generator seeded with ``seed``. A forward pre-hook on the last hidden ReLU records the mean and
     standard deviation of each of its input units over every training batch (for
@@ -296,11 +379,19 @@ def train_run(
     along the gradient with :func:`probe_along_gradient` on the current batch, with
     ``lr * step_sizes`` as the step sizes; the running statistics are restored afterwards.
     """
+    if decay_on not in _DECAY_ON:
+        raise ValueError(f"decay_on must be one of {_DECAY_ON}, got {decay_on!r}")
     x_tr, y_tr, x_te, y_te = data
     device = x_tr.device
     model = build_mlp(kind, sizes, seed, device, noise)
     noisy = [m for m in model if isinstance(m, NoisyShift)]
     params = [p for p in model.parameters() if p.requires_grad]
+    if decay_on == "all":
+        decayed = params
+    else:
+        decayed = scale_invariant_weights(model)
+        if weight_decay and not decayed:
+            raise ValueError(f"a {kind!r} network has no scale-invariant weights to decay")
     first = model[0].weight
     gen = torch.Generator(device="cpu").manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
@@ -350,9 +441,10 @@ def train_run(
             p.grad = None
         loss.backward()
         with torch.no_grad():
-            for p in params:
-                if weight_decay:
+            if weight_decay:
+                for p in decayed:
                     p.mul_(1.0 - lr * weight_decay)
+            for p in params:
                 p.sub_(p.grad, alpha=lr)
             norms.append(torch.linalg.vector_norm(first))
             eff.append(torch.linalg.vector_norm(first - w_before) / torch.linalg.vector_norm(w_before))
@@ -386,10 +478,10 @@ class _Block(nn.Module):
         bn = variant in ("bn", "bn_zero_gamma")
         self.branch = nn.Sequential(
             nn.Linear(width, width, bias=not bn),
-            nn.BatchNorm1d(width) if bn else nn.Identity(),
+            BatchNorm1d(width) if bn else nn.Identity(),
             nn.ReLU(),
             nn.Linear(width, width, bias=not bn),
-            nn.BatchNorm1d(width) if bn else nn.Identity(),
+            BatchNorm1d(width) if bn else nn.Identity(),
         )
         if variant == "no_bn":
             nn.init.kaiming_normal_(self.branch[0].weight, nonlinearity="relu")
@@ -454,9 +546,9 @@ def plot_noisy_training(axes, runs: dict[str, list[Run]], window: int = 20) -> N
     for kind, rs in runs.items():
         loss = _smooth(np.stack([r.loss for r in rs]), window)
         x = (np.arange(loss.shape[1]) + 1) * window
-        band(axes[0], x, loss, _COLOR[kind], LABELS[kind], marker=_MARKER[kind])
+        band(axes[0], x, loss, **_look(kind))
         acc = np.stack([r.test_acc for r in rs])
-        band(axes[1], rs[0].eval_steps, acc, _COLOR[kind], LABELS[kind], marker=_MARKER[kind])
+        band(axes[1], rs[0].eval_steps, acc, **_look(kind))
     axes[0].set(xlabel="training step", ylabel=f"training loss (mean of {window} steps)", yscale="log")
     axes[1].set(xlabel="training step", ylabel="test accuracy", ylim=(0, 1))
     axes[1].legend(loc="lower right", fontsize=9.5)
@@ -474,13 +566,14 @@ def plot_landscape(axes, runs: dict[str, list[Run]], legend_ax=None) -> None:
         loss = np.stack([[p.loss for p in r.probes] for r in rs])  # (seeds, probes, etas)
         change = np.stack([[p.grad_change for p in r.probes] for r in rs])
         beta = np.stack([[p.beta for p in r.probes] for r in rs])
-        c = _COLOR[kind]
+        look = _look(kind)
+        c, mk, ls = look["color"], look["marker"], look["linestyle"]
         for ax, vals in ((axes[0], loss), (axes[1], change)):
             lo, hi = vals.min(-1).mean(0), vals.max(-1).mean(0)
-            ax.fill_between(steps, lo, hi, color=c, alpha=0.35, linewidth=0, label=LABELS[kind])
-            ax.plot(steps, lo, color=c, lw=0.8, marker=_MARKER[kind], ms=3)
-            ax.plot(steps, hi, color=c, lw=0.8, marker=_MARKER[kind], ms=3)
-        band(axes[2], steps, beta, c, LABELS[kind], marker=_MARKER[kind])
+            ax.fill_between(steps, lo, hi, color=c, alpha=0.35, linewidth=0, label=look["label"])
+            ax.plot(steps, lo, color=c, lw=0.8, marker=mk, ms=3, linestyle=ls)
+            ax.plot(steps, hi, color=c, lw=0.8, marker=mk, ms=3, linestyle=ls)
+        band(axes[2], steps, beta, **look)
     axes[0].set(
         xlabel="training step", ylabel="loss along the gradient", yscale="log", title="(a) loss range"
     )
@@ -506,38 +599,39 @@ def plot_landscape(axes, runs: dict[str, list[Run]], legend_ax=None) -> None:
         axes[0].figure.legend(handles, labels, loc="outside lower center", ncol=len(labels))
 
 
-def plot_weight_norms(axes, runs: dict[str, list[Run]], labels: dict[str, str]) -> None:
-    """``||W_1||`` and the effective step ``||dW_1|| / ||W_1||`` against the step, per setting."""
+def plot_weight_norms(
+    axes, runs: dict[str, list[Run]], labels: dict[str, str], looks: dict[str, dict] | None = None
+) -> None:
+    """``||W_1||`` and the effective step ``||dW_1|| / ||W_1||`` against the step, per setting.
+
+    ``looks`` maps a setting to keyword arguments for the lines (``color``, ``marker``,
+    ``linestyle``); by default the settings take :data:`bnbook.plots.PALETTE` in order.
+    """
     for i, (name, rs) in enumerate(runs.items()):
-        c, mk = PALETTE[i], MARKERS[i]
+        look = {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)]}
+        look.update((looks or {}).get(name, {}))
         norms = np.stack([r.weight_norm for r in rs])
         x = np.arange(1, norms.shape[1] + 1)
-        band(axes[0], x, norms, c, labels[name], marker=mk)
+        band(axes[0], x, norms, label=labels[name], **look)
         eff = _smooth(np.stack([r.eff_step for r in rs]), 20)
-        band(axes[1], (np.arange(eff.shape[1]) + 1) * 20, eff, c, labels[name], marker=mk)
+        band(axes[1], (np.arange(eff.shape[1]) + 1) * 20, eff, label=labels[name], **look)
     axes[0].set(xlabel="training step", ylabel="‖W₁‖ (Frobenius)")
     axes[1].set(xlabel="training step", ylabel="‖ΔW₁‖ / ‖W₁‖ (mean of 20 steps)", yscale="log")
-    axes[0].legend(fontsize=9.5)
+    axes[0].legend(fontsize=9)
 
 
 def plot_residual(ax, variances: dict[str, np.ndarray]) -> None:
     """Per-block variance (seeds x (depth + 1)) of each variant, log scale, with ``v_0 + k`` to compare."""
-    markers = {
-        "no_bn": MARKERS[1],
-        "no_bn_default": MARKERS[3],
-        "bn": MARKERS[0],
-        "bn_zero_gamma": MARKERS[2],
-    }
-    colors = {**_COLOR, "no_bn_default": PALETTE[4]}
-    names = {
-        "no_bn": "no BN, Kaiming init",
-        "no_bn_default": "no BN, default init",
-        "bn": "BN",
-        "bn_zero_gamma": "BN, last γ = 0",
+    # the residual variants in the look of the matching networks of the noisy-BN comparison
+    looks = {
+        "no_bn": _look("no_bn_kaiming"),
+        "no_bn_default": _look("no_bn"),
+        "bn": _look("bn"),
+        "bn_zero_gamma": _look("bn_zero_gamma"),
     }
     for variant, runs in variances.items():
         k = np.arange(runs.shape[1])
-        band(ax, k, runs, colors[variant], names[variant], marker=markers[variant])
+        band(ax, k, runs, **looks[variant])
     k = np.arange(next(iter(variances.values())).shape[1])
     v0 = float(np.mean([v[:, 0].mean() for v in variances.values()]))
     ax.plot(k, v0 + k, color="0.15", ls="--", lw=1.2, zorder=5, label="$v_0 + k$")
