@@ -207,7 +207,7 @@ class BatchNormFunction(torch.autograd.Function):
             # The centred values become the output in place: one allocation the size of x.
             if nd > 2:
                 scale, b = _bcast(scale, nd), (None if b is None else _bcast(b, nd))
-            y = xc.mul_(scale) if b is None else torch.addcmul(b, xc, scale, out=xc)
+            y = xc.mul_(scale) if b is None else _affine(xc, scale, b, out=xc)
             return _as(y, x.dtype), mean, var
         y = _eval_affine(x, w, b, mean, var, eps, cd)
         # Copies: the caller's buffers must not come back as outputs of this Function.
@@ -281,7 +281,7 @@ def _eval_affine(
     nd = x.dim()
     if nd > 2:
         shift, scale = _bcast(shift, nd), _bcast(scale, nd)
-    return _as(torch.addcmul(shift, _as(x, cd), scale), x.dtype)
+    return _as(_affine(_as(x, cd), scale, shift), x.dtype)
 
 
 _CONSTANTS: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
@@ -334,8 +334,20 @@ def _backward_fast(ctx: Any, dy: Tensor, x: Tensor, weight: Tensor | None, mean:
     c0, c1 = a * dbeta, (a * invstd).mul_(dgamma)
     if nd > 2:
         k, c0, c1 = _bcast(k, nd), _bcast(c0, nd), _bcast(c1, nd)
-    dx = torch.addcmul(c0, dy, k, out=buf)
+    dx = _affine(dy, k, c0, out=buf)
     return dx.addcmul_(xc, c1), dgamma, dbeta
+
+
+def _affine(x: Tensor, scale: Tensor, shift: Tensor, out: Tensor | None = None) -> Tensor:
+    """``x * scale + shift`` with per-channel ``scale`` and ``shift`` (already shaped to broadcast).
+
+    On (N, C) input one ``addcmul`` does it. On (N, C, *) input ``addcmul``
+    with a broadcast first operand takes a slow path on the CPU (several
+    times slower than a multiply and an in-place add), so it is done as those two.
+    """
+    if x.dim() == 2:
+        return torch.addcmul(shift, x, scale, out=out)
+    return torch.mul(x, scale, out=out).add_(shift)
 
 
 def _backward_differentiable(
