@@ -146,6 +146,7 @@ def test_convert_sync_batchnorm_keeps_state() -> None:
         for key, value in old.state_dict().items():
             assert torch.equal(new.state_dict()[key], value), key
     x = torch.randn(3, 2, 5, 5, dtype=torch.float64)
-    torch.testing.assert_close(converted.eval()(x), before.eval()(x), rtol=0, atol=0)
+    # Same state; the layers differ only in summation order (torch's kernel against bnbook's).
+    torch.testing.assert_close(converted.eval()(x), before.eval()(x), rtol=1e-13, atol=1e-15)
     single = bnn.SyncBatchNorm.convert_sync_batchnorm(nn.BatchNorm1d(4))
     assert isinstance(single, bnn.SyncBatchNorm)
