@@ -1,13 +1,24 @@
-"""Chapter 8, training with and without batch normalization: the sweeps and their figures.
+"""Chapter 8, training with and without batch normalization: the sweeps, their statistics and figures.
 
 Every experiment here trains many small networks at once with
 :class:`bnbook.batched.BatchedMLP`: one member per (setting, seed) pair.
 
+* :data:`NETS` names the four networks every comparison shows: a plain network
+  with PyTorch's default initialization, with Xavier's, with the data-dependent
+  initialization :func:`bnbook.models.lsuv_init`, and a network with batch norm;
 * :func:`digits_splits` cuts the digits into training, validation and test tensors;
-* :func:`run` trains one batched model over a list of settings times seeds and
-  returns a :class:`Sweep` whose arrays have a leading (setting, seed) shape;
-* :func:`steps_to_reach`, :func:`largest_trainable` and :func:`best_by_validation`
-  turn curves into the numbers the chapter quotes;
+* :func:`run` trains one batched model over a list of settings times seeds,
+  optionally in stages with a validation and test evaluation after each, and
+  :func:`run_nets` does it for several of the four networks at once;
+* :func:`paired` and :func:`verdict` turn per-seed numbers into a paired
+  difference, its standard error, a 95% interval and a verdict;
+* :func:`steps_to_reach`, :func:`largest_trainable`, :func:`best_by_validation`
+  and :func:`roughness` turn curves into the numbers the chapter quotes;
+* :func:`forward_stats`, :func:`train_members` and :func:`evaluate_members`
+  train batch-normalized members whose statistics come from ghost batches or
+  from the whole training set, and train members with Adam;
+  :func:`run_optimizer` and :func:`overfit` use them for the chapter's Adam and
+  regularization experiments;
 * the ``plot_*`` functions draw the chapter's figures; :func:`make_explorer_draw`
   draws one frame of the learning-rate x depth explorer from precomputed curves;
 * :func:`time_batched_vs_loop` times the batched trainer against a loop of
@@ -16,6 +27,7 @@ Every experiment here trains many small networks at once with
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -26,53 +38,49 @@ import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bnbook.batched import BatchedMLP, evaluate_batched, train_batched
+from bnbook.batched import ACTIVATIONS, BatchedMLP, evaluate_batched, train_batched
 from bnbook.data import load_digits
-from bnbook.plots import COLORS, MARKERS, band
+from bnbook.models import lsuv_init
+from bnbook.plots import band, series
 
 __all__ = [
-    "CONFIGS",
+    "LSUV_BATCH",
+    "NETS",
     "Data",
+    "Paired",
     "Sweep",
     "best_by_validation",
     "digits_splits",
+    "evaluate_members",
+    "forward_stats",
     "largest_trainable",
     "make_explorer_draw",
+    "overfit",
+    "paired",
     "plot_curves",
     "plot_sweep",
+    "roughness",
     "run",
+    "run_nets",
+    "run_optimizer",
     "smooth",
     "steps_to_reach",
     "time_batched_vs_loop",
+    "train_members",
+    "verdict",
 ]
 
-#: The three networks every comparison shows: (batch_norm, init) and how they are drawn.
-CONFIGS = {
-    "no_bn": dict(
-        batch_norm=False,
-        init="default",
-        label="no BN, default init",
-        color=COLORS["no_bn"],
-        marker=MARKERS[1],
-        ls="-",
-    ),
-    "no_bn_good": dict(
-        batch_norm=False,
-        init="xavier",
-        label="no BN, Xavier init",
-        color="#CC79A7",
-        marker=MARKERS[2],
-        ls="--",
-    ),
-    "bn": dict(
-        batch_norm=True,
-        init="default",
-        label="BN, default init",
-        color=COLORS["bn"],
-        marker=MARKERS[0],
-        ls="-",
-    ),
+#: The four networks: whether they normalize, and how their weights start.
+#: ``lsuv`` starts from PyTorch's default and then applies :func:`bnbook.models.lsuv_init`.
+NETS: dict[str, dict] = {
+    "no_bn": dict(batch_norm=False, init="default", lsuv=False),
+    "xavier": dict(batch_norm=False, init="xavier", lsuv=False),
+    "lsuv": dict(batch_norm=False, init="default", lsuv=True),
+    "bn": dict(batch_norm=True, init="default", lsuv=False),
 }
+
+#: How many training images the data-dependent initialization sees (the first ones of the split).
+LSUV_BATCH = 256
 
 
 class Data(NamedTuple):
@@ -99,15 +107,23 @@ class Sweep(NamedTuple):
     Attributes
     ----------
     settings : list of dict
-        Per setting: ``lr``, ``init``, ``init_scale``.
+        Per setting: ``lr``, ``init``, ``init_scale``, ``lsuv``.
     loss : ndarray (S, R, steps)
         Training loss per step (NaN after divergence).
     eval_steps : ndarray (n_evals,)
     test_acc : ndarray (S, R, n_evals)
         Test accuracy along training (chance after divergence).
     val_acc : ndarray (S, R)
-        Final validation accuracy.
+        Validation accuracy at the end.
     diverged : ndarray of bool (S, R)
+    stages : tuple of int
+        Steps after which validation and test accuracy were recorded.
+    val_at, test_at : ndarray (S, R, n_stages)
+        Validation and test accuracy after each stage.
+    model : BatchedMLP
+        The trained model, shared by every :meth:`take` of the sweep.
+    offset : int
+        Index in ``model`` of this sweep's first setting; see :meth:`member_index`.
     """
 
     settings: list
@@ -116,6 +132,43 @@ class Sweep(NamedTuple):
     test_acc: np.ndarray
     val_acc: np.ndarray
     diverged: np.ndarray
+    stages: tuple
+    val_at: np.ndarray
+    test_at: np.ndarray
+    model: BatchedMLP
+    offset: int = 0
+
+    def member_index(self, setting: int, seed: int) -> int:
+        """Index in :attr:`model` of the member with ``settings[setting]`` and seed number ``seed``."""
+        return (self.offset + setting) * self.loss.shape[1] + seed
+
+    def take(self, rows: Sequence[int] | slice) -> Sweep:
+        """The same results for consecutive settings ``rows`` (the model stays whole)."""
+        idx = np.arange(len(self.settings))[rows]
+        if idx.size and np.any(np.diff(idx) != 1):
+            raise ValueError("take needs consecutive settings")
+        return self._replace(
+            offset=self.offset + int(idx[0]) if idx.size else self.offset,
+            settings=[self.settings[i] for i in idx],
+            loss=self.loss[idx],
+            test_acc=self.test_acc[idx],
+            val_acc=self.val_acc[idx],
+            diverged=self.diverged[idx],
+            val_at=self.val_at[idx],
+            test_at=self.test_at[idx],
+        )
+
+
+def _apply_lsuv(model: BatchedMLP, chosen: Sequence[bool], x: torch.Tensor) -> None:
+    """:func:`bnbook.models.lsuv_init` on the ``chosen`` members only; the others keep their weights."""
+    if not any(chosen):
+        return
+    keep = torch.tensor([not c for c in chosen], device=x.device)
+    saved = [p.detach().clone() for p in model.parameters()]
+    lsuv_init(model, x)
+    with torch.no_grad():
+        for p, old in zip(model.parameters(), saved, strict=True):
+            p[keep] = old[keep]
 
 
 def run(
@@ -130,16 +183,28 @@ def run(
     batch_size: int,
     eval_every: int,
     activation: str = "sigmoid",
+    stages: Sequence[int] = (),
 ) -> Sweep:
     """Train ``len(settings) * len(seeds)`` networks as one :class:`BatchedMLP`.
 
     Each setting is a mapping with ``lr`` and optionally ``init`` (default
-    ``"default"``) and ``init_scale`` (default 1). Seed ``r`` sets both the
-    initial weights and the data order of its member, so the same seed gives
-    the same batches in every setting.
+    ``"default"``), ``init_scale`` (default 1) and ``lsuv`` (default False:
+    when True, :func:`bnbook.models.lsuv_init` rescales the member on the first
+    :data:`LSUV_BATCH` training images before training). Seed ``r`` sets both
+    the initial weights and the data order of its member, so the same seed
+    gives the same batches in every setting.
+
+    ``stages``, steps strictly between 0 and ``steps``, split training into
+    parts; validation and test accuracy are recorded after each part and at
+    the end. Part ``j`` draws its batches with the seeds shifted by
+    ``1000 * j``, so the batches after a stage boundary differ from those at
+    the start.
     """
-    settings = [{"init": "default", "init_scale": 1.0, **s} for s in settings]
+    settings = [{"init": "default", "init_scale": 1.0, "lsuv": False, **s} for s in settings]
     members = [(s, r) for s in settings for r in seeds]
+    if any(not 0 < int(b) < steps for b in stages):
+        raise ValueError(f"stages must lie strictly between 0 and steps ({steps}), got {list(stages)}")
+    bounds = sorted({int(b) for b in stages} | {int(steps)})
     device = data.x_train.device
     sizes = [data.x_train.shape[1]] + [width] * depth + [10]
     model = BatchedMLP(
@@ -151,29 +216,112 @@ def run(
         init_scale=[s["init_scale"] for s, _ in members],
         device=device,
     )
-    hist = train_batched(
-        model,
-        data.x_train,
-        data.y_train,
-        lrs=[s["lr"] for s, _ in members],
-        steps=steps,
-        batch_size=batch_size,
-        eval_every=eval_every,
-        x_eval=data.x_test,
-        y_eval=data.y_test,
-    )
-    _, val_acc = evaluate_batched(model, data.x_val, data.y_val)
+    _apply_lsuv(model, [s["lsuv"] for s, _ in members], data.x_train[:LSUV_BATCH])
+    lrs = [s["lr"] for s, _ in members]
+    losses, evals, accs, vals, tests, div = [], [], [], [], [], []
+    done = 0
+    for j, end in enumerate(bounds):
+        hist = train_batched(
+            model,
+            data.x_train,
+            data.y_train,
+            lrs=lrs,
+            steps=end - done,
+            batch_size=batch_size,
+            seeds=[r + 1000 * j for _, r in members],
+            eval_every=eval_every,
+            x_eval=data.x_test,
+            y_eval=data.y_test,
+        )
+        first = 0 if j == 0 else 1  # step 0 of a later part repeats the previous part's last evaluation
+        losses.append(hist.loss)
+        evals.append(hist.eval_steps[first:] + done)
+        accs.append(hist.eval_acc[:, first:])
+        div.append(hist.diverged)
+        _, va = evaluate_batched(model, data.x_val, data.y_val)
+        _, te = evaluate_batched(model, data.x_test, data.y_test)
+        vals.append(va)
+        tests.append(te)
+        done = end
     shape = (len(settings), len(seeds))
-    diverged = hist.diverged
-    val_acc = np.where(diverged, 0.1, val_acc)
+    diverged = np.any(div, axis=0)
+    val_at = np.where(diverged[:, None], 0.1, np.stack(vals, axis=1))
+    test_at = np.where(diverged[:, None], 0.1, np.stack(tests, axis=1))
+    loss = np.concatenate(losses, axis=1)
     return Sweep(
         settings,
-        hist.loss.reshape(*shape, -1),
-        hist.eval_steps,
-        hist.eval_acc.reshape(*shape, -1),
-        val_acc.reshape(shape),
+        loss.reshape(*shape, -1),
+        np.concatenate(evals),
+        np.concatenate(accs, axis=1).reshape(*shape, -1),
+        val_at[:, -1].reshape(shape),
         diverged.reshape(shape),
+        tuple(bounds),
+        val_at.reshape(*shape, -1),
+        test_at.reshape(*shape, -1),
+        model,
     )
+
+
+def run_nets(
+    data: Data, names: Sequence[str], settings: Sequence[Mapping], seeds: Sequence[int], **kw
+) -> dict[str, Sweep]:
+    """:func:`run` for each network of :data:`NETS` in ``names`` over the same ``settings``.
+
+    The plain networks share one batched model, batch norm gets its own. A
+    setting's ``init`` (for example ``"normal"`` with an ``init_scale``)
+    overrides the network's own; ``lsuv`` stays the network's.
+    """
+    out: dict[str, Sweep] = {}
+    for bn in (False, True):
+        group = [n for n in names if NETS[n]["batch_norm"] == bn]
+        if not group:
+            continue
+        rows = [{"init": NETS[n]["init"], **s, "lsuv": NETS[n]["lsuv"]} for n in group for s in settings]
+        res = run(data, rows, seeds, batch_norm=bn, **kw)
+        for i, n in enumerate(group):
+            out[n] = res.take(slice(i * len(settings), (i + 1) * len(settings)))
+    return {n: out[n] for n in names}
+
+
+# --- statistics ----------------------------------------------------------------------------------
+class Paired(NamedTuple):
+    """A paired difference over seeds: mean, standard error, 95% t interval, and how many are > 0."""
+
+    mean: float
+    se: float
+    lo: float
+    hi: float
+    n: int
+    n_pos: int
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> Paired:
+    """Paired difference ``a - b`` over seeds (matching entries of two 1-D arrays).
+
+    The standard error is the sample standard deviation of the differences
+    over :math:`\\sqrt{n}`; the interval is mean :math:`\\pm\\, t_{0.975,\\,n-1}`
+    times it. Seeds where either value is NaN are left out.
+    """
+    from scipy.stats import t as student_t
+
+    d = np.asarray(a, float) - np.asarray(b, float)
+    d = d[np.isfinite(d)]
+    n = d.size
+    if n < 2:
+        return Paired(float(d.mean()) if n else float("nan"), float("nan"), float("nan"), float("nan"), n, 0)
+    se = float(d.std(ddof=1) / math.sqrt(n))
+    half = float(student_t.ppf(0.975, n - 1)) * se
+    m = float(d.mean())
+    return Paired(m, se, m - half, m + half, n, int((d > 0).sum()))
+
+
+def verdict(p: Paired, higher: str, lower: str, same: str = "about the same") -> str:
+    """``higher`` if the 95% interval lies above 0, ``lower`` if below, else ``same``."""
+    if p.lo > 0:
+        return higher
+    if p.hi < 0:
+        return lower
+    return same
 
 
 def smooth(loss: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +329,19 @@ def smooth(loss: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     n = loss.shape[-1] // window
     means = loss[..., : n * window].reshape(*loss.shape[:-1], n, window).mean(-1)
     return (np.arange(n) + 0.5) * window, means
+
+
+def roughness(loss: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """How jagged a loss curve is over steps ``start`` to ``stop`` (last axis).
+
+    Returns ``(mean |L[t+1] - L[t]|, that divided by the mean loss)``: the
+    mean absolute step-to-step change, and the same relative to the level of
+    the loss, so that a curve that is lower is not called smoother for that
+    reason alone. NaN where the member diverged.
+    """
+    seg = loss[..., start:stop]
+    jump = np.abs(np.diff(seg, axis=-1)).mean(-1)
+    return jump, jump / seg.mean(-1)
 
 
 def steps_to_reach(acc: np.ndarray, eval_steps: np.ndarray, target: float) -> np.ndarray:
@@ -204,12 +365,249 @@ def best_by_validation(val_acc: np.ndarray) -> int:
     return int(np.argmax(np.mean(val_acc, axis=1)))
 
 
+# --- batch norm with other statistics, and Adam ---------------------------------------------------
+def forward_stats(
+    model: BatchedMLP,
+    x: torch.Tensor,
+    groups: Sequence[tuple[int, int | None]],
+    x_full: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logits of a batch-normalized :class:`BatchedMLP` whose statistics come from elsewhere.
+
+    Parameters
+    ----------
+    model : BatchedMLP with ``batch_norm=True``
+    x : Tensor (K, B, D)
+        Each member's batch.
+    groups : list of (count, g)
+        Consecutive members, ``count`` at a time: with ``g`` an integer, each
+        member normalizes every run of ``g`` examples of its batch with their
+        own mean and variance (ghost batches; ``g = B`` is ordinary batch
+        norm); with ``g = None`` it normalizes with the mean and variance of
+        ``x_full`` (N, D), passed through the same layers, so its
+        normalization carries no batch noise at all.
+    x_full : Tensor (N, D), needed when some ``g`` is None
+
+    The gradient flows through the statistics in every case; running
+    statistics are not touched.
+    """
+    if not model.batch_norm:
+        raise ValueError("forward_stats needs a model with batch_norm=True")
+    if sum(c for c, _ in groups) != model.k:
+        raise ValueError(f"groups must cover all {model.k} members, got {list(groups)}")
+    act = ACTIVATIONS[model.activation]
+    k, b, _ = x.shape
+    full = [i for i, (_, g) in enumerate(groups) if g is None]
+    if full and x_full is None:
+        raise ValueError("x_full is needed for members normalized with the whole set's statistics")
+    starts = np.cumsum([0] + [c for c, _ in groups])
+    hf = {i: x_full.unsqueeze(0).expand(groups[i][0], -1, -1) for i in full}
+    h = x
+    last = len(model.weights) - 1
+    for layer, w in enumerate(model.weights):
+        if layer == last:
+            return torch.baddbmm(model.biases[0].unsqueeze(1), h, w)
+        z = torch.bmm(h, w)
+        parts = []
+        for i, (count, g) in enumerate(groups):
+            zi = z[starts[i] : starts[i] + count]
+            wi = w[starts[i] : starts[i] + count]
+            if g is None:
+                zf = torch.bmm(hf[i], wi)
+                mean, var = zf.mean(1, keepdim=True), zf.var(1, unbiased=False, keepdim=True)
+                hf[i] = (zf - mean) * torch.rsqrt(var + model.eps)
+                parts.append((zi - mean) * torch.rsqrt(var + model.eps))
+            else:
+                if b % g:
+                    raise ValueError(f"ghost batch size {g} must divide the batch size {b}")
+                zg = zi.reshape(count, b // g, g, -1)
+                mean, var = zg.mean(2, keepdim=True), zg.var(2, unbiased=False, keepdim=True)
+                parts.append(((zg - mean) * torch.rsqrt(var + model.eps)).reshape(count, b, -1))
+        gamma, beta = model.gammas[layer].unsqueeze(1), model.betas[layer].unsqueeze(1)
+        h = act(torch.cat(parts) * gamma + beta)
+        for i in full:
+            s = slice(starts[i], starts[i] + groups[i][0])
+            hf[i] = act(hf[i] * gamma[s] + beta[s])
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def train_members(
+    model: BatchedMLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    steps: int,
+    batch_size: int,
+    *,
+    optimizer: str = "sgd",
+    forward: Callable[[BatchedMLP, torch.Tensor], torch.Tensor] | None = None,
+) -> np.ndarray:
+    """Train every member on its own batches with plain SGD or Adam; returns losses (K, steps).
+
+    Member ``k`` draws its batches from ``torch.Generator().manual_seed(model.seeds[k])``.
+    Adam uses PyTorch's defaults (betas 0.9 and 0.999, eps 1e-8) and is written
+    out elementwise, so each member gets exactly the Adam step of its own loss.
+    ``forward(model, xb)`` replaces ``model(xb)``, for example a
+    :func:`forward_stats` with ghost batches.
+    """
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    forward = forward or (lambda m, xb: m(xb))
+    params = list(model.parameters())
+    m1 = [torch.zeros_like(p) for p in params]
+    m2 = [torch.zeros_like(p) for p in params]
+    gens = [torch.Generator().manual_seed(s) for s in model.seeds]
+    idx = torch.stack([torch.randint(0, x.shape[0], (steps, batch_size), generator=g) for g in gens], 1)
+    idx = idx.to(x.device)
+    k, c = model.k, model.sizes[-1]
+    losses = torch.empty(steps, k, dtype=torch.float64)
+    model.train()
+    for t in range(steps):
+        xb, yb = x[idx[t]], y[idx[t]]
+        logits = forward(model, xb)
+        per = F.cross_entropy(logits.reshape(-1, c), yb.reshape(-1), reduction="none").view(k, -1).mean(1)
+        for p in params:
+            p.grad = None
+        per.sum().backward()
+        with torch.no_grad():
+            losses[t] = per.double()
+            for p, a, v in zip(params, m1, m2, strict=True):
+                if optimizer == "sgd":
+                    p.sub_(p.grad, alpha=lr)
+                    continue
+                a.lerp_(p.grad, 0.1)
+                v.mul_(0.999).addcmul_(p.grad, p.grad, value=0.001)
+                step_size = lr / (1 - 0.9 ** (t + 1))
+                denom = (v / (1 - 0.999 ** (t + 1))).sqrt_().add_(1e-8)
+                p.addcdiv_(a, denom, value=-step_size)
+    return losses.T.numpy()
+
+
+@torch.no_grad()
+def evaluate_members(
+    model: BatchedMLP,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    forward: Callable[[BatchedMLP, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean cross-entropy and accuracy of every member on ``(x, y)``, each of shape (K,).
+
+    Without ``forward`` the model runs in eval mode (running statistics);
+    ``forward(model, x3)`` with ``x3`` of shape (K, N, D) replaces it.
+    """
+    x3 = x.unsqueeze(0).expand(model.k, -1, -1)
+    if forward is None:
+        was = model.training
+        model.eval()
+        logits = model(x3)
+        model.train(was)
+    else:
+        logits = forward(model, x3)
+    k, n, c = logits.shape
+    loss = F.cross_entropy(logits.reshape(k * n, c), y.repeat(k), reduction="none").view(k, n).mean(1)
+    acc = (logits.argmax(2) == y).double().mean(1)
+    return loss.double().cpu().numpy(), acc.cpu().numpy()
+
+
+def _members(
+    data: Data, names: Sequence[str], seeds: Sequence[int], sizes: Sequence[int], x_init: torch.Tensor
+) -> dict[bool, tuple[list[str], BatchedMLP]]:
+    """One BatchedMLP for the plain networks among ``names`` and one for batch norm, seeds innermost."""
+    out = {}
+    for bn in (False, True):
+        group = [n for n in names if NETS[n]["batch_norm"] == bn]
+        if group:
+            model = BatchedMLP(
+                sizes,
+                seeds=[r for _ in group for r in seeds],
+                batch_norm=bn,
+                init=[NETS[n]["init"] for n in group for _ in seeds],
+                device=data.x_train.device,
+            )
+            _apply_lsuv(model, [NETS[n]["lsuv"] for n in group for _ in seeds], x_init)
+            out[bn] = (group, model)
+    return out
+
+
+def run_optimizer(
+    data: Data,
+    names: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    optimizer: str,
+    lr: float,
+    steps: int,
+    depth: int,
+    width: int,
+    batch_size: int,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train the networks ``names`` of :data:`NETS` with :func:`train_members` (SGD or Adam).
+
+    Returns ``{name: (training losses (seeds, steps), final test accuracy (seeds,))}``.
+    """
+    sizes = [data.x_train.shape[1]] + [width] * depth + [10]
+    res: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for group, model in _members(data, names, seeds, sizes, data.x_train[:LSUV_BATCH]).values():
+        loss = train_members(model, data.x_train, data.y_train, lr, steps, batch_size, optimizer=optimizer)
+        _, acc = evaluate_members(model, data.x_test, data.y_test)
+        r = len(seeds)
+        for i, n in enumerate(group):
+            res[n] = (loss[i * r : (i + 1) * r], acc[i * r : (i + 1) * r])
+    return {n: res[n] for n in names}
+
+
+def overfit(
+    data: Data,
+    n_train: int,
+    seeds: Sequence[int],
+    *,
+    lr: float,
+    steps: int,
+    depth: int,
+    width: int,
+    batch_size: int,
+    ghost_sizes: Sequence[int],
+) -> dict[str, dict[str, np.ndarray]]:
+    """Train on the first ``n_train`` training images only, and measure how well each network generalizes.
+
+    The networks: ``"xavier"`` and ``"lsuv"`` (plain), ``"bn"`` (batch norm
+    with the statistics of each batch), ``"ghost<g>"`` for each ``g`` in
+    ``ghost_sizes`` (statistics of groups of ``g`` examples, more noise) and
+    ``"full"`` (statistics of all ``n_train`` images at every step, no noise).
+    Every batch-normalized network is evaluated with the statistics of all
+    ``n_train`` training images, so they differ only in how they were trained.
+
+    Returns ``{name: {"train_acc", "test_acc", "train_loss", "test_loss": (seeds,)}}``.
+    """
+    xs, ys = data.x_train[:n_train], data.y_train[:n_train]
+    sizes = [data.x_train.shape[1]] + [width] * depth + [10]
+    r = len(seeds)
+    out: dict[str, dict[str, np.ndarray]] = {}
+
+    def record(names: list[str], model: BatchedMLP, fwd=None) -> None:
+        ltr, atr = evaluate_members(model, xs, ys, fwd)
+        lte, ate = evaluate_members(model, data.x_test, data.y_test, fwd)
+        for i, n in enumerate(names):
+            s = slice(i * r, (i + 1) * r)
+            out[n] = dict(train_acc=atr[s], test_acc=ate[s], train_loss=ltr[s], test_loss=lte[s])
+
+    group, plain = _members(data, ["xavier", "lsuv"], seeds, sizes, xs)[False]
+    train_members(plain, xs, ys, lr, steps, batch_size)
+    record(group, plain)
+    stats: list[tuple[str, int | None]] = [(f"ghost{g}", g) for g in ghost_sizes]
+    stats += [("bn", batch_size), ("full", None)]
+    bn = BatchedMLP(sizes, seeds=[s for _ in stats for s in seeds], batch_norm=True, device=xs.device)
+    groups = [(r, g) for _, g in stats]
+    train_members(bn, xs, ys, lr, steps, batch_size, forward=lambda m, xb: forward_stats(m, xb, groups, xs))
+    record([n for n, _ in stats], bn, lambda m, xb: forward_stats(m, xb, [(m.k, None)], xs))
+    return out
+
+
 # --- figures ------------------------------------------------------------------------------------
 def plot_curves(ax: Axes, x: np.ndarray, curves: Mapping[str, np.ndarray]) -> None:
-    """One band per configuration of :data:`CONFIGS` (``curves[name]`` has shape (seeds, len(x)))."""
+    """One band per network of :data:`NETS` (``curves[name]`` has shape (seeds, len(x)))."""
     for name, runs in curves.items():
-        c = CONFIGS[name]
-        band(ax, x, runs, c["color"], c["label"], marker=c["marker"], ls=c["ls"])
+        band(ax, x, runs, **series(name))
 
 
 def plot_sweep(
@@ -219,23 +617,17 @@ def plot_sweep(
     *,
     logx: bool = True,
     threshold: float | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> None:
     """Mean and min-max band over seeds (last axis of each ``values[name]``) against a swept setting."""
+    labels = labels or {}
     for name, v in values.items():
-        c = CONFIGS[name]
-        band(
-            ax,
-            np.asarray(x, float),
-            np.asarray(v, float).T,
-            c["color"],
-            c["label"],
-            marker=c["marker"],
-            ls=c["ls"],
-        )
+        look = series(name, **({"label": labels[name]} if name in labels else {}))
+        band(ax, np.asarray(x, float), np.asarray(v, float).T, **look)
     if logx:
         ax.set_xscale("log")
     if threshold is not None:
-        ax.axhline(threshold, color=COLORS["truth"], lw=1, ls=":", label=f"threshold {threshold:g}")
+        ax.axhline(threshold, color="#222222", lw=1, ls=":", label=f"threshold {threshold:g}")
 
 
 def make_explorer_draw(
@@ -244,7 +636,7 @@ def make_explorer_draw(
     """A ``draw(fig, lr, depth)`` for :class:`bnbook.widgets.Explorer` from precomputed loss curves.
 
     ``curves[lr, depth][name]`` holds training losses of shape (seeds, steps)
-    for the configurations named in :data:`CONFIGS`.
+    for networks named in :data:`NETS`.
     """
 
     def draw(fig: Figure, lr: float, depth: int) -> None:
@@ -252,8 +644,7 @@ def make_explorer_draw(
         runs = curves[lr, depth]
         for name, loss in runs.items():
             x, sm = smooth(np.where(np.isfinite(loss), loss, np.nan), window)
-            c = CONFIGS[name]
-            band(ax, x, np.minimum(sm, y_max), c["color"], c["label"], marker=c["marker"], ls=c["ls"])
+            band(ax, x, np.minimum(sm, y_max), **series(name))
         ax.set_ylim(0, y_max)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"training loss (mean of {window} steps)")

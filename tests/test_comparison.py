@@ -1,0 +1,166 @@
+"""Tests of chapter 8's demo module, bnbook.demos.comparison."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bnbook.batched import BatchedMLP
+from bnbook.demos import comparison as cmp
+
+
+@pytest.fixture(scope="module")
+def data() -> cmp.Data:
+    return cmp.digits_splits(0, n_val=100, device=torch.device("cpu"))
+
+
+def test_paired_matches_a_hand_computed_t_interval() -> None:
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    b = np.array([0.5, 1.0, 2.5, 3.0, 4.0])
+    d = a - b
+    p = cmp.paired(a, b)
+    se = d.std(ddof=1) / math.sqrt(5)
+    assert p.mean == pytest.approx(d.mean()) and p.se == pytest.approx(se)
+    assert p.hi - p.mean == pytest.approx(2.7764451 * se, rel=1e-6)  # t_{0.975, 4}
+    assert p.n == 5 and p.n_pos == 5
+    assert cmp.verdict(p, "up", "down") == "up"
+    assert cmp.verdict(cmp.paired(b, a), "up", "down") == "down"
+    assert cmp.verdict(cmp.paired(a, a + np.array([1, -1, 1, -1, 0.0])), "up", "down") == "about the same"
+
+
+def test_paired_leaves_out_seeds_with_nan() -> None:
+    p = cmp.paired(np.array([1.0, np.nan, 3.0]), np.array([0.0, 1.0, 1.0]))
+    assert p.n == 2 and p.mean == pytest.approx(1.5)
+
+
+def test_roughness_of_a_known_curve() -> None:
+    loss = np.array([[1.0, 2.0, 1.0, 2.0, 1.0]])
+    jump, rel = cmp.roughness(loss, 0, 5)
+    assert jump[0] == pytest.approx(1.0) and rel[0] == pytest.approx(1.0 / 1.4)
+
+
+def test_steps_to_reach() -> None:
+    acc = np.array([[0.1, 0.5, 0.95, 0.99], [0.1, 0.2, 0.3, 0.4]])
+    got = cmp.steps_to_reach(acc, np.array([0, 10, 20, 30]), 0.9)
+    assert got[0] == 20 and np.isnan(got[1])
+
+
+def test_run_nets_splits_networks_and_lsuv_touches_only_its_members(data) -> None:
+    res = cmp.run_nets(
+        data,
+        ["no_bn", "lsuv", "bn"],
+        [dict(lr=0.5)],
+        [3, 4],
+        steps=5,
+        eval_every=0,
+        depth=2,
+        width=8,
+        batch_size=16,
+    )
+    assert list(res) == ["no_bn", "lsuv", "bn"]
+    assert res["no_bn"].model is res["lsuv"].model and res["bn"].model is not res["no_bn"].model
+    plain = res["no_bn"].model
+    # the default-init members start where torch.nn.Linear starts: retrain one from scratch and compare
+    fresh = BatchedMLP([64, 8, 8, 10], seeds=[3, 4, 3, 4])
+    assert not torch.equal(fresh.weights[0][0], plain.weights[0][0])  # it has trained
+    # member_index finds the right member of the shared model
+    assert res["lsuv"].member_index(0, 1) == 3 and res["no_bn"].member_index(0, 1) == 1
+    assert res["bn"].loss.shape == (1, 2, 5)
+
+
+def test_lsuv_members_start_with_unit_pre_activations(data) -> None:
+    model = BatchedMLP([64, 16, 16, 10], seeds=[0, 1])
+    before = [p.detach().clone() for p in model.parameters()]
+    x = data.x_train[: cmp.LSUV_BATCH]
+    cmp._apply_lsuv(model, [False, True], x)
+    for p, old in zip(model.parameters(), before, strict=True):
+        torch.testing.assert_close(p[0], old[0])  # member 0 untouched
+    z = x @ model.weights[0][1] + model.biases[0][1]
+    assert z.std(0, unbiased=False).mean().item() == pytest.approx(1.0, abs=1e-4)
+    assert z.mean(0).abs().max().item() < 1e-4
+
+
+def test_stages_record_validation_and_test_after_each(data) -> None:
+    res = cmp.run(
+        data,
+        [dict(lr=0.5)],
+        [7],
+        batch_norm=True,
+        depth=1,
+        width=8,
+        steps=12,
+        batch_size=8,
+        eval_every=4,
+        stages=(5,),
+    )
+    assert res.stages == (5, 12) and res.val_at.shape == (1, 1, 2) and res.loss.shape == (1, 1, 12)
+    assert list(res.eval_steps) == [0, 4, 5, 9, 12]
+    with pytest.raises(ValueError, match="stages"):
+        cmp.run(
+            data,
+            [dict(lr=0.5)],
+            [7],
+            batch_norm=True,
+            depth=1,
+            width=8,
+            steps=4,
+            batch_size=8,
+            eval_every=0,
+            stages=(4,),
+        )
+
+
+def test_forward_stats_with_whole_batch_groups_is_batch_norm() -> None:
+    torch.manual_seed(0)
+    model = BatchedMLP([5, 6, 6, 3], seeds=[0, 1], batch_norm=True, dtype=torch.float64)
+    x = torch.randn(2, 8, 5, dtype=torch.float64)
+    torch.testing.assert_close(cmp.forward_stats(model, x, [(2, 8)]), model(x))
+    # ghost groups of 4 are batch norm on each half of the batch
+    ghost = cmp.forward_stats(model, x, [(2, 4)])
+    torch.testing.assert_close(ghost[:, :4], model(x[:, :4]))
+    # full-set statistics are batch norm over the whole set, applied to the batch
+    full = torch.randn(20, 5, dtype=torch.float64)
+    got = cmp.forward_stats(model, full[None, :3].expand(2, -1, -1), [(2, None)], full)
+    torch.testing.assert_close(got, model(full)[:, :3])
+    with pytest.raises(ValueError, match="x_full"):
+        cmp.forward_stats(model, x, [(2, None)])
+    with pytest.raises(ValueError, match="divide"):
+        cmp.forward_stats(model, x, [(2, 3)])
+
+
+def test_train_members_adam_matches_torch_optim_adam(data) -> None:
+    model = BatchedMLP([64, 8, 10], seeds=[5, 6], dtype=torch.float64)
+    x, y = data.x_train.double(), data.y_train
+    refs = [model.member(k) for k in range(2)]
+    loss = cmp.train_members(model, x, y, 0.01, 6, 4, optimizer="adam")
+    for k, net in enumerate(refs):
+        opt = torch.optim.Adam(net.parameters(), lr=0.01)
+        gen = torch.Generator().manual_seed(5 + k)
+        idx = torch.randint(0, x.shape[0], (6, 4), generator=gen)
+        for t in range(6):
+            opt.zero_grad()
+            out = F.cross_entropy(net(x[idx[t]]), y[idx[t]])
+            out.backward()
+            opt.step()
+            assert loss[k, t] == pytest.approx(out.item(), rel=1e-10)
+        lin = [m for m in net if isinstance(m, nn.Linear)][0]
+        torch.testing.assert_close(model.weights[0][k].T, lin.weight.detach(), rtol=1e-9, atol=1e-12)
+
+
+def test_overfit_and_run_optimizer_shapes(data) -> None:
+    out = cmp.overfit(data, 40, [0, 1], lr=0.5, steps=3, depth=1, width=8, batch_size=8, ghost_sizes=(4,))
+    assert list(out) == ["xavier", "lsuv", "ghost4", "bn", "full"]
+    assert all(v["test_acc"].shape == (2,) for v in out.values())
+    res = cmp.run_optimizer(
+        data, ["xavier", "bn"], [0, 1], optimizer="sgd", lr=0.5, steps=3, depth=1, width=8, batch_size=8
+    )
+    assert res["bn"][0].shape == (2, 3) and res["xavier"][1].shape == (2,)
+    with pytest.raises(ValueError, match="optimizer"):
+        cmp.train_members(
+            BatchedMLP([64, 4, 10], seeds=[0]), data.x_train, data.y_train, 0.1, 1, 4, optimizer="x"
+        )
