@@ -1,39 +1,54 @@
-"""Tests of bnbook.workers (run in real process groups) and bnbook.demos.across_processes (chapter 14)."""
+"""Chapter 14's demo package ``bnbook.demos.across_processes``: its worker tasks (run in real process
+groups from one :class:`bnbook.distributed.Pool`), its arithmetic, and the pool itself."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.modules._functions as torch_functions
 
 from bnbook.data import load_digits
 from bnbook.demos import across_processes as ap
-from bnbook.distributed import launch
-from bnbook.workers import allreduce_times, run_tasks, sync_forward_check
+from bnbook.distributed import Pool, resolve
+from bnbook.models import mlp
+from bnbook.nn._sync import SyncBatchNormFunction
 
-TRAIN = {"seeds": [3], "steps": 6, "lr": 0.05, "hidden": 16, "eval_every": 3}
+TRAIN = {"seeds": [3, 4], "steps": 6, "lr": 0.05, "hidden": 16, "eval_every": 3}
+CHANNELS = [4, 8, 8, 16]
 
 
 @pytest.fixture(scope="module")
 def groups():
-    """One group of two processes and one of one process, each running every task once."""
+    """One pool of two processes: every task in the pair, the one-process control in a sub-group of rank 0."""
     data = load_digits(seed=0)
     train = {**TRAIN, "data": data}
-    two = launch(
-        run_tasks,
-        2,
-        [
-            ("check", "sync_forward_check", {"sizes": [3, 6], "channels": 4, "seed": 5}),
-            ("noise", "stat_noise", {"local_batch": 3, "n_batches": 4, "channels": 5, "seed": 1}),
-            ("times", "allreduce_times", {"sizes": [1, 100], "repeats": 2, "inner": 2}),
-            ("local", "ddp_train", {**train, "sync": False, "local_batch": 2}),
-            ("sync", "ddp_train", {**train, "sync": True, "local_batch": 2}),
-        ],
-        timeout=180,
-    )
-    one = launch(
-        run_tasks, 1, [("single", "ddp_train", {**train, "sync": False, "local_batch": 4})], timeout=180
-    )
+    with Pool(2, timeout=180) as pool:
+        two = pool.run(
+            ap.run_tasks,
+            [
+                ("check", "sync_forward_check", {"sizes": [3, 6], "channels": 4, "seed": 5}),
+                ("noise", "stat_noise", {"local_batch": 3, "n_batches": 4, "channels": 5, "seed": 1}),
+                ("times", "allreduce_times", {"sizes": [1, 100], "repeats": 2, "inner": 2}),
+                ("count", "count_collectives", {"channels": CHANNELS}),
+                ("local", "ddp_train", {**train, "sync": False, "local_batch": 2}),
+                ("sync", "ddp_train", {**train, "sync": True, "local_batch": 2}),
+                ("recipe", "recipe", {"pair_size": 1, "steps": 2}),
+            ],
+        )
+        # the same pool again, by name, in a sub-group of one process
+        one = pool.run(
+            "bnbook.demos.across_processes:run_tasks",
+            [("single", "ddp_train", {**train, "sync": False, "local_batch": 4})],
+            1,
+        )
+        # two sub-groups of one process each, side by side
+        times = {"sizes": [1], "repeats": 1, "inner": 1}
+        plan = pool.run(
+            ap.run_plan,
+            [((0,), [("a", "allreduce_times", times)]), ((1,), [("b", "allreduce_times", times)])],
+        )
+    assert [sorted(r) for r in plan] == [["a"], ["b"]]
     return two, one
 
 
@@ -83,27 +98,91 @@ def test_allreduce_times_shape(groups):
     assert t["seconds"].shape == (2, 2) and np.all(t["seconds"] > 0)
 
 
+def test_count_collectives_three_messages_per_layer(groups):
+    two, _ = groups
+    count = two[0]["count"]
+    assert [name for name, _ in count["forward"]] == ["all_reduce"] * 2 * len(CHANNELS)
+    assert [name for name, _ in count["backward"]] == ["all_reduce"] * len(CHANNELS)
+    # C + 1 (sums and count), C (squared deviations) forward; 2C backward
+    assert [n for _, n in count["forward"]] == [k for c in CHANNELS for k in (c + 1, c)]
+    assert sorted(n for _, n in count["backward"]) == sorted(2 * c for c in CHANNELS)
+
+
 def test_ddp_sync_reproduces_one_process_and_per_process_does_not(groups):
     two, one = groups
+    assert one[1] is None  # rank 1 is outside the sub-group of one process
     single = one[0]["single"]["loss"]
     synced = (two[0]["sync"]["loss"] + two[1]["sync"]["loss"]) / 2
     local = (two[0]["local"]["loss"] + two[1]["local"]["loss"]) / 2
     np.testing.assert_allclose(synced, single, atol=1e-5)
     assert np.abs(local[:, 0] - single[:, 0]).max() > 1e-3  # per-shard statistics give another loss
     assert list(two[0]["sync"]["steps"]) == [0, 3, 6]
-    assert two[0]["sync"]["test_acc"].shape == (1, 3)
+    assert two[0]["sync"]["test_acc"].shape == (2, 3) and single.shape == (2, 6)
 
 
-def test_workers_refuse_to_run_outside_a_group():
+def test_recipe_converts_before_wrapping_and_torch_refuses_cpu(groups):
+    two, _ = groups
+    r0, r1 = two[0]["recipe"], two[1]["recipe"]
+    assert r0["layer"] == "SyncBatchNorm"
+    np.testing.assert_array_equal(r0["params"], r1["params"])  # DDP averaged over both ranks
+    assert not np.allclose(r0["running_mean"], r1["running_mean"])  # sub-groups of one: own statistics
+    # converted after wrapping: the converter keeps the parameter tensors, so DDP still averages them
+    np.testing.assert_array_equal(r0["late_params"], r1["late_params"])
+    assert np.abs(r0["swapped_params"] - r1["swapped_params"]).max() > 1e-4  # new parameters DDP never saw
+    assert r0["swapped_error"].startswith("RuntimeError")
+    for key in ("torch_refusal_ddp", "torch_refusal_step"):
+        assert r0[key].startswith("ValueError") and "GPU" in r0[key]
+
+
+def test_seed_stack_matches_one_mlp_per_seed():
+    seeds = [0, 7]
+    stack = ap.SeedStackMLP([64, 16, 16, 10], seeds)
+    x = torch.randn(5, len(seeds), 64, generator=torch.Generator().manual_seed(1))
+    out = stack(x)
+    for s, seed in enumerate(seeds):
+        torch.manual_seed(seed)
+        single = mlp([64, 16, 16, 10], activation="relu", batch_norm=True)
+        torch.testing.assert_close(out[:, s], single(x[:, s]), rtol=1e-5, atol=1e-5)
+
+
+def test_tasks_refuse_to_run_outside_a_group():
     with pytest.raises(ValueError, match="process group"):
-        sync_forward_check(0, 1, [3])
+        ap.sync_forward_check(0, 1, [3])
     with pytest.raises(ValueError, match="process group"):
-        allreduce_times(0, 1, [1])
+        ap.allreduce_times(0, 1, [1])
 
 
-def test_run_tasks_rejects_unknown_tasks():
+def test_run_tasks_rejects_unknown_tasks_and_bad_groups():
     with pytest.raises(ValueError, match="unknown task"):
-        run_tasks(0, 1, [("a", "no_such_task", {})])
+        ap.run_tasks(0, 1, [("a", "no_such_task", {})])
+    with pytest.raises(ValueError, match="group_size"):
+        ap.run_tasks(0, 2, [], group_size=3)
+    with pytest.raises(ValueError, match="ranks must be distinct"):
+        ap.run_plan(0, 2, [((0, 2), [])])
+    with pytest.raises(ValueError, match="share a label"):
+        ap.run_plan(0, 2, [((0,), [("a", "stat_noise", {})]), ((1,), [("a", "stat_noise", {})])])
+
+
+def test_collectives_read_from_the_source():
+    torch_counts = ap.collectives_per_pass(torch_functions.SyncBatchNorm)
+    # one all-gather forward (NCCL and gloo branches exclude each other), one all-reduce backward
+    assert torch_counts["forward"]["per_layer"] == 1 and torch_counts["backward"]["per_layer"] == 1
+    assert {name for _, name in torch_counts["forward"]["calls"]} <= {"all_gather", "all_gather_single"}
+    ours = ap.collectives_per_pass(SyncBatchNormFunction)
+    assert ours["forward"]["per_layer"] == 2 and ours["backward"]["per_layer"] == 1
+
+
+def test_pool_names_and_failures():
+    assert resolve("bnbook.demos.across_processes:run_tasks") is ap.run_tasks
+    with pytest.raises(ValueError, match="module:function"):
+        resolve("no colon here")
+    with Pool(1, timeout=120) as pool:
+        assert pool.run(ap.run_tasks, []) == [{}]
+        with pytest.raises(RuntimeError, match="unknown task"):
+            pool.run(ap.run_tasks, [("a", "no_such_task", {})])
+        assert pool.closed
+        with pytest.raises(RuntimeError, match="closed"):
+            pool.run(ap.run_tasks, [])
 
 
 def test_combine_shards_matches_the_whole_batch():
@@ -121,9 +200,13 @@ def test_resnet50_counts_match_the_published_model():
     assert ap.resnet50_parameter_count() == 25_557_032  # torchvision's resnet50()
 
 
-def test_allreduce_model_closed_form():
+def test_communication_models_closed_form():
     assert ap.ring_allreduce_seconds(1000, 1, 1e-5, 1e9) == pytest.approx(1e-5)
     # two processes: each byte crosses the link once in each of the two phases
     assert ap.ring_allreduce_seconds(1000, 2, 0.0, 1e9, 4) == pytest.approx(4000 / 1e9)
+    # an all-gather brings the other P - 1 contributions to every process
+    assert ap.ring_allgather_seconds(1000, 4, 0.0, 1e9, 4) == pytest.approx(3 * 4000 / 1e9)
     with pytest.raises(ValueError):
         ap.ring_allreduce_seconds(10, 0, 1e-5, 1e9)
+    with pytest.raises(ValueError):
+        ap.ring_allgather_seconds(10, 0, 1e-5, 1e9)
