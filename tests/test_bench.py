@@ -197,3 +197,47 @@ def test_allocation_study_runs_in_a_child_with_and_without_the_control() -> None
             assert 0 < lo <= med <= hi and math.isfinite(hi)
     with pytest.raises(ValueError, match="rounds"):
         bench.allocation_study([1], [1], rounds=0)
+
+
+# --- the configuration table ---------------------------------------------------------------------------
+
+
+def test_configs_cover_every_layout_dtype_and_the_small_fully_connected_inputs() -> None:
+    names = {c.name for c in bench.CONFIGS}
+    assert {
+        "2d NCHW",
+        "2d channels-last",
+        "1d (N, C)",
+        "1d (N, C, L)",
+        "3d NCDHW",
+        "3d channels-last",
+    } <= names
+    assert {c.dtype for c in bench.CONFIGS} == {torch.float32, torch.float64}
+    shapes = {c.shape for c in bench.CONFIGS}
+    assert (64, 100) in shapes and (256, 1024) in shapes
+    sized = [c.mib for c in bench.CONFIGS if c.mib >= 1]
+    assert min(sized) == 1 and max(sized) == 64
+
+
+def test_spread_is_median_and_third_from_each_end() -> None:
+    assert bench._spread(list(range(1, 26))) == (13, 3, 23)
+    assert bench._spread([3.0, 1.0, 2.0]) == (2.0, 1.0, 3.0)  # fewer than 7 rounds: min and max
+
+
+@pytest.mark.skipif(not bench._fast_available(), reason="needs the fused kernels")
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_config_table_cells_and_json_round_trip(train) -> None:
+    configs = [bench.Config("1d (N, C)", (8, 5), torch.float32), bench.Config("t", TINY, torch.float64)]
+    mode = "train" if train else "eval"
+    before = torch.get_num_threads()
+    rows = bench.config_table(configs, threads=(1,), modes=(mode,), rounds=2, warmup=0)
+    assert torch.get_num_threads() == before
+    assert [r.config for r in rows] == configs
+    for r in rows:
+        cell = r.cells[(mode, 1)]
+        assert cell.rounds == 2
+        for med, lo, hi in (cell.x_native, cell.x_floor):
+            assert 0 < lo <= med <= hi and math.isfinite(hi)
+    assert bench.table_from_json(bench.table_to_json(rows)) == rows
+    with pytest.raises(ValueError, match="modes"):
+        bench.config_table(configs, modes=("infer",))

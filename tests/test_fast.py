@@ -92,3 +92,70 @@ def test_fallback_when_disabled() -> None:
     lines = out.stdout.splitlines()
     assert lines[0] == "False" and "BNBOOK_NO_EXTENSION" in lines[1] and "eager" in lines[1]
     assert float(lines[2]) < 1e-6
+
+
+# Shapes that take each of the kernels' loops: planes with tails after the 16-wide blocks, rows split
+# by blocks of rows across threads, rows split by blocks of channels (wide or short inputs).
+LOOPS = [
+    ((3, 4, 37), None, "planes, tail"),
+    ((8, 6, 16, 33), None, "planes, several tasks"),
+    ((64, 40, 16, 16), torch.channels_last, "rows, blocks of rows"),
+    ((600, 300), None, "(N, C), blocks of rows"),
+    ((5, 600), None, "(N, C), few rows, blocks of channels"),
+    ((9, 4200), None, "(N, C), wide, blocks of channels"),
+    ((4, 3, 5, 6, 7), torch.channels_last_3d, "rows, 3d"),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize(("shape", "fmt"), [c[:2] for c in LOOPS], ids=[c[2] for c in LOOPS])
+def test_every_loop_matches_native(shape, fmt, dtype, threads) -> None:
+    cls = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}[len(shape)]
+    ours = {
+        nn.BatchNorm1d: fast.BatchNorm1d,
+        nn.BatchNorm2d: fast.BatchNorm2d,
+        nn.BatchNorm3d: fast.BatchNorm3d,
+    }
+    c = shape[1]
+    gen = torch.Generator().manual_seed(1)
+    layers = [k(c, dtype=dtype) for k in (cls, ours[cls])]
+    w, b = torch.rand(c, generator=gen, dtype=dtype) + 0.5, torch.randn(c, generator=gen, dtype=dtype)
+    for layer in layers:
+        with torch.no_grad():
+            layer.weight.copy_(w)
+            layer.bias.copy_(b)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for train in (True, False):
+            x = torch.randn(shape, generator=gen, dtype=dtype) * 2 + 5
+            dy = torch.randn(shape, generator=gen, dtype=dtype)
+            if fmt is not None:
+                x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
+            outs = []
+            for layer in layers:
+                layer.train(train).zero_grad()
+                xi = x.clone().requires_grad_()
+                y = layer(xi)
+                y.backward(dy)
+                outs.append(
+                    (y, xi.grad, layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var)
+                )
+            for ref, got in zip(*outs, strict=True):
+                torch.testing.assert_close(got, ref, **TOL[dtype])
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_running_update_bumps_versions_and_eval_under_no_grad_matches() -> None:
+    layer, ref = fast.BatchNorm2d(3), nn.BatchNorm2d(3)
+    x = torch.randn(4, 3, 5, 5) + 2
+    v0 = layer.running_mean._version
+    layer(x)
+    ref(x)
+    assert layer.running_mean._version > v0  # the kernel's in-place update is seen by autograd's checks
+    layer.eval()
+    ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref(x))

@@ -27,7 +27,6 @@ Every experiment here trains many small networks at once with
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -42,6 +41,7 @@ from bnbook.batched import ACTIVATIONS, BatchedMLP, evaluate_batched, train_batc
 from bnbook.data import load_digits
 from bnbook.models import lsuv_init
 from bnbook.plots import band, series
+from bnbook.stats import Paired, paired, verdict
 
 __all__ = [
     "LSUV_BATCH",
@@ -284,46 +284,6 @@ def run_nets(
 
 
 # --- statistics ----------------------------------------------------------------------------------
-class Paired(NamedTuple):
-    """A paired difference over seeds: mean, standard error, 95% t interval, and how many are > 0."""
-
-    mean: float
-    se: float
-    lo: float
-    hi: float
-    n: int
-    n_pos: int
-
-
-def paired(a: np.ndarray, b: np.ndarray) -> Paired:
-    """Paired difference ``a - b`` over seeds (matching entries of two 1-D arrays).
-
-    The standard error is the sample standard deviation of the differences
-    over :math:`\\sqrt{n}`; the interval is mean :math:`\\pm\\, t_{0.975,\\,n-1}`
-    times it. Seeds where either value is NaN are left out.
-    """
-    from scipy.stats import t as student_t
-
-    d = np.asarray(a, float) - np.asarray(b, float)
-    d = d[np.isfinite(d)]
-    n = d.size
-    if n < 2:
-        return Paired(float(d.mean()) if n else float("nan"), float("nan"), float("nan"), float("nan"), n, 0)
-    se = float(d.std(ddof=1) / math.sqrt(n))
-    half = float(student_t.ppf(0.975, n - 1)) * se
-    m = float(d.mean())
-    return Paired(m, se, m - half, m + half, n, int((d > 0).sum()))
-
-
-def verdict(p: Paired, higher: str, lower: str, same: str = "about the same") -> str:
-    """``higher`` if the 95% interval lies above 0, ``lower`` if below, else ``same``."""
-    if p.lo > 0:
-        return higher
-    if p.hi < 0:
-        return lower
-    return same
-
-
 def smooth(loss: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean of the last axis over consecutive windows: (centre steps, smoothed values)."""
     n = loss.shape[-1] // window

@@ -1,13 +1,17 @@
 """Chapter 16 (making batch norm fast): tables, the configuration grid and the figures.
 
 The timing itself lives in :mod:`bnbook.bench`; this module formats its rows,
-runs the grid of layouts, dtypes and modes, and draws the three figures.
+loads the configuration table that ``make bench`` stored, estimates native's
+passes over memory by timing, and draws the three figures.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
+import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
@@ -16,14 +20,16 @@ from bnbook import bench
 from bnbook.plots import MARKERS, PALETTE
 
 __all__ = [
-    "Config",
-    "config_grid",
+    "TABLE_PATH",
+    "measured_passes",
+    "print_table",
+    "stored_table",
+    "worst_cells",
     "pass_counts",
     "plot_alloc",
     "plot_ladder",
     "plot_sweep",
     "print_alloc",
-    "print_configs",
     "print_rows",
 ]
 
@@ -138,50 +144,6 @@ def plot_alloc(series: dict[str, Sequence[bench.AllocRow] | None]) -> plt.Figure
     return fig
 
 
-class Config(NamedTuple):
-    """One cell of the grid: layout, dtype, mode, and the fused entry's row."""
-
-    layout: str
-    dtype: str
-    mode: str
-    fused: bench.Row
-    floor: bench.Row
-
-
-def config_grid(mib: float = 16, rounds: int = 5) -> list[Config]:
-    """``bnbook.fast`` against native in NCHW and channels-last, float32 and float64, train and eval."""
-    out = []
-    for layout, fmt in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
-        for dtype in (torch.float32, torch.float64):
-            for train in (True, False):
-                shape = bench.shape_for_mib(mib, dtype)
-                rows = bench.ladder(
-                    shape, rounds, ["bnbook.fast.BatchNorm2d"], dtype=dtype, memory_format=fmt, train=train
-                )
-                by = {r.name: r for r in rows}
-                fused = by.get("bnbook.fast.BatchNorm2d")
-                if fused is None:  # kernels not built here: the eager fallback is what runs
-                    continue
-                out.append(
-                    Config(
-                        layout,
-                        str(dtype).removeprefix("torch."),
-                        "train" if train else "eval",
-                        fused,
-                        by[bench.FLOOR],
-                    )
-                )
-    return out
-
-
-def print_configs(grid: Sequence[Config]) -> None:
-    """The grid as a table: fused / native and native / floor, median [min-max]."""
-    print(f"{'layout':<15}{'dtype':<9}{'mode':<7}{'fused / native':>21}{'native / floor':>21}")
-    for g in grid:
-        native_floor = tuple(1.0 / v for v in (g.floor.x_native[0], g.floor.x_native[2], g.floor.x_native[1]))
-        print(f"{g.layout:<15}{g.dtype:<9}{g.mode:<7}{_fmt(g.fused.x_native):>21}{_fmt(native_floor):>21}")
-
-
 # Counted by reading bnbook/scratch/_batchnorm.py for a float32 input (float64 arrays count twice).
 # Forward: isfinite check (1 read, 1/4 written) and np.all (1/4), mean (1), astype float64 (1 read,
 # 2 written), centre (2, 2), square (2, 2), its mean (2), scale in place (2, 2), back to float32 (2, 1),
@@ -199,4 +161,82 @@ def pass_counts(shape: tuple[int, ...] = (8, 16, 8, 8)) -> dict[str, bench.PassC
     for name in (bench.PRIMITIVES, "bnbook.nn.BatchNorm2d", "bnbook.fast.BatchNorm2d", bench.NATIVE):
         out[name] = bench.count_passes(bench.ENTRIES[name](x, dy, True), x)
     out["bnbook.scratch.BatchNorm"] = SCRATCH_COUNT
+    return out
+
+
+# --- the configuration table, as ``make bench`` measured it --------------------------------------------
+
+#: The table of every configuration, written by ``python -m bnbook.bench --save`` (``make bench``'s table).
+TABLE_PATH = Path(__file__).with_name("speed_table.json")
+
+
+def stored_table(path: Path | str = TABLE_PATH) -> tuple[list[int], list[bench.TableRow]]:
+    """The thread counts and rows of a table saved by ``python -m bnbook.bench --save PATH``."""
+    with open(path) as handle:
+        data = json.load(handle)
+    return list(data["threads"]), bench.table_from_json(data["rows"])
+
+
+def _cell(r: tuple[float, float, float]) -> str:
+    return f"{r[0]:.2f} [{r[1]:.2f}-{r[2]:.2f}]"
+
+
+def print_table(rows: Sequence[bench.TableRow], mode: str) -> None:
+    """One mode of the table: per configuration, fused / native and fused / floor at each thread count."""
+    keys = [k for k in rows[0].cells if k[0] == mode]
+    head = "".join(f"{f'{n} thr: / native':>21}{'/ floor':>21}" for _, n in keys)
+    print(f"{'configuration':<47}{head}")
+    for row in rows:
+        cells = "".join(f"{_cell(row.cells[k].x_native):>21}{_cell(row.cells[k].x_floor):>21}" for k in keys)
+        print(f"{bench.config_label(row.config):<47}{cells}")
+
+
+def worst_cells(
+    rows: Sequence[bench.TableRow], mode: str, ratio: str = "x_native", min_mib: float = 0.0
+) -> list[tuple[float, str, int]]:
+    """``(median, configuration, threads)`` of every cell of one mode, worst (largest median) first."""
+    out = [
+        (getattr(cell, ratio)[0], bench.config_label(row.config), n)
+        for row in rows
+        if row.config.mib >= min_mib
+        for (m, n), cell in row.cells.items()
+        if m == mode
+    ]
+    return sorted(out, reverse=True)
+
+
+def measured_passes(
+    mib: float = 64, rounds: int = 7, warmup: int = 1
+) -> dict[str, tuple[float, float, float]]:
+    """Tensor passes of one training forward+backward, measured by timing against the floor's passes.
+
+    At ``mib`` MiB per tensor (float32, NCHW, the current thread count), each
+    round times torch's native layer, ``bnbook.fast``'s, a sum and a copy.
+    The floor moves 8 passes (6 reads, 2 writes) in ``4 t_sum + 2 t_copy``, so
+    an implementation that takes ``t`` moves about ``8 t / T_floor`` passes'
+    worth of memory traffic. Returns median and range (min-max) over rounds
+    per entry; the floor itself is 8 by construction.
+    """
+    shape = bench.shape_for_mib(mib)
+    gen = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+    dst = torch.empty_like(x)
+    steps = {
+        bench.NATIVE: bench.ENTRIES[bench.NATIVE](x, dy, True),
+        "bnbook.fast.BatchNorm2d": bench.ENTRIES["bnbook.fast.BatchNorm2d"](x, dy, True),
+        bench.SUM: lambda: x.sum(),
+        bench.COPY: lambda: dst.copy_(x),
+    }
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(warmup + rounds):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    floors = bench.floor_seconds(times[bench.SUM], times[bench.COPY])
+    out = {}
+    for name in (bench.NATIVE, "bnbook.fast.BatchNorm2d"):
+        passes = [8 * t / f for t, f in zip(times[name], floors, strict=True)]
+        out[name] = (statistics.median(passes), min(passes), max(passes))
     return out

@@ -13,7 +13,7 @@ Four miniatures of later research on batch norm, all on the 8x8 digits:
   with and without batch norm and with the last ``gamma`` of each branch set to zero.
 
 Comparisons over seeds are paired (the same seed gives the same initial weights and batches), and
-:func:`paired_difference` turns them into a mean difference with its standard error and a 95%
+:func:`bnbook.stats.paired` turns them into a mean difference with its standard error and a 95%
 interval; :func:`verdict` reads the interval the way the book does.
 
 The batch-norm layers are the book's own, :class:`bnbook.nn.BatchNorm1d`.
@@ -30,17 +30,18 @@ from torch import nn
 
 from bnbook.nn import BatchNorm1d
 from bnbook.plots import MARKERS, PALETTE, band, series
+from bnbook.stats import Paired, paired, verdict
 
 __all__ = [
     "KINDS",
     "LABELS",
     "NoisyShift",
     "Paired",
+    "paired",
     "Probe",
     "Run",
     "build_mlp",
     "distribution_moves",
-    "paired_difference",
     "plot_landscape",
     "plot_noisy_training",
     "plot_residual",
@@ -293,50 +294,6 @@ def scale_invariant_weights(model: nn.Sequential) -> list[torch.Tensor]:
         for m, nxt in zip(modules[:-1], modules[1:], strict=True)
         if isinstance(m, nn.Linear) and m.bias is None and isinstance(nxt, nn.BatchNorm1d)
     ]
-
-
-#: Two-sided 97.5% quantiles of Student's t for 1 to 10 degrees of freedom.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
-
-
-class Paired(NamedTuple):
-    """A paired comparison over seeds: the mean of ``a - b``, its standard error and a 95% interval."""
-
-    mean: float
-    se: float
-    lo: float
-    hi: float
-    n: int
-
-    def text(self, digits: int = 3) -> str:
-        """``"+0.011 ± 0.003 (95%: +0.003 to +0.019)"`` with ``digits`` decimals."""
-        d = digits
-        return f"{self.mean:+.{d}f} ± {self.se:.{d}f} (95%: {self.lo:+.{d}f} to {self.hi:+.{d}f})"
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> Paired:
-    """Mean and standard error of the paired differences ``a - b`` (one pair per seed).
-
-    The interval is ``mean ± t * se`` with Student's t quantile for ``n - 1`` degrees of freedom
-    (``n`` from 2 to 11; beyond that the normal approximation ``1.96 + 2.5 / (n - 1)``).
-    """
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if d.ndim != 1 or d.size < 2:
-        raise ValueError(f"need two equal-length sequences of at least 2 values, got shape {d.shape}")
-    n = d.size
-    se = float(d.std(ddof=1) / np.sqrt(n))
-    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96 + 2.5 / (n - 1)
-    mean = float(d.mean())
-    return Paired(mean, se, mean - t * se, mean + t * se, n)
-
-
-def verdict(p: Paired, higher: str = "higher", lower: str = "lower") -> str:
-    """``higher`` if the interval lies above 0, ``lower`` if below, else ``"about the same"``."""
-    if p.lo > 0:
-        return higher
-    if p.hi < 0:
-        return lower
-    return "about the same"
 
 
 class Run(NamedTuple):

@@ -166,33 +166,15 @@ class FusedBatchNormFunction(torch.autograd.Function):
     so second derivatives are exact.
     """
 
-    @classmethod
-    def apply(cls, *args: Any, **kwargs: Any) -> Any:
-        """``Function.apply`` without the per-call signature binding (see ``BatchNormFunction.apply``)."""
-        if kwargs or len(args) != 9:
-            return super().apply(*args, **kwargs)
-        return super(torch.autograd.Function, cls).apply(*args)
-
     @staticmethod
     def forward(x, weight, bias, mean, var, eps, running_mean, running_var, momentum):
         ext = load()
         if mean is None:
-            y, mean64, invstd64 = ext.forward_train(x, weight, bias, eps)
-            m = x.numel() // x.shape[1]
-            if m > 1:
-                with torch.no_grad():
-                    if running_mean is not None:
-                        running_mean.lerp_(mean64.to(running_mean.dtype), momentum)
-                    if running_var is not None:
-                        var64 = invstd64.pow(-2) - eps
-                        running_var.lerp_((var64 * (m / (m - 1))).to(running_var.dtype), momentum)
-            return y, mean64, invstd64
-        # Copies, never the caller's buffers: a later in-place update of a saved buffer would break backward.
-        mean64 = mean.to(torch.float64, copy=True)
-        invstd64 = torch.rsqrt(var.to(torch.float64) + eps)
-        alpha = invstd64 if weight is None else invstd64 * weight.to(torch.float64)
-        beta = torch.zeros_like(alpha) if bias is None else bias.to(torch.float64)
-        return ext.forward_affine(x, mean64, alpha, beta), mean64, invstd64
+            # statistics, output and the running buffers' update (when given) in one call
+            return tuple(ext.forward_train_update(x, weight, bias, eps, running_mean, running_var, momentum))
+        # one pass with per-channel scale and shift; mean64 and invstd64 are fresh float64 tensors,
+        # never the caller's buffers (a later in-place update of a saved buffer would break backward)
+        return tuple(ext.forward_eval(x, mean, var, weight, bias, eps))
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -239,7 +221,7 @@ class _Fused:
         args = (x, weight, bias, mean, var, eps, running_mean, running_var, momentum)
         if not (torch.is_grad_enabled() and (x.requires_grad or _any_grad(weight, bias))):
             return FusedBatchNormFunction.forward(*args)[0], None, None  # no graph to record
-        return FusedBatchNormFunction.apply(*args)[0], None, None
+        return _eager.apply_unbound(FusedBatchNormFunction, *args)[0], None, None
 
 
 def _any_grad(*tensors: Tensor | None) -> bool:

@@ -1,95 +1,456 @@
 // Fused batch-norm kernels for the CPU: one pass for the statistics, one for the output,
-// two for the backward pass. Statistics accumulate in double. Layouts: contiguous NCHW-style
-// (N, C, M) and channels-last (N, M, C) memory; float and double.
+// two for the backward pass; eval mode is a single pass. Statistics accumulate in double.
+//
+// Two memory orders are handled:
+//   planes: contiguous (N, C, M) memory, M > 1 (NCHW, NCDHW, BatchNorm1d's (N, C, L)): each
+//           (n, c) plane of M values is contiguous;
+//   rows:   (R, C) memory with C contiguous (channels-last, NDHWC, and BatchNorm1d's (N, C)).
+// The loops are compiled twice, for plain x86-64 and for AVX2 with FMA, and the second is used
+// where the CPU has it (the file includes itself once per instruction set; see the end of the file).
+#ifndef BNBOOK_KERNEL_BODY
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/variable.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 namespace {
 
-// Per-channel sums over an (N, C, M) view: s1 = sum(a - shift), s2 = sum((a - shift) * b'),
-// where b' = b - shift_b. Used for: statistics (a = b = x, shifted by a sample of each channel)
-// and the backward sums (a = dy unshifted, b = x shifted by the mean).
+struct View {
+  int64_t N, C, M;  // planes: (N, C, M); rows: R = N * M rows of C
+  bool rows;
+};
+
+// y = (a - ca[c]) * al[c] + be[c] + (b - cb[c]) * ga[c]; b (and cb, ga) may be null.
 template <typename T>
-void channel_sums_nc(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const double* shift_a,
-                     const double* shift_b, double* s1, double* s2) {
-  at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      double t1 = 0.0, t2 = 0.0;
-      const double sa = shift_a ? shift_a[c] : 0.0, sb = shift_b[c];
-      for (int64_t n = 0; n < N; ++n) {
-        const T* pa = a + (n * C + c) * M;
-        const T* pb = b + (n * C + c) * M;
-        double u1 = 0.0, u2 = 0.0;
-#pragma omp simd reduction(+ : u1, u2)
-        for (int64_t m = 0; m < M; ++m) {
-          const double va = static_cast<double>(pa[m]) - sa;
-          u1 += va;
-          u2 += va * (static_cast<double>(pb[m]) - sb);
-        }
-        t1 += u1;
-        t2 += u2;
-      }
-      s1[c] = t1;
-      s2[c] = t2;
-    }
-  });
+struct Affine {
+  const T* ca;
+  const T* al;
+  const T* be;
+  const T* cb;
+  const T* ga;
+};
+
+// Work per task: small inputs run on one thread (waking a second costs more than it saves).
+constexpr int64_t kGrain = 1 << 15;
+
+}  // namespace
+
+#define BNBOOK_KERNEL_BODY
+namespace bnbook_base {
+#include __FILE__
+}
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace bnbook_avx2 {
+#include __FILE__
+}
+#pragma GCC pop_options
+#define BNBOOK_HAVE_AVX2 1
+#endif
+#undef BNBOOK_KERNEL_BODY
+
+namespace {
+
+bool use_avx2() {
+#ifdef BNBOOK_HAVE_AVX2
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+View view_of(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() >= 2, "expected (N, C, *) input");
+  const int64_t N = x.size(0), C = x.size(1);
+  const int64_t M = N * C ? x.numel() / (N * C) : 0;
+  bool cl = false;
+  if (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous()) cl = true;
+  if (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous()) cl = true;
+  TORCH_CHECK(cl || x.is_contiguous(), "expected a contiguous or channels-last input");
+  return {N, C, M, cl || M == 1};
 }
 
 template <typename T>
-void channel_sums_nlc(const T* a, const T* b, int64_t rows, int64_t C, const double* shift_a,
-                      const double* shift_b, double* s1, double* s2) {
-  const int nthreads = at::get_num_threads();
-  std::vector<double> part(static_cast<size_t>(nthreads) * 2 * C, 0.0);
-  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
-    double* p1 = part.data() + static_cast<size_t>(at::get_thread_num()) * 2 * C;
-    double* p2 = p1 + C;
-    for (int64_t r = r0; r < r1; ++r) {
-      const T* pa = a + r * C;
-      const T* pb = b + r * C;
-#pragma omp simd
-      for (int64_t c = 0; c < C; ++c) {
-        const double va = static_cast<double>(pa[c]) - (shift_a ? shift_a[c] : 0.0);
-        p1[c] += va;
-        p2[c] += va * (static_cast<double>(pb[c]) - shift_b[c]);
+void sums(const View& v, const T* a, const T* b, const double* sa, const double* sb, double* s1, double* s2) {
+#ifdef BNBOOK_HAVE_AVX2
+  if (use_avx2()) return bnbook_avx2::sums<T>(v, a, b, sa, sb, s1, s2);
+#endif
+  bnbook_base::sums<T>(v, a, b, sa, sb, s1, s2);
+}
+
+template <typename T>
+void affine(const View& v, const T* a, const T* b, T* out, const Affine<T>& f) {
+#ifdef BNBOOK_HAVE_AVX2
+  if (use_avx2()) return bnbook_avx2::affine<T>(v, a, b, out, f);
+#endif
+  bnbook_base::affine<T>(v, a, b, out, f);
+}
+
+// A per-channel operand as C doubles (fill where absent), without allocating a tensor.
+void as_double(const c10::optional<torch::Tensor>& t, int64_t C, double fill, double* out) {
+  if (!t || !t->defined()) {
+    std::fill(out, out + C, fill);
+    return;
+  }
+  TORCH_CHECK(t->numel() == C, "expected ", C, " per-channel values, got ", t->numel());
+  torch::Tensor d = t->is_contiguous() ? *t : t->contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "bnbook_as_double", [&] {
+    const scalar_t* p = d.data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) out[c] = static_cast<double>(p[c]);
+  });
+}
+
+// Training forward: returns (y, mean, invstd), mean and invstd in double, shape (C,).
+// With running buffers given (and more than one value per channel), also updates them in place:
+// running = (1 - momentum) * running + momentum * batch statistic, with the unbiased variance.
+std::vector<torch::Tensor> forward_train_impl(const torch::Tensor& x, const c10::optional<torch::Tensor>& weight,
+                                              const c10::optional<torch::Tensor>& bias, double eps,
+                                              const c10::optional<torch::Tensor>& running_mean,
+                                              const c10::optional<torch::Tensor>& running_var, double momentum) {
+  const View v = view_of(x);
+  const int64_t C = v.C, count = v.N * v.M;
+  auto opts64 = x.options().dtype(torch::kDouble);
+  auto mean = torch::empty({C}, opts64), invstd = torch::empty({C}, opts64);
+  auto y = torch::empty_like(x);
+  std::vector<double> buf(6 * static_cast<size_t>(C));
+  double *shift = buf.data(), *s1 = shift + C, *s2 = s1 + C, *w = s2 + C, *b = w + C, *tmp = b + C;
+  as_double(weight, C, 1.0, w);
+  as_double(bias, C, 0.0, b);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_forward_train", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const double m = static_cast<double>(count);
+    // shift each channel by one of its own values: sums of (x - shift) stay accurate
+    for (int64_t c = 0; c < C; ++c)
+      shift[c] = count > 0 ? static_cast<double>(v.rows ? px[c] : px[c * v.M]) : 0.0;
+    sums<scalar_t>(v, px, px, shift, shift, s1, s2);
+    std::vector<scalar_t> coef(3 * static_cast<size_t>(C));
+    scalar_t *center = coef.data(), *alpha = center + C, *beta = alpha + C;
+    auto* pm = mean.data_ptr<double>();
+    auto* pi = invstd.data_ptr<double>();
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = m > 0 ? s1[c] / m : 0.0;
+      const double var = m > 0 ? std::max(s2[c] / m - d * d, 0.0) : 0.0;
+      pm[c] = shift[c] + d;
+      pi[c] = 1.0 / std::sqrt(var + eps);
+      tmp[c] = var;
+      center[c] = static_cast<scalar_t>(pm[c]);
+      alpha[c] = static_cast<scalar_t>(pi[c] * w[c]);
+      beta[c] = static_cast<scalar_t>(b[c]);
+    }
+    affine<scalar_t>(v, px, nullptr, y.data_ptr<scalar_t>(), Affine<scalar_t>{center, alpha, beta, nullptr, nullptr});
+  });
+  if (count > 1) {
+    const double unbias = static_cast<double>(count) / static_cast<double>(count - 1);
+    const double* pm = mean.data_ptr<double>();
+    for (int which = 0; which < 2; ++which) {
+      const auto& rt = which == 0 ? running_mean : running_var;
+      if (!rt || !rt->defined()) continue;
+      TORCH_CHECK(rt->numel() == C && rt->device().is_cpu(), "running statistics must be CPU tensors of C values");
+      torch::Tensor target = rt->is_contiguous() ? *rt : rt->contiguous();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, target.scalar_type(), "bnbook_running", [&] {
+        scalar_t* p = target.data_ptr<scalar_t>();
+        for (int64_t c = 0; c < C; ++c) {
+          const double stat = which == 0 ? pm[c] : tmp[c] * unbias;
+          const double old = static_cast<double>(p[c]);
+          p[c] = static_cast<scalar_t>(old + momentum * (stat - old));
+        }
+      });
+      if (target.data_ptr() != rt->data_ptr()) {
+        torch::Tensor dst = *rt;
+        dst.copy_(target);
+      } else if (!rt->is_inference()) {
+        torch::autograd::impl::bump_version(*rt);  // as an in-place op would
       }
+    }
+  }
+  return {y, mean, invstd};
+}
+
+std::vector<torch::Tensor> forward_train(torch::Tensor x, c10::optional<torch::Tensor> weight,
+                                         c10::optional<torch::Tensor> bias, double eps) {
+  return forward_train_impl(x, weight, bias, eps, c10::nullopt, c10::nullopt, 0.0);
+}
+
+std::vector<torch::Tensor> forward_train_update(torch::Tensor x, c10::optional<torch::Tensor> weight,
+                                                c10::optional<torch::Tensor> bias, double eps,
+                                                c10::optional<torch::Tensor> running_mean,
+                                                c10::optional<torch::Tensor> running_var, double momentum) {
+  return forward_train_impl(x, weight, bias, eps, running_mean, running_var, momentum);
+}
+
+// Training backward: (dx, dweight_sum, dbias_sum), the sums in double.
+std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10::optional<torch::Tensor> weight,
+                                          torch::Tensor mean, torch::Tensor invstd, bool batch_stats) {
+  const View v = view_of(x);
+  TORCH_CHECK(view_of(dy).rows == v.rows, "dy and x must share a memory layout");
+  const int64_t C = v.C;
+  auto opts64 = x.options().dtype(torch::kDouble);
+  auto sum_dy = torch::empty({C}, opts64), sum_dy_xhat = torch::empty({C}, opts64);
+  auto dx = torch::empty_like(x);
+  std::vector<double> buf(3 * static_cast<size_t>(C));
+  double *s1 = buf.data(), *s2 = s1 + C, *w = s2 + C;
+  as_double(weight, C, 1.0, w);
+  auto mean64 = mean.to(torch::kDouble).contiguous(), invstd64 = invstd.to(torch::kDouble).contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_backward_train", [&] {
+    const scalar_t* px = x.data_ptr<scalar_t>();
+    const scalar_t* pg = dy.data_ptr<scalar_t>();
+    const double* pm = mean64.data_ptr<double>();
+    const double* pi = invstd64.data_ptr<double>();
+    sums<scalar_t>(v, pg, px, nullptr, pm, s1, s2);  // sum(dy), sum(dy * (x - mean))
+    const double m = static_cast<double>(v.N * v.M);
+    std::vector<scalar_t> coef(5 * static_cast<size_t>(C));
+    scalar_t *zero = coef.data(), *center = zero + C, *alpha = center + C, *beta = alpha + C, *gam = beta + C;
+    auto* psd = sum_dy.data_ptr<double>();
+    auto* psx = sum_dy_xhat.data_ptr<double>();
+    const bool through_stats = batch_stats && m > 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double k = pi[c] * w[c];
+      psd[c] = s1[c];
+      psx[c] = s2[c] * pi[c];
+      zero[c] = scalar_t(0);
+      center[c] = static_cast<scalar_t>(pm[c]);
+      alpha[c] = static_cast<scalar_t>(k);
+      // dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum(dy (x - mean)) / m)
+      beta[c] = static_cast<scalar_t>(through_stats ? -k * s1[c] / m : 0.0);
+      gam[c] = static_cast<scalar_t>(through_stats ? -k * pi[c] * pi[c] * s2[c] / m : 0.0);
+    }
+    affine<scalar_t>(v, pg, through_stats ? px : nullptr, dx.data_ptr<scalar_t>(),
+                     Affine<scalar_t>{zero, alpha, beta, center, gam});
+  });
+  return {dx, sum_dy_xhat, sum_dy};
+}
+
+// Eval forward: y = (x - center) * alpha + beta with per-channel center, alpha, beta.
+torch::Tensor forward_affine(torch::Tensor x, torch::Tensor center, torch::Tensor alpha, torch::Tensor beta) {
+  const View v = view_of(x);
+  auto y = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_forward_affine", [&] {
+    auto c0 = center.to(x.scalar_type()).contiguous(), a = alpha.to(x.scalar_type()).contiguous(),
+         b = beta.to(x.scalar_type()).contiguous();
+    affine<scalar_t>(v, x.data_ptr<scalar_t>(), nullptr, y.data_ptr<scalar_t>(),
+                     Affine<scalar_t>{c0.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(),
+                                      nullptr, nullptr});
+  });
+  return y;
+}
+
+// Eval forward from the running statistics in one call: returns (y, mean, invstd), the last two
+// in double (what the backward pass needs). y = (x - mean) * invstd * weight + bias: one pass.
+std::vector<torch::Tensor> forward_eval(torch::Tensor x, torch::Tensor running_mean, torch::Tensor running_var,
+                                        c10::optional<torch::Tensor> weight, c10::optional<torch::Tensor> bias,
+                                        double eps) {
+  const View v = view_of(x);
+  const int64_t C = v.C;
+  auto opts64 = x.options().dtype(torch::kDouble);
+  auto mean = torch::empty({C}, opts64), invstd = torch::empty({C}, opts64);
+  auto y = torch::empty_like(x);
+  std::vector<double> buf(3 * static_cast<size_t>(C));
+  double *w = buf.data(), *b = w + C, *var = b + C;
+  auto* pm = mean.data_ptr<double>();
+  auto* pi = invstd.data_ptr<double>();
+  as_double(running_mean, C, 0.0, pm);
+  as_double(running_var, C, 1.0, var);
+  as_double(weight, C, 1.0, w);
+  as_double(bias, C, 0.0, b);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_forward_eval", [&] {
+    std::vector<scalar_t> coef(3 * static_cast<size_t>(C));
+    scalar_t *center = coef.data(), *alpha = center + C, *beta = alpha + C;
+    for (int64_t c = 0; c < C; ++c) {
+      pi[c] = 1.0 / std::sqrt(var[c] + eps);
+      center[c] = static_cast<scalar_t>(pm[c]);
+      alpha[c] = static_cast<scalar_t>(pi[c] * w[c]);
+      beta[c] = static_cast<scalar_t>(b[c]);
+    }
+    affine<scalar_t>(v, x.data_ptr<scalar_t>(), nullptr, y.data_ptr<scalar_t>(),
+                     Affine<scalar_t>{center, alpha, beta, nullptr, nullptr});
+  });
+  return {y, mean, invstd};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward_train", &forward_train, "batch norm forward with batch statistics");
+  m.def("forward_train_update", &forward_train_update,
+        "batch norm forward with batch statistics, updating the running buffers in place");
+  m.def("backward_train", &backward_train, "batch norm backward");
+  m.def("forward_affine", &forward_affine, "per-channel affine map (eval mode)");
+  m.def("forward_eval", &forward_eval, "batch norm forward with the running statistics, in one pass");
+  m.def("isa", []() { return use_avx2() ? std::string("avx2+fma") : std::string("x86-64"); },
+        "the instruction set the loops run with");
+}
+
+#else  // BNBOOK_KERNEL_BODY: the loops, compiled once per instruction set
+
+// Per-channel sums over planes: s1 = sum(a - sa), s2 = sum((a - sa) * (b - sb)); sa may be null.
+// Parallel over the N * C planes (any C keeps both threads busy); per-plane partial sums are then
+// added per channel. Sixteen accumulators per sum keep the adds independent.
+template <typename T>
+void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const double* sa, const double* sb,
+                 double* s1, double* s2) {
+  std::vector<double> part(2 * static_cast<size_t>(N * C));
+  double* p1 = part.data();
+  double* p2 = p1 + N * C;
+  const bool same = a == b && sa == sb;
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(M, 1)), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t c = i % C;
+      const double ka = sa ? sa[c] : 0.0, kb = sb[c];
+      const T* pa = a + i * M;
+      const T* pb = b + i * M;
+      double u1[16] = {0}, u2[16] = {0};
+      int64_t m = 0;
+      if (same) {  // statistics: both sums from one load
+        for (; m + 16 <= M; m += 16) {
+#pragma omp simd
+          for (int j = 0; j < 16; ++j) {
+            const double va = static_cast<double>(pa[m + j]) - ka;
+            u1[j] += va;
+            u2[j] += va * va;
+          }
+        }
+      }
+      for (; m + 16 <= M; m += 16) {
+#pragma omp simd
+        for (int j = 0; j < 16; ++j) {
+          const double va = static_cast<double>(pa[m + j]) - ka;
+          u1[j] += va;
+          u2[j] += va * (static_cast<double>(pb[m + j]) - kb);
+        }
+      }
+      double t1 = 0.0, t2 = 0.0;
+      for (; m < M; ++m) {
+        const double va = static_cast<double>(pa[m]) - ka;
+        t1 += va;
+        t2 += va * (static_cast<double>(pb[m]) - kb);
+      }
+      for (int j = 0; j < 16; ++j) {
+        t1 += u1[j];
+        t2 += u2[j];
+      }
+      p1[i] = t1;
+      p2[i] = t2;
     }
   });
   for (int64_t c = 0; c < C; ++c) {
-    double t1 = 0.0, t2 = 0.0;
-    for (int t = 0; t < nthreads; ++t) {
-      t1 += part[static_cast<size_t>(t) * 2 * C + c];
-      t2 += part[static_cast<size_t>(t) * 2 * C + C + c];
+    s1[c] = 0.0;
+    s2[c] = 0.0;
+  }
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += p1[n * C + c];
+      s2[c] += p2[n * C + c];
     }
-    s1[c] = t1;
-    s2[c] = t2;
+}
+
+// Rows of C contiguous channels: one block of rows per task, its per-channel sums in a small array
+// that stays in the L1 cache; or, for very wide rows, one block of channels per task.
+template <typename T>
+void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64_t c0, int64_t c1,
+                const double* sa, const double* sb, double* q1, double* q2) {
+  // q1, q2 hold c1 - c0 accumulators; sa may be null
+  const int64_t W = c1 - c0;
+  const bool same = a == b && sa == sb;
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* pa = a + r * C + c0;
+    const T* pb = b + r * C + c0;
+    if (same) {  // statistics: both sums from one load
+#pragma omp simd
+      for (int64_t c = 0; c < W; ++c) {
+        const double va = static_cast<double>(pa[c]) - sa[c0 + c];
+        q1[c] += va;
+        q2[c] += va * va;
+      }
+    } else if (sa) {
+#pragma omp simd
+      for (int64_t c = 0; c < W; ++c) {
+        const double va = static_cast<double>(pa[c]) - sa[c0 + c];
+        q1[c] += va;
+        q2[c] += va * (static_cast<double>(pb[c]) - sb[c0 + c]);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t c = 0; c < W; ++c) {
+        const double va = static_cast<double>(pa[c]);
+        q1[c] += va;
+        q2[c] += va * (static_cast<double>(pb[c]) - sb[c0 + c]);
+      }
+    }
   }
 }
 
-// out = (a - ca[c]) * alpha[c] + beta[c] + (b - cb[c]) * gam[c]   (b may be null)
-struct Affine {
-  const void* ca;
-  const void* alpha;
-  const void* beta;
-  const void* cb;
-  const void* gam;
-};
+template <typename T>
+void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* sa, const double* sb, double* s1,
+               double* s2) {
+  constexpr int64_t kWide = 2048;  // channels per block when rows are split by channel
+  const int64_t total = R * C;
+  const int nthreads = at::get_num_threads();
+  const bool split_channels = C >= 2 * kWide || (C >= 256 && R < 4 * nthreads);
+  if (split_channels || total <= kGrain || nthreads == 1) {
+    // blocks of channels, each over all rows: no partial sums to add up afterwards
+    const int64_t width = split_channels ? std::min<int64_t>(kWide, (C + nthreads - 1) / nthreads) : C;
+    const int64_t nblocks = (C + width - 1) / width;
+    const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R * width));
+    at::parallel_for(0, nblocks, grain, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t c0 = k * width, c1 = std::min(C, c0 + width);
+        std::vector<double> q(2 * static_cast<size_t>(c1 - c0), 0.0);
+        rows_block<T>(a, b, 0, R, C, c0, c1, sa, sb, q.data(), q.data() + (c1 - c0));
+        for (int64_t c = c0; c < c1; ++c) {
+          s1[c] = q[c - c0];
+          s2[c] = q[c1 - c0 + c - c0];
+        }
+      }
+    });
+    return;
+  }
+  // blocks of rows, one per thread, each with its own per-channel sums
+  std::vector<double> part(static_cast<size_t>(nthreads) * 2 * C, 0.0);
+  std::vector<char> used(nthreads, 0);
+  at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
+    const int t = at::get_thread_num();
+    double* q1 = part.data() + static_cast<size_t>(t) * 2 * C;
+    used[t] = 1;
+    rows_block<T>(a, b, r0, r1, C, 0, C, sa, sb, q1, q1 + C);
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    s1[c] = 0.0;
+    s2[c] = 0.0;
+  }
+  for (int t = 0; t < nthreads; ++t) {
+    if (!used[t]) continue;
+    const double* q1 = part.data() + static_cast<size_t>(t) * 2 * C;
+    for (int64_t c = 0; c < C; ++c) {
+      s1[c] += q1[c];
+      s2[c] += q1[C + c];
+    }
+  }
+}
 
 template <typename T>
-void affine_nc(const T* a, const T* b, T* out, int64_t N, int64_t C, int64_t M, const Affine& f) {
-  const T *ca = static_cast<const T*>(f.ca), *al = static_cast<const T*>(f.alpha),
-          *be = static_cast<const T*>(f.beta), *cb = static_cast<const T*>(f.cb),
-          *ga = static_cast<const T*>(f.gam);
-  at::parallel_for(0, N * C, 1, [&](int64_t i0, int64_t i1) {
+void sums(const View& v, const T* a, const T* b, const double* sa, const double* sb, double* s1, double* s2) {
+  if (v.rows)
+    sums_rows<T>(a, b, v.N * v.M, v.C, sa, sb, s1, s2);
+  else
+    sums_planes<T>(a, b, v.N, v.C, v.M, sa, sb, s1, s2);
+}
+
+template <typename T>
+void affine_planes(const T* a, const T* b, T* out, int64_t N, int64_t C, int64_t M, const Affine<T>& f) {
+  at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(M, 1)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t c = i % C;
-      const T a0 = ca[c], a1 = al[c], b1 = be[c];
+      const T a0 = f.ca[c], a1 = f.al[c], b1 = f.be[c];
       const T* pa = a + i * M;
       T* po = out + i * M;
       if (b) {
-        const T b0 = cb[c], g1 = ga[c];
+        const T b0 = f.cb[c], g1 = f.ga[c];
         const T* pb = b + i * M;
 #pragma omp simd
         for (int64_t m = 0; m < M; ++m) po[m] = (pa[m] - a0) * a1 + b1 + (pb[m] - b0) * g1;
@@ -102,11 +463,9 @@ void affine_nc(const T* a, const T* b, T* out, int64_t N, int64_t C, int64_t M, 
 }
 
 template <typename T>
-void affine_nlc(const T* a, const T* b, T* out, int64_t rows, int64_t C, const Affine& f) {
-  const T *ca = static_cast<const T*>(f.ca), *al = static_cast<const T*>(f.alpha),
-          *be = static_cast<const T*>(f.beta), *cb = static_cast<const T*>(f.cb),
-          *ga = static_cast<const T*>(f.gam);
-  at::parallel_for(0, rows, 256, [&](int64_t r0, int64_t r1) {
+void affine_rows(const T* a, const T* b, T* out, int64_t R, int64_t C, const Affine<T>& f) {
+  const T *ca = f.ca, *al = f.al, *be = f.be, *cb = f.cb, *ga = f.ga;
+  at::parallel_for(0, R, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const T* pa = a + r * C;
       T* po = out + r * C;
@@ -122,135 +481,12 @@ void affine_nlc(const T* a, const T* b, T* out, int64_t rows, int64_t C, const A
   });
 }
 
-struct View {
-  int64_t N, C, M;
-  bool channels_last;
-};
-
-View view_of(const torch::Tensor& x) {
-  TORCH_CHECK(x.dim() >= 2, "expected (N, C, *) input");
-  const int64_t N = x.size(0), C = x.size(1);
-  const int64_t M = C ? x.numel() / (N * C ? N * C : 1) : 0;
-  bool cl = false;
-  if (x.dim() == 4 && x.is_contiguous(at::MemoryFormat::ChannelsLast) && !x.is_contiguous()) cl = true;
-  if (x.dim() == 5 && x.is_contiguous(at::MemoryFormat::ChannelsLast3d) && !x.is_contiguous()) cl = true;
-  TORCH_CHECK(cl || x.is_contiguous(), "expected a contiguous or channels-last input");
-  return {N, C, M, cl};
-}
-
 template <typename T>
-void sums(const View& v, const T* a, const T* b, const double* sa, const double* sb, double* s1, double* s2) {
-  if (v.channels_last)
-    channel_sums_nlc<T>(a, b, v.N * v.M, v.C, sa, sb, s1, s2);
+void affine(const View& v, const T* a, const T* b, T* out, const Affine<T>& f) {
+  if (v.rows)
+    affine_rows<T>(a, b, out, v.N * v.M, v.C, f);
   else
-    channel_sums_nc<T>(a, b, v.N, v.C, v.M, sa, sb, s1, s2);
+    affine_planes<T>(a, b, out, v.N, v.C, v.M, f);
 }
 
-template <typename T>
-void affine(const View& v, const T* a, const T* b, T* out, const Affine& f) {
-  if (v.channels_last)
-    affine_nlc<T>(a, b, out, v.N * v.M, v.C, f);
-  else
-    affine_nc<T>(a, b, out, v.N, v.C, v.M, f);
-}
-
-std::vector<double> as_double(const c10::optional<torch::Tensor>& t, int64_t C, double fill) {
-  std::vector<double> out(C, fill);
-  if (t) {
-    auto d = t->detach().to(torch::kCPU, torch::kDouble).contiguous();
-    std::copy(d.data_ptr<double>(), d.data_ptr<double>() + C, out.begin());
-  }
-  return out;
-}
-
-// Training forward: returns (y, mean, invstd), mean and invstd in double, shape (C,).
-std::vector<torch::Tensor> forward_train(torch::Tensor x, c10::optional<torch::Tensor> weight,
-                                         c10::optional<torch::Tensor> bias, double eps) {
-  const View v = view_of(x);
-  auto opts64 = x.options().dtype(torch::kDouble);
-  auto mean = torch::empty({v.C}, opts64), invstd = torch::empty({v.C}, opts64);
-  auto y = torch::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_forward_train", [&] {
-    const scalar_t* px = x.data_ptr<scalar_t>();
-    const double m = static_cast<double>(v.N * v.M);
-    // shift each channel by one of its own values: sums of (x - shift) stay accurate
-    std::vector<double> shift(v.C, 0.0), s1(v.C), s2(v.C);
-    if (v.N * v.M > 0)
-      for (int64_t c = 0; c < v.C; ++c) shift[c] = static_cast<double>(v.channels_last ? px[c] : px[c * v.M]);
-    sums<scalar_t>(v, px, px, shift.data(), shift.data(), s1.data(), s2.data());
-    const std::vector<double> w = as_double(weight, v.C, 1.0), b = as_double(bias, v.C, 0.0);
-    std::vector<scalar_t> center(v.C), alpha(v.C), beta(v.C);
-    auto* pm = mean.data_ptr<double>();
-    auto* pi = invstd.data_ptr<double>();
-    for (int64_t c = 0; c < v.C; ++c) {
-      const double d = m > 0 ? s1[c] / m : 0.0;
-      const double var = m > 0 ? std::max(s2[c] / m - d * d, 0.0) : 0.0;
-      pm[c] = shift[c] + d;
-      pi[c] = 1.0 / std::sqrt(var + eps);
-      center[c] = static_cast<scalar_t>(pm[c]);
-      alpha[c] = static_cast<scalar_t>(pi[c] * w[c]);
-      beta[c] = static_cast<scalar_t>(b[c]);
-    }
-    affine<scalar_t>(v, px, nullptr, y.data_ptr<scalar_t>(),
-                     Affine{center.data(), alpha.data(), beta.data(), nullptr, nullptr});
-  });
-  return {y, mean, invstd};
-}
-
-// Training backward: (dx, dweight_sum, dbias_sum), the sums in double.
-std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10::optional<torch::Tensor> weight,
-                                          torch::Tensor mean, torch::Tensor invstd, bool batch_stats) {
-  const View v = view_of(x);
-  TORCH_CHECK(view_of(dy).channels_last == v.channels_last, "dy and x must share a memory layout");
-  auto opts64 = x.options().dtype(torch::kDouble);
-  auto sum_dy = torch::empty({v.C}, opts64), sum_dy_xhat = torch::empty({v.C}, opts64);
-  auto dx = torch::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_backward_train", [&] {
-    const scalar_t* px = x.data_ptr<scalar_t>();
-    const scalar_t* pg = dy.data_ptr<scalar_t>();
-    const double* pm = mean.data_ptr<double>();
-    const double* pi = invstd.data_ptr<double>();
-    std::vector<double> s1(v.C), s2(v.C);
-    sums<scalar_t>(v, pg, px, nullptr, pm, s1.data(), s2.data());  // sum(dy), sum(dy * (x - mean))
-    const double m = static_cast<double>(v.N * v.M);
-    const std::vector<double> w = as_double(weight, v.C, 1.0);
-    std::vector<scalar_t> zero(v.C, scalar_t(0)), center(v.C), alpha(v.C), beta(v.C), gam(v.C);
-    auto* psd = sum_dy.data_ptr<double>();
-    auto* psx = sum_dy_xhat.data_ptr<double>();
-    for (int64_t c = 0; c < v.C; ++c) {
-      const double k = pi[c] * w[c];
-      psd[c] = s1[c];
-      psx[c] = s2[c] * pi[c];
-      center[c] = static_cast<scalar_t>(pm[c]);
-      alpha[c] = static_cast<scalar_t>(k);
-      // dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum(dy (x - mean)) / m)
-      const bool through_stats = batch_stats && m > 0;
-      beta[c] = static_cast<scalar_t>(through_stats ? -k * s1[c] / m : 0.0);
-      gam[c] = static_cast<scalar_t>(through_stats ? -k * pi[c] * pi[c] * s2[c] / m : 0.0);
-    }
-    affine<scalar_t>(v, pg, batch_stats ? px : nullptr, dx.data_ptr<scalar_t>(),
-                     Affine{zero.data(), alpha.data(), beta.data(), center.data(), gam.data()});
-  });
-  return {dx, sum_dy_xhat, sum_dy};
-}
-
-// Eval forward: y = (x - center) * alpha + beta with per-channel center, alpha, beta.
-torch::Tensor forward_affine(torch::Tensor x, torch::Tensor center, torch::Tensor alpha, torch::Tensor beta) {
-  const View v = view_of(x);
-  auto y = torch::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_forward_affine", [&] {
-    auto c0 = center.to(x.scalar_type()).contiguous(), a = alpha.to(x.scalar_type()).contiguous(),
-         b = beta.to(x.scalar_type()).contiguous();
-    affine<scalar_t>(v, x.data_ptr<scalar_t>(), nullptr, y.data_ptr<scalar_t>(),
-                     Affine{c0.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), nullptr, nullptr});
-  });
-  return y;
-}
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("forward_train", &forward_train, "batch norm forward with batch statistics");
-  m.def("backward_train", &backward_train, "batch norm backward");
-  m.def("forward_affine", &forward_affine, "per-channel affine map (eval mode)");
-}
+#endif  // BNBOOK_KERNEL_BODY

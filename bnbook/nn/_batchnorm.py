@@ -149,23 +149,6 @@ class BatchNormFunction(torch.autograd.Function):
 
     generate_vmap_rule = True
 
-    @classmethod
-    def apply(cls, *args: Any, **kwargs: Any) -> Any:
-        """``torch.autograd.Function.apply``, without its per-call signature binding when it is not needed.
-
-        torch binds every call's arguments to ``forward``'s signature (with
-        ``inspect``, tens of microseconds) so that defaults reach
-        ``setup_context``. When all nine arguments are passed by position and
-        no functorch transform is active there is nothing to bind, and the call
-        goes straight to autograd's C++ entry point: the same graph, the same
-        outputs.
-        """
-        if kwargs or len(args) != 9 or torch._C._are_functorch_transforms_active() or any(
-            isinstance(a, Tensor) and _is_wrapped(a) for a in args[:3]
-        ):
-            return super().apply(*args, **kwargs)
-        return super(torch.autograd.Function, cls).apply(*args)
-
     @staticmethod
     def forward(
         x: Tensor,
@@ -478,15 +461,38 @@ def _dispatch(
         return _eval_affine(input, w, b, running_mean, running_var, eps, cd)
     function = BatchNormFunction if function is None else function
     if training:
-        return function.apply(
-            input, weight, bias, None, None, eps, running_mean, running_var, float(momentum)
+        return apply_unbound(
+            function, input, weight, bias, None, None, eps, running_mean, running_var, float(momentum)
         )[0]
-    return function.apply(input, weight, bias, running_mean, running_var, eps, None, None, 0.0)[0]
+    return apply_unbound(function, input, weight, bias, running_mean, running_var, eps, None, None, 0.0)[0]
+
+
+def apply_unbound(function: Any, *args: Any) -> Any:
+    """``function.apply(*args)``, without torch's per-call signature binding where nothing needs it.
+
+    For a Function with ``setup_context``, torch binds every call's arguments
+    to ``forward``'s signature (with ``inspect``: tens of microseconds) so that
+    defaults reach ``setup_context``. When every argument is passed, outside
+    functorch transforms and compilers, there is nothing to bind, and the call
+    goes straight to autograd's C++ entry point: the same graph, the same
+    outputs. Anything else (a transform, ``torch.compile``, a Function that is
+    not a ``torch.autograd.Function``) takes ``function.apply`` as usual.
+    """
+    if (
+        not (isinstance(function, type) and issubclass(function, torch.autograd.Function))
+        or torch.compiler.is_compiling()
+        or torch._C._are_functorch_transforms_active()
+        or any(isinstance(a, Tensor) and _is_wrapped(a) for a in args[:3])
+    ):
+        return function.apply(*args)
+    return super(torch.autograd.Function, function).apply(*args)
 
 
 def _no_autograd(*tensors: Tensor | None) -> bool:
     """True when no autograd mode could record this call: no grad needed, no forward AD, no transform."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    if torch.compiler.is_compiling():  # a compiler traces this call: let it see the Function
         return False
     return (
         _forward_ad._current_level < 0
