@@ -241,3 +241,27 @@ def test_config_table_cells_and_json_round_trip(train) -> None:
     assert bench.table_from_json(bench.table_to_json(rows)) == rows
     with pytest.raises(ValueError, match="modes"):
         bench.config_table(configs, modes=("infer",))
+
+
+def test_overhead_reports_both_modes_against_their_targets() -> None:
+    import io
+
+    rows = bench.overhead(rounds=3, calls=5)
+    assert [r.mode for r in rows] == ["train", "eval"]
+    for r in rows:
+        assert r.native_us > 0 and r.bnbook_us > 0
+        assert r.ratio[1] <= r.ratio[0] <= r.ratio[2]
+        assert r.target == bench.OVERHEAD_TARGETS[r.mode]
+    out = io.StringIO()
+    ok = bench.print_overhead(rows, file=out)
+    assert ok == all(r.ratio[0] <= r.target for r in rows)
+    assert out.getvalue().count("target <=") == 2
+
+
+def test_bench_runs_as_a_module() -> None:
+    import subprocess as sp
+    import sys
+
+    cmd = [sys.executable, "-m", "bnbook.bench", "--help"]
+    done = sp.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "--ladder" in done.stdout

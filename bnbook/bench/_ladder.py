@@ -1,46 +1,8 @@
-"""Benchmark: forward + backward of bnbook's batch norms against ``torch.nn.BatchNorm2d``.
-
-Run with ``make bench`` (or ``python -m bnbook.bench``): it prints the
-configuration table (:func:`config_table`), ``bnbook.fast`` against torch's
-native layer and against the floor in every layout, dtype, size, mode and
-thread count that the fused kernels serve; ``--ladder`` adds the ladder below.
-Everything is timed
-interleaved in one process, round after round, so that a noisy machine slows
-every entry alike:
-
-* torch's native layer, ``bnbook.nn.BatchNorm2d`` and ``bnbook.scratch.BatchNorm``;
-* a **sum pass** (read the tensor once) and a **copy pass** (read it once and
-  write it once), from which the memory-traffic floor is derived in the same
-  loop. A streaming training-mode forward+backward moves at least 8 tensor
-  passes: it reads x for the statistics, reads x and writes y, reads dy and x
-  for the two gradient sums, then reads dy and x and writes dx. That is 6
-  reads and 2 writes, so ``floor = 4 * t_sum + 2 * t_copy``. In eval mode
-  the statistics pass and the paths through them drop out: the forward pass
-  reads x and writes y, the backward pass reads dy and x for the sums and
-  reads dy and writes dx, so ``floor = 2 * t_sum + 2 * t_copy``.
-
-Each ratio is taken within a round (both entries timed back to back) and the
-report gives its median with the min-max over rounds. The table is printed
-twice: at torch's default thread count, and at one thread, where NumPy's
-single-threaded kernels and torch's compare like for like. A short sweep over
-sizes follows.
-
-The ladder, slowest first: autograd through primitive operations, the NumPy
-closed form, ``bnbook.nn``'s analytic Function, ``bnbook.fast``'s fused
-kernels (when they build here), torch's native kernel, and the floor.
-Chapter 16 walks down it, adding ``torch.compile`` (:func:`compiled_entry`),
-the cost of fresh allocations (:func:`fresh_vs_refill`) and a counter of the
-full-size tensor traffic each implementation moves (:func:`count_passes`).
-
-Targets (at the default thread count): ``bnbook.nn`` within 2.0x of native,
-``bnbook.scratch`` within 3.0x, ``bnbook.fast`` at or below native.
-"""
+"""The ladder of implementations, the floor, pass counts and allocations; see :mod:`bnbook.bench`."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import statistics
 import subprocess
 import sys
@@ -56,23 +18,26 @@ from bnbook import nn as bnn
 from bnbook import scratch
 
 __all__ = [
-    "CONFIGS",
     "AllocRow",
-    "Cell",
-    "Config",
-    "TableRow",
-    "config_cell",
-    "config_table",
-    "allocation_study",
+    "COMPILED",
+    "COPY",
+    "ENTRIES",
+    "FLOOR",
+    "FLOOR_PASSES",
+    "LAYERS",
+    "NATIVE",
+    "PRIMITIVES",
     "PassCount",
     "Row",
+    "SUM",
     "SweepPoint",
+    "TARGETS",
+    "allocation_study",
     "compiled_entry",
     "count_passes",
     "floor_seconds",
     "fresh_vs_refill",
     "ladder",
-    "main",
     "rows_from_times",
     "run",
     "shape_for_mib",
@@ -625,311 +590,3 @@ def count_passes(step: Step, like: torch.Tensor) -> PassCount:
 
 
 # --- every configuration: fused against native, and against the floor -------------------------------
-
-
-class Config(NamedTuple):
-    """One input of the configuration table: a name, the input's shape, dtype and memory layout."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    memory_format: torch.memory_format = torch.contiguous_format
-
-    @property
-    def mib(self) -> float:
-        """Size of the input tensor in MiB."""
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size() / 2**20
-
-
-_CL, _CL3 = torch.channels_last, torch.channels_last_3d
-_F32, _F64 = torch.float32, torch.float64
-#: The inputs of ``make bench``'s table and chapter 16's: every layout ``bnbook.fast`` serves, both
-#: dtypes, and sizes from 25 KiB (a small fully connected layer) to 64 MiB.
-CONFIGS: tuple[Config, ...] = (
-    Config("2d NCHW", (64, 64, 32, 32), _F32),
-    Config("2d NCHW", (32, 64, 32, 32), _F64),
-    Config("2d NCHW", (4, 64, 32, 32), _F32),
-    Config("2d NCHW", (256, 64, 32, 32), _F32),
-    Config("2d channels-last", (64, 64, 32, 32), _F32, _CL),
-    Config("2d channels-last", (32, 64, 32, 32), _F64, _CL),
-    Config("2d channels-last", (4, 64, 32, 32), _F32, _CL),
-    Config("2d channels-last", (256, 64, 32, 32), _F32, _CL),
-    Config("1d (N, C)", (64, 100), _F32),
-    Config("1d (N, C)", (256, 1024), _F32),
-    Config("1d (N, C)", (256, 1024), _F64),
-    Config("1d (N, C)", (16384, 256), _F32),
-    Config("1d (N, C, L)", (64, 64, 1024), _F32),
-    Config("1d (N, C, L)", (32, 64, 1024), _F64),
-    Config("3d NCDHW", (32, 64, 8, 16, 16), _F32),
-    Config("3d channels-last", (32, 64, 8, 16, 16), _F32, _CL3),
-)
-#: ``(reads, writes)`` of an eval-mode forward pass: read x, write y.
-EVAL_FORWARD_PASSES = (1, 1)
-
-
-class Cell(NamedTuple):
-    """One cell: fused / native and fused / floor, each (median, low, high) over interleaved rounds.
-
-    Low and high are the 3rd-lowest and 3rd-highest of the per-round ratios
-    (the lowest and highest when there are fewer than 7 rounds).
-    """
-
-    x_native: tuple[float, float, float]
-    x_floor: tuple[float, float, float]
-    rounds: int
-
-
-class TableRow(NamedTuple):
-    """A configuration and its cells, keyed ``(mode, threads)`` with mode ``"train"`` or ``"eval"``."""
-
-    config: Config
-    cells: dict[tuple[str, int], Cell]
-
-
-def _spread(values: Sequence[float]) -> tuple[float, float, float]:
-    v = sorted(values)
-    k = 2 if len(v) >= 7 else 0
-    return statistics.median(v), v[k], v[-1 - k]
-
-
-def _layer_classes(dim: int) -> tuple[type, type]:
-    from bnbook import fast
-
-    pairs = {
-        2: (torch.nn.BatchNorm1d, fast.BatchNorm1d),
-        3: (torch.nn.BatchNorm1d, fast.BatchNorm1d),
-        4: (torch.nn.BatchNorm2d, fast.BatchNorm2d),
-        5: (torch.nn.BatchNorm3d, fast.BatchNorm3d),
-    }
-    if dim not in pairs:
-        raise ValueError(f"batch norm takes 2 to 5 dimensions, got {dim}")
-    return pairs[dim]
-
-
-def config_cell(config: Config, train: bool, rounds: int = 25, warmup: int = 2) -> Cell:
-    """Time ``bnbook.fast`` against torch's native layer on one configuration, at the current threads.
-
-    Training times forward+backward; eval times the forward pass under
-    ``torch.no_grad()``. Each round runs, back to back: native, fused, a sum
-    and a copy (the floor's passes). The floor is ``4 t_sum + 2 t_copy`` in
-    training (6 reads, 2 writes) and ``t_copy`` in eval (1 read, 1 write).
-    Needs the fused kernels (:func:`bnbook.fast.available`). See chapter 16.
-    """
-    if rounds < 1 or warmup < 0:
-        raise ValueError(f"need rounds >= 1 and warmup >= 0, got {rounds}, {warmup}")
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(config.shape, generator=gen, dtype=config.dtype).contiguous(
-        memory_format=config.memory_format
-    )
-    dy = torch.randn(config.shape, generator=gen, dtype=config.dtype).contiguous(
-        memory_format=config.memory_format
-    )
-    dst = torch.empty_like(x)
-    c = config.shape[1]
-    native, fused = (k(c, dtype=config.dtype).train(train) for k in _layer_classes(len(config.shape)))
-
-    def step(module: torch.nn.Module) -> Step:
-        if train:
-            return lambda: module(x.detach().requires_grad_(True)).backward(dy)
-
-        def forward() -> None:
-            with torch.no_grad():
-                module(x)
-
-        return forward
-
-    steps = [step(native), step(fused), lambda: x.sum(), lambda: dst.copy_(x)]
-    times: list[list[float]] = [[] for _ in steps]
-    for r in range(warmup + rounds):
-        for i, s in enumerate(steps):
-            t0 = time.perf_counter()
-            s()
-            if r >= warmup:
-                times[i].append(time.perf_counter() - t0)
-    t_nat, t_fus, t_sum, t_copy = times
-    floors = floor_seconds(t_sum, t_copy, True) if train else list(t_copy)
-    return Cell(
-        _spread([f / n for f, n in zip(t_fus, t_nat, strict=True)]),
-        _spread([f / fl for f, fl in zip(t_fus, floors, strict=True)]),
-        rounds,
-    )
-
-
-def config_table(
-    configs: Sequence[Config] = CONFIGS,
-    threads: Sequence[int] = (2, 1),
-    modes: Sequence[str] = ("train", "eval"),
-    rounds: int = 25,
-    warmup: int = 2,
-) -> list[TableRow]:
-    """:func:`config_cell` for every configuration, mode and thread count; torch's threads are restored."""
-    bad = [m for m in modes if m not in ("train", "eval")]
-    if bad:
-        raise ValueError(f"modes must be 'train' or 'eval', got {bad}")
-    before = torch.get_num_threads()
-    out = []
-    try:
-        for config in configs:
-            cells = {}
-            for n in threads:
-                torch.set_num_threads(n)
-                for mode in modes:
-                    cells[(mode, n)] = config_cell(config, mode == "train", rounds, warmup)
-            out.append(TableRow(config, cells))
-    finally:
-        torch.set_num_threads(before)
-    return out
-
-
-def config_label(config: Config) -> str:
-    """``"2d NCHW (64, 64, 32, 32) float32, 16 MiB"``-style label of a configuration."""
-    size = f"{config.mib:.0f} MiB" if config.mib >= 1 else f"{config.mib * 1024:.0f} KiB"
-    return (
-        f"{config.name} {'x'.join(map(str, config.shape))} {str(config.dtype).removeprefix('torch.')}, {size}"
-    )
-
-
-def print_config_table(rows: Sequence[TableRow], file=None) -> None:
-    """The table: one line per configuration, fused / native and fused / floor per mode and thread count."""
-    keys = list(rows[0].cells) if rows else []
-    head = "".join(f"{f'{m} {n}T x native':>22}{f'{m} {n}T x floor':>22}" for m, n in keys)
-    print(f"{'configuration':<46}{head}", file=file)
-    for row in rows:
-        cells = "".join(f"{_fmt(row.cells[k].x_native):>22}{_fmt(row.cells[k].x_floor):>22}" for k in keys)
-        print(f"{config_label(row.config):<46}{cells}", file=file)
-
-
-def table_to_json(rows: Sequence[TableRow]) -> list[dict]:
-    """Plain data for a table (for saving it); :func:`table_from_json` reads it back."""
-    return [
-        {
-            "name": r.config.name,
-            "shape": list(r.config.shape),
-            "dtype": str(r.config.dtype).removeprefix("torch."),
-            "channels_last": r.config.memory_format != torch.contiguous_format,
-            "cells": [
-                {
-                    "mode": m,
-                    "threads": n,
-                    "x_native": list(c.x_native),
-                    "x_floor": list(c.x_floor),
-                    "rounds": c.rounds,
-                }
-                for (m, n), c in r.cells.items()
-            ],
-        }
-        for r in rows
-    ]
-
-
-def table_from_json(data: Sequence[dict]) -> list[TableRow]:
-    """Rows back from :func:`table_to_json`'s data."""
-    rows = []
-    for d in data:
-        shape = tuple(d["shape"])
-        fmt = {4: _CL, 5: _CL3}.get(len(shape)) if d["channels_last"] else torch.contiguous_format
-        config = Config(d["name"], shape, getattr(torch, d["dtype"]), fmt)
-        cells = {
-            (c["mode"], c["threads"]): Cell(tuple(c["x_native"]), tuple(c["x_floor"]), c["rounds"])
-            for c in d["cells"]
-        }
-        rows.append(TableRow(config, cells))
-    return rows
-
-
-# --- the command line ----------------------------------------------------------------------------------
-
-
-def _print_table(rows: list[Row], shape: tuple[int, ...], rounds: int, threads: int, judge: bool) -> bool:
-    nbytes = int(np.prod(shape)) * 4
-    print(
-        f"\nforward+backward, input {shape} float32 ({nbytes / 2**20:.0f} MiB), CPU, {threads} thread(s), "
-        f"{rounds} interleaved rounds: median [min-max]"
-    )
-    print(f"{'entry':<30}{'ms':>22}{'x native':>22}{'x floor':>22}   target")
-    ok = True
-    for row in rows:
-        verdict = ""
-        target = TARGETS.get(row.name)
-        if target is not None and judge:
-            met = row.x_native[0] <= target
-            ok &= met
-            verdict = f"<= {target:.1f}x  {'met' if met else 'MISSED'}"
-        print(f"{row.name:<30}{_fmt_ms(row):>22}{_fmt(row.x_native):>22}{_fmt(row.x_floor):>22}   {verdict}")
-    return ok
-
-
-def _fmt(r: tuple[float, float, float]) -> str:
-    return "{:.2f} [{:.2f}-{:.2f}]".format(*r)
-
-
-def _fmt_ms(row: Row) -> str:
-    return f"{row.median_s * 1e3:.2f} [{row.min_s * 1e3:.2f}-{row.max_s * 1e3:.2f}]"
-
-
-def _print_sweep(points: list[SweepPoint]) -> None:
-    print("\nsize sweep, 1 thread: ms per forward+backward, median (x floor)")
-    short = {"bnbook.nn.BatchNorm2d": "bnbook.nn", "bnbook.fast.BatchNorm2d": "bnbook.fast", NATIVE: "native"}
-    names = [short.get(r.name, r.name.split(" ")[0]) for r in points[0].rows]
-    print(f"{'MiB':>6}{'rounds':>8}" + "".join(f"{n:>20}" for n in names))
-    for p in points:
-        cells = "".join(f"{f'{r.median_s * 1e3:.2f} ({r.x_floor[0]:.2f}x)':>20}" for r in p.rows)
-        print(f"{p.mib:>6.0f}{p.rounds:>8}{cells}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print the configuration table (and, with ``--ladder``, the ladder and a size sweep).
-
-    With ``--check``, return 1 when a target is missed: ``bnbook.fast`` at or
-    below native (median) in every cell, and within 1.2x of the floor in
-    training at 1 MiB and above. ``--save PATH`` writes the table as JSON.
-    """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=25)
-    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
-    parser.add_argument(
-        "--ladder", action="store_true", help="also the ladder of every rung and a size sweep"
-    )
-    parser.add_argument("--save", metavar="PATH", help="write the configuration table as JSON")
-    args = parser.parse_args(argv)
-    from bnbook import fast
-
-    print(f"bnbook.fast: {fast.status()}")
-    ok = True
-    if fast.available():
-        threads = sorted({torch.get_num_threads(), 1}, reverse=True)
-        print(
-            f"\nbnbook.fast against torch native, {args.rounds} interleaved rounds per cell: "
-            "median of per-round ratios [3rd lowest-3rd highest].\n"
-            "train: forward+backward, floor 4 sums + 2 copies; eval: forward under no_grad, floor 1 copy.\n"
-        )
-        rows = config_table(threads=threads, rounds=args.rounds)
-        print_config_table(rows)
-        missed = []
-        for row in rows:
-            for (mode, n), cell in row.cells.items():
-                if cell.x_native[0] > 1.0:
-                    missed.append(f"{config_label(row.config)}, {mode} {n}T: {cell.x_native[0]:.2f}x native")
-                if mode == "train" and row.config.mib >= 1 and cell.x_floor[0] > 1.2:
-                    missed.append(f"{config_label(row.config)}, {mode} {n}T: {cell.x_floor[0]:.2f}x floor")
-        ok = not missed
-        print("\ntargets (fused <= 1.0x native everywhere; <= 1.2x floor in training from 1 MiB):", end=" ")
-        print("met" if ok else "MISSED in\n  " + "\n  ".join(missed))
-        if args.save:
-            with open(args.save, "w") as handle:
-                json.dump({"threads": threads, "rows": table_to_json(rows)}, handle, indent=1)
-            print(f"saved to {args.save}")
-    if args.ladder:
-        shape = (64, 64, 32, 32)
-        default_threads = torch.get_num_threads()
-        _print_table(run(shape, rounds=15), shape, 15, default_threads, judge=True)
-        try:
-            torch.set_num_threads(1)
-            _print_sweep(sweep((1, 4, 16, 64), (7, 5, 3, 2)))
-        finally:
-            torch.set_num_threads(default_threads)
-    return 0 if ok or not args.check else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

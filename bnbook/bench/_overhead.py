@@ -1,0 +1,105 @@
+"""Per-call overhead of ``bnbook.nn`` against torch's layer on a small batch; see :mod:`bnbook.bench`.
+
+At 64 x 100 the arithmetic of batch norm takes a few microseconds, so a call's
+time is mostly Python, dispatch and autograd bookkeeping: the cost a reader
+pays for using the book's own layer in a small network (chapter 1 trains
+three of them at every step). Both layers are timed in one loop, round after
+round (torch's, then bnbook's, each for a fixed number of calls), and each
+round gives one ratio; the report is the median ratio with the 3rd-lowest and
+3rd-highest as its range, so a noisy machine slows both alike.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import torch
+
+from bnbook import nn as bnn
+
+__all__ = ["OVERHEAD_TARGETS", "Overhead", "overhead", "print_overhead"]
+
+#: The most that bnbook.nn may cost per call, as a multiple of torch's layer.
+OVERHEAD_TARGETS = {"train": 1.3, "eval": 1.5}
+
+
+class Overhead(NamedTuple):
+    """One mode's per-call times (microseconds, medians over rounds) and per-round ratios."""
+
+    mode: str
+    native_us: float
+    bnbook_us: float
+    ratio: tuple[float, float, float]  # median, 3rd lowest, 3rd highest
+
+    @property
+    def target(self) -> float:
+        return OVERHEAD_TARGETS[self.mode]
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    v = sorted(values)
+    k = min(2, (len(v) - 1) // 2)
+    return v[len(v) // 2], v[k], v[-1 - k]
+
+
+def overhead(
+    shape: tuple[int, int] = (64, 100), rounds: int = 25, calls: int = 200, seed: int = 0
+) -> list[Overhead]:
+    """Time ``bnbook.nn.BatchNorm1d`` against ``torch.nn.BatchNorm1d`` per call, interleaved.
+
+    ``train``: forward and backward in training mode (running statistics
+    updated, gradients of input, weight and bias). ``eval``: forward in eval
+    mode under ``torch.no_grad()``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen).requires_grad_(True)
+    dy = torch.randn(shape, generator=gen)
+    out = []
+    for mode in ("train", "eval"):
+        layers = [torch.nn.BatchNorm1d(shape[1]), bnn.BatchNorm1d(shape[1])]
+        for layer in layers:
+            layer.train(mode == "train")
+
+        def step(layer, mode=mode):
+            if mode == "train":
+                layer(x).backward(dy)
+            else:
+                with torch.no_grad():
+                    layer(x)
+
+        for layer in layers:  # warm up both
+            for _ in range(20):
+                step(layer)
+        times: list[list[float]] = [[], []]
+        for _ in range(rounds):
+            for k, layer in enumerate(layers):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    step(layer)
+                times[k].append((time.perf_counter() - t0) / calls)
+        ratios = [b / a for a, b in zip(*times, strict=True)]
+        native, ours = sorted(times[0])[rounds // 2], sorted(times[1])[rounds // 2]
+        out.append(Overhead(mode, native * 1e6, ours * 1e6, _spread(ratios)))
+    return out
+
+
+def print_overhead(rows: list[Overhead], file=None) -> bool:
+    """Print the overhead rows; return whether every median ratio is within its target."""
+    print(
+        f"\nper-call overhead: bnbook.nn.BatchNorm1d / torch.nn.BatchNorm1d on (64, 100), "
+        f"{torch.get_num_threads()} thread(s): median of per-round ratios [3rd lowest-3rd highest]",
+        file=file,
+    )
+    ok = True
+    for r in rows:
+        met = r.ratio[0] <= r.target
+        ok &= met
+        what = "forward+backward" if r.mode == "train" else "forward, no_grad"
+        print(
+            f"  {r.mode:<5} {what:<17} torch {r.native_us:6.1f} us, bnbook {r.bnbook_us:6.1f} us: "
+            f"{r.ratio[0]:.2f} [{r.ratio[1]:.2f}-{r.ratio[2]:.2f}]  target <= {r.target:.1f}: "
+            f"{'met' if met else 'MISSED'}",
+            file=file,
+        )
+    return ok
