@@ -127,7 +127,13 @@ def _unit_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def lsuv_init(model: nn.Module, x: torch.Tensor, target_std: float = 1.0, eps: float = 1e-8) -> nn.Module:
+def lsuv_init(
+    model: nn.Module,
+    x: torch.Tensor,
+    target_std: float = 1.0,
+    eps: float = 1e-8,
+    include_output: bool = False,
+) -> nn.Module:
     r"""Scale a network so that every hidden pre-activation has mean 0 and std 1 on ``x`` (chapters 1 and 8).
 
     A data-dependent initialization in the spirit of LSUV (Mishkin & Matas,
@@ -150,7 +156,10 @@ def lsuv_init(model: nn.Module, x: torch.Tensor, target_std: float = 1.0, eps: f
     "batch norm keeps the scale good".
 
     Hidden layers are every ``Linear``/``Conv1d/2d/3d`` module except the last
-    one in ``model.modules()`` order (the logits, left as they are). A layer
+    one in ``model.modules()`` order (the logits, left as they are unless
+    ``include_output``: then they get the same treatment, as in Mishkin and
+    Matas' LSUV, which makes the network's function at initialization
+    independent of the scale of the weights it started from). A layer
     without a bias is only rescaled, so its mean is not moved. The weights are
     changed in place; the model's mode and buffers are left as they were.
     :class:`bnbook.batched.BatchedMLP` is handled member by member, each on its
@@ -165,6 +174,8 @@ def lsuv_init(model: nn.Module, x: torch.Tensor, target_std: float = 1.0, eps: f
     target_std : float, > 0
     eps : float, > 0
         A unit whose std is below ``eps`` (a dead unit) is left unscaled.
+    include_output : bool
+        Also standardize the last layer's outputs (the logits).
 
     Returns
     -------
@@ -185,7 +196,7 @@ def lsuv_init(model: nn.Module, x: torch.Tensor, target_std: float = 1.0, eps: f
         raise ValueError(f"lsuv_init needs a batch of at least 2 samples, got shape {tuple(x.shape)}")
     was_training = model.training
     if isinstance(model, BatchedMLP):
-        _lsuv_batched(model, x, target_std, eps)
+        _lsuv_batched(model, x, target_std, eps, include_output)
         return model
     layers = [m for m in model.modules() if isinstance(m, _WEIGHTED)]
     if len(layers) < 2:
@@ -193,7 +204,7 @@ def lsuv_init(model: nn.Module, x: torch.Tensor, target_std: float = 1.0, eps: f
     buffers = {k: v.clone() for k, v in model.state_dict().items() if k in dict(model.named_buffers())}
     model.eval()  # no running statistics move, and dropout is off
     try:
-        for layer in layers[:-1]:
+        for layer in layers if include_output else layers[:-1]:
             seen: list[torch.Tensor] = []
             handle = layer.register_forward_hook(lambda _m, _i, out, seen=seen: seen.append(out))
             try:
@@ -212,7 +223,7 @@ def lsuv_init(model: nn.Module, x: torch.Tensor, target_std: float = 1.0, eps: f
     return model
 
 
-def _lsuv_batched(model, x: torch.Tensor, target_std: float, eps: float) -> None:
+def _lsuv_batched(model, x: torch.Tensor, target_std: float, eps: float, include_output: bool) -> None:
     """:func:`lsuv_init` for every member of a BatchedMLP at once."""
     if x.dim() == 2:
         x = x.unsqueeze(0).expand(model.k, -1, -1)
@@ -225,7 +236,8 @@ def _lsuv_batched(model, x: torch.Tensor, target_std: float, eps: float) -> None
     was_training = model.training
     model.eval()
     try:
-        for i, w in enumerate(model.weights[:-1]):
+        last = len(model.weights) - 1
+        for i, w in enumerate(model.weights if include_output else model.weights[:-1]):
             bias = model.biases[b] if model._has_bias[i] else None
             z = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
             mean, std = z.double().mean(1), z.double().std(1, unbiased=False)  # (K, C)
@@ -234,6 +246,8 @@ def _lsuv_batched(model, x: torch.Tensor, target_std: float, eps: float) -> None
             if bias is not None:
                 bias.sub_(mean.to(w.dtype)).mul_(scale)
                 b += 1
+            if i == last:
+                break
             z = torch.bmm(h, w) if bias is None else torch.baddbmm(bias.unsqueeze(1), h, w)
             h = act(model._norm(z, i) if model.batch_norm else z)
     finally:

@@ -87,3 +87,32 @@ def test_needs_a_batch_and_a_hidden_layer():
         lsuv_init(mlp([4, 5, 2]), torch.randn(1, 4))
     with pytest.raises(ValueError, match="hidden"):
         lsuv_init(nn.Sequential(nn.Linear(4, 2)), torch.randn(8, 4))
+
+
+def test_include_output_standardizes_the_logits_and_removes_the_weight_scale() -> None:
+    torch.manual_seed(3)
+    x = torch.randn(200, 8)
+    base = mlp([8, 16, 16, 4], "sigmoid")
+    nets = []
+    for s in (0.1, 10.0):
+        net = mlp([8, 16, 16, 4], "sigmoid")
+        net.load_state_dict(base.state_dict())
+        with torch.no_grad():
+            for m in net:
+                if isinstance(m, nn.Linear):
+                    m.weight.mul_(s)
+        nets.append(lsuv_init(net, x, include_output=True))
+    logits = nets[0](x)
+    assert logits.mean(0).abs().max().item() < 1e-4
+    assert logits.std(0, unbiased=False).sub(1).abs().max().item() < 1e-4
+    torch.testing.assert_close(nets[1](x), logits, rtol=1e-4, atol=1e-4)
+
+
+def test_include_output_batched_matches_sequential() -> None:
+    model = BatchedMLP([16, 20, 4], seeds=[3, 4], activation="tanh", init="xavier")
+    x = torch.randn(2, 50, 16)
+    members = [model.member(k) for k in range(2)]
+    lsuv_init(model, x, include_output=True)
+    for k, net in enumerate(members):
+        lsuv_init(net, x[k], include_output=True)
+        torch.testing.assert_close(model(x)[k], net(x[k]), rtol=1e-5, atol=1e-5)
