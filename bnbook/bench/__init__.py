@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     from bnbook import fast
 
     print(f"bnbook.fast: {fast.status()}")
-    ok = print_overhead(overhead(rounds=args.rounds))
+    thread_counts = sorted({torch.get_num_threads(), 1}, reverse=True)
+    ok = print_overhead([row for n in thread_counts for row in overhead(rounds=args.rounds, threads=n)])
     if fast.available():
         threads = sorted({torch.get_num_threads(), 1}, reverse=True)
         print(

@@ -28,6 +28,7 @@ class Overhead(NamedTuple):
     """One mode's per-call times (microseconds, medians over rounds) and per-round ratios."""
 
     mode: str
+    threads: int
     native_us: float
     bnbook_us: float
     ratio: tuple[float, float, float]  # median, 3rd lowest, 3rd highest
@@ -44,14 +45,29 @@ def _spread(values: list[float]) -> tuple[float, float, float]:
 
 
 def overhead(
-    shape: tuple[int, int] = (64, 100), rounds: int = 25, calls: int = 200, seed: int = 0
+    shape: tuple[int, int] = (64, 100),
+    rounds: int = 25,
+    calls: int = 200,
+    seed: int = 0,
+    threads: int | None = None,
 ) -> list[Overhead]:
     """Time ``bnbook.nn.BatchNorm1d`` against ``torch.nn.BatchNorm1d`` per call, interleaved.
 
     ``train``: forward and backward in training mode (running statistics
     updated, gradients of input, weight and bias). ``eval``: forward in eval
-    mode under ``torch.no_grad()``.
+    mode under ``torch.no_grad()``. ``threads``: torch's intra-op threads for
+    the measurement (default: as set), restored afterwards.
     """
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _overhead(shape, rounds, calls, seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _overhead(shape: tuple[int, int], rounds: int, calls: int, seed: int) -> list[Overhead]:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=gen).requires_grad_(True)
     dy = torch.randn(shape, generator=gen)
@@ -80,15 +96,15 @@ def overhead(
                 times[k].append((time.perf_counter() - t0) / calls)
         ratios = [b / a for a, b in zip(*times, strict=True)]
         native, ours = sorted(times[0])[rounds // 2], sorted(times[1])[rounds // 2]
-        out.append(Overhead(mode, native * 1e6, ours * 1e6, _spread(ratios)))
+        out.append(Overhead(mode, torch.get_num_threads(), native * 1e6, ours * 1e6, _spread(ratios)))
     return out
 
 
 def print_overhead(rows: list[Overhead], file=None) -> bool:
     """Print the overhead rows; return whether every median ratio is within its target."""
     print(
-        f"\nper-call overhead: bnbook.nn.BatchNorm1d / torch.nn.BatchNorm1d on (64, 100), "
-        f"{torch.get_num_threads()} thread(s): median of per-round ratios [3rd lowest-3rd highest]",
+        "\nper-call overhead: bnbook.nn.BatchNorm1d / torch.nn.BatchNorm1d on (64, 100): "
+        "median of per-round ratios [3rd lowest-3rd highest]",
         file=file,
     )
     ok = True
@@ -97,7 +113,8 @@ def print_overhead(rows: list[Overhead], file=None) -> bool:
         ok &= met
         what = "forward+backward" if r.mode == "train" else "forward, no_grad"
         print(
-            f"  {r.mode:<5} {what:<17} torch {r.native_us:6.1f} us, bnbook {r.bnbook_us:6.1f} us: "
+            f"  {r.mode:<5} {what:<17} {r.threads}T  "
+            f"torch {r.native_us:6.1f} us, bnbook {r.bnbook_us:6.1f} us: "
             f"{r.ratio[0]:.2f} [{r.ratio[1]:.2f}-{r.ratio[2]:.2f}]  target <= {r.target:.1f}: "
             f"{'met' if met else 'MISSED'}",
             file=file,
