@@ -1,71 +1,19 @@
-"""Chapter 13's experiments: the packed MLPs, the scaled schedule and the ghost-noise measurement."""
+"""Chapter 13's experiments: the scaled schedule, the ghost-noise measurement, the sweep and fine-tuning."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bnbook.demos import small_batches as sb
-
-SEEDS = (0, 1)
-
-
-def _packed(momentum: float = 0.3) -> sb.PackedMLP:
-    torch.manual_seed(0)
-    return sb.PackedMLP((*sb.METHODS, "BatchNorm"), SEEDS, width=16, groups=4, momentum=momentum)
+from bnbook.grouped import GroupedMLP, grouped_accuracy
 
 
-def _data(n: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+def _data(n: int = 64) -> tuple[torch.Tensor, ...]:
     gen = torch.Generator().manual_seed(3)
-    return torch.rand(n, 64, generator=gen), torch.randint(0, 10, (n,), generator=gen)
-
-
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_packed_members_equal_separate_networks(mode: str) -> None:
-    net = _packed()
-    net.set_renorm_limits(2.0, 1.0)
-    x, _ = _data(8)
-    net.train()
-    with torch.no_grad():  # a few batches, so that running statistics differ from their start
-        for _ in range(3):
-            net(torch.randn(8, net.n_nets, 64))
-    net.train(mode == "train")
-    nets = [sb.unpack_mlp(net, i) for i in range(net.n_nets)]  # before the forward pass updates them
-    with torch.no_grad():
-        packed = net(x[:, None, :].expand(-1, net.n_nets, -1))
-    for i, alone in enumerate(nets):
-        with torch.no_grad():
-            torch.testing.assert_close(alone(x), packed[:, i], rtol=1e-5, atol=1e-5)
-
-
-def test_packed_sgd_steps_equal_separate_sgd() -> None:
-    """One training step of the packed networks is each network's own SGD step with its own rate."""
-    net = _packed()
-    net.set_renorm_limits(2.0, 1.0)
-    nets = [sb.unpack_mlp(net, i) for i in range(net.n_nets)]
-    lr = torch.linspace(0.05, 0.2, net.n_nets)
-    x, y = _data(6)
-    losses = F.cross_entropy(
-        net(x[:, None, :].expand(-1, net.n_nets, -1)).permute(0, 2, 1),
-        y[:, None].expand(-1, net.n_nets),
-        reduction="none",
-    ).mean(0)
-    (losses * lr).sum().backward()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.sub_(p.grad)
-    for i, alone in enumerate(nets):
-        opt = torch.optim.SGD(alone.parameters(), lr=float(lr[i]))
-        F.cross_entropy(alone(x), y).backward()
-        opt.step()
-        ref = sb.unpack_mlp(net, i)
-        for a, b in zip(alone.parameters(), ref.parameters(), strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        for name in ("running_mean", "running_var"):
-            if hasattr(alone[1], name):
-                torch.testing.assert_close(getattr(alone[1], name), getattr(ref[1], name))
+    x, y = torch.rand(n, 64, generator=gen), torch.arange(n) % 10
+    return x, y, x[:20], y[:20], x[20:40], y[20:40]
 
 
 def test_scaled_schedule_matches_the_paper_shape() -> None:
@@ -91,22 +39,63 @@ def test_ghost_noise_matches_direct_standardization() -> None:
     assert noise[0] > noise[1]
 
 
-def test_compare_small_batches_shapes_and_ranges() -> None:
-    x, y = _data(64)
-    res = sb.compare_small_batches(
-        x,
-        y,
-        x[:20],
-        y[:20],
-        [2, 8],
-        [0, 1, 2],
-        samples=128,
-        lr_per_32=0.2,
-        pretrain_samples=64,
-        finetune_lr_per_32=0.05,
+def test_sweep_shapes_and_best_learning_rate() -> None:
+    data = _data()
+    res, kept = sb.sweep(data, [2, 8], [16, 16], [0, 1, 2], [0.1, 0.4], keep=(2,))
+    assert res.val.shape == res.test.shape == (2, len(sb.METHODS), 2, 3)
+    assert set(kept) == {2} and isinstance(kept[2], GroupedMLP)
+    best = res.best_lr()
+    assert best.shape == (2, len(sb.METHODS))
+    picked = res.best_test()
+    for b in range(2):
+        for m in range(len(sb.METHODS)):
+            assert res.val[b, m, best[b, m]].mean() == res.val[b, m].mean(1).max()
+            np.testing.assert_array_equal(picked[b, m], res.test[b, m, best[b, m]])
+    # the kept network is the one that produced the test accuracies
+    acc = grouped_accuracy(kept[2], data[4], data[5]).reshape(len(sb.METHODS), 2, 3)
+    np.testing.assert_array_equal(acc, res.test[0])
+
+
+def test_sorted_orders_feed_the_sweep() -> None:
+    data = _data()
+    res, _ = sb.sweep(
+        data,
+        ["shuffled", "one class"],
+        [4, 4],
+        [0, 1],
+        [0.2],
+        methods=("BatchNorm", "none"),
+        orders=sb.sorted_orders(data[1], 4, [None, 1]),
     )
-    assert res.scratch.shape == (2, len(sb.METHODS), 3)
-    assert res.finetune.shape == (2, len(sb.FINETUNE), 3)
-    assert res.pretrained.shape == (3,)
-    for a in (res.scratch, res.finetune, res.pretrained):
-        assert np.all((a >= 0) & (a <= 1))
+    assert res.test.shape == (2, 2, 1, 2)
+
+
+def test_statistics_check_runs_every_evaluation() -> None:
+    data = _data()
+    res, kept = sb.sweep(data, [2], [16], [0, 1], [0.1, 0.4], methods=("BatchNorm", "none"), keep=(2,))
+    out = sb.statistics_check(kept[2], "BatchNorm", 1, 2, data[0], data[4], data[5])
+    assert set(out) == {"running", "training set", "test batches of 32", "test batches of 2"}
+    np.testing.assert_array_equal(out["running"], res.test[0, 0, 1])
+    assert all(v.shape == (2,) for v in out.values())
+
+
+def test_finetune_starts_from_the_pretrained_networks() -> None:
+    pre = GroupedMLP(["BatchNorm"], [0, 1])
+    with torch.no_grad():
+        pre.norm_layers[0][0].running_mean.normal_()
+    net = GroupedMLP(sb.FINETUNE, [0, 1] * 2)
+    sb._load(net, [pre, pre, pre])
+    x = torch.rand(5, 64)
+    pre.eval()
+    net.eval()
+    with torch.no_grad():
+        ref, out = pre(x), net(x)
+    for i in range(net.n_nets):
+        torch.testing.assert_close(out[:, i], ref[:, i % 2])
+
+
+def test_finetune_on_shift_shapes() -> None:
+    res = sb.finetune_on_shift(_data(), lambda v: 0.5 * v, [2, 4], [0, 1], [0.05, 0.1], 32, 64, 0.2)
+    assert res.sweep.test.shape == (2, len(sb.FINETUNE), 2, 2)
+    assert set(res.pretrained) == {"clean", "shifted, running statistics", "shifted, recalibrated"}
+    assert res.sweep.steps == (16, 8)

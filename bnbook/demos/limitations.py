@@ -1,17 +1,23 @@
 """Chapter 9, limitations: batch-size noise, the normalization family, shifts, sample dependence, cost.
 
 The arithmetic of layer, group and instance norm lives in :mod:`bnbook.scratch`
-(NumPy) and in ``torch.nn``; this module only drives experiments and figures:
+(NumPy) and in ``torch.nn``; the grouped networks and their training loop live in
+:mod:`bnbook.grouped` (shared with chapter 13). This module holds the chapter's
+experiments and figures:
 
 * :func:`batch_stat_spread` and :func:`plot_stat_spread` measure the noise of
   batch statistics against batch size;
-* :class:`PackedCNN`, :func:`norm_grid_accuracy` and :func:`plot_norm_grid`
-  train many small CNNs (every normalization, several seeds) side by side as
-  one grouped network, for a miniature of Wu and He's batch-size table;
+* :func:`norm_grid` trains many small CNNs or MLPs (every normalization, several
+  seeds) side by side, for a miniature of Wu and He's batch-size table, and
+  :func:`plot_norm_grid` draws it;
 * :func:`draw_norm_axes` draws which cells of an (N, C, H, W) tensor share
   one mean and variance under each normalization;
-* :func:`train_mlp_runs`, :func:`shift_accuracies` and :func:`sorted_batches`
-  drive the shift and batch-composition experiments;
+* :func:`accumulation_check` compares gradient accumulation with a real large batch;
+* :func:`shift_accuracies` and :func:`settling` evaluate batch-norm networks with
+  stale, re-estimated or batch statistics;
+* :func:`gradient_bias` measures how far the mean of minibatch gradients lies from
+  the full-batch gradient, with and without batch norm;
+* :func:`composition_grid` trains on batches that hold few classes;
 * :func:`interleaved_times` times several callables round-robin;
 * :func:`make_batch_size_draw` feeds the chapter's explorer.
 """
@@ -30,42 +36,53 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from torch import nn
 
-from bnbook.models import accuracy, mlp
-from bnbook.nn import recalibrate_bn
-from bnbook.plots import COLORS, MARKERS, PALETTE
+from bnbook import nn as bnn
+from bnbook.grouped import (
+    GroupedCNN,
+    GroupedMLP,
+    class_sorted_order,
+    grouped_accuracy,
+    shuffled_order,
+    train_grouped,
+)
+from bnbook.models import mlp
+from bnbook.plots import COLORS, series
 
 __all__ = [
     "NORMS",
-    "NORM_COLORS",
-    "PackedCNN",
-    "PackedMLP",
     "StatSpread",
+    "accumulation_check",
     "batch_stat_spread",
+    "composition_grid",
     "draw_norm_axes",
+    "gradient_bias",
     "interleaved_times",
+    "look",
     "make_batch_size_draw",
-    "norm_grid_accuracy",
+    "make_mlp",
+    "norm_grid",
     "plot_norm_grid",
     "plot_stat_spread",
+    "settling",
     "shift_accuracies",
-    "shuffled_batches",
-    "unpack_cnn",
-    "make_mlp",
-    "sorted_batches",
-    "train_mlp",
 ]
 
-#: The four normalizations compared in the chapter, in display order.
-NORMS = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm")
-#: One colour and marker per normalization (batch norm keeps the book's batch-norm blue).
-NORM_COLORS = {
-    "BatchNorm": COLORS["bn"],
-    "LayerNorm": PALETTE[2],
-    "GroupNorm": PALETTE[1],
-    "InstanceNorm": PALETTE[3],
+#: The normalizations of the CNN comparison, in display order (``PositionBatchNorm``: the control
+#: that gives batch norm one statistic per channel *and position*, so that m is the batch size).
+NORMS = ("BatchNorm", "PositionBatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm")
+_LOOKS = {
+    "BatchNorm": series("bn", label="batch norm"),
+    "PositionBatchNorm": series("bn", linestyle="--", marker="o", label="BN, one statistic per position"),
+    "LayerNorm": series("ln", label="layer norm"),
+    "GroupNorm": series("gn", label="group norm"),
+    "InstanceNorm": series("gn", color="#666666", marker="P", linestyle=":", label="instance norm"),
+    "none": series("no_bn", label="no normalization"),
 }
-NORM_COLORS["none"] = COLORS["no_bn"]
-NORM_MARKERS = {name: MARKERS[i] for i, name in enumerate((*NORMS, "none"))}
+
+
+def look(name: str) -> dict:
+    """``ax.plot`` keywords for a normalization, in the book-wide look of :func:`bnbook.plots.series`."""
+    return dict(_LOOKS[name])
 
 
 # --- noise of batch statistics -------------------------------------------------------------
@@ -167,205 +184,33 @@ def draw_norm_axes(fig: Figure, n: int = 4, c: int = 6, hw: int = 4, groups: int
         ax.set_title(title, fontsize=12, pad=-4)
 
 
-# --- many small CNNs side by side ------------------------------------------------------------
-def _norm(kind: str, copies: int, channels: int, groups: int, one_d: bool = False) -> nn.Module:
-    """One normalization for ``copies`` networks whose channels sit side by side."""
-    total = copies * channels
-    if kind == "BatchNorm":
-        return nn.BatchNorm1d(total) if one_d else nn.BatchNorm2d(total)  # per channel: the copies never mix
-    if kind == "LayerNorm":
-        return nn.GroupNorm(copies, total)  # one group per network: its (C, H, W)
-    if kind == "GroupNorm":
-        return nn.GroupNorm(copies * groups, total)
-    if kind == "InstanceNorm":
-        return nn.GroupNorm(total, total)  # one channel per group
-    if kind == "none":
-        return nn.Identity()
-    raise ValueError(f"unknown normalization {kind!r}; expected one of {NORMS}")
-
-
-class PackedCNN(nn.Module):
-    """``len(norms) * seeds`` independent small CNNs for 1x8x8 images, computed as one grouped network.
-
-    Each network is ``conv 3x3 (1 -> c1) -> norm -> ReLU -> conv 3x3 stride 2 (c1 -> c2) -> norm
-    -> ReLU -> linear (c2*4*4 -> 10)``. Network ``k * seeds + s`` uses normalization ``norms[k]``
-    and the initial weights of seed ``s`` (the same for every normalization). Grouped
-    convolutions keep the networks apart, so training them together with the sum of their losses
-    gives each exactly the gradients it would get alone; it only saves Python overhead. Layer norm
-    is ``GroupNorm(1, C)`` and instance norm ``GroupNorm(C, C)``, as in Wu and He (2018): all four
-    have a per-channel scale and shift.
-    """
-
-    def __init__(
-        self, norms: Sequence[str], seeds: Sequence[int], c1: int = 8, c2: int = 16, groups: int = 4
-    ):
-        super().__init__()
-        self.norms, self.seeds, self.c1, self.c2 = tuple(norms), tuple(seeds), c1, c2
-        k, s = len(self.norms), len(self.seeds)
-        g = k * s
-        self.n_nets = g
-        self.conv1 = nn.Conv2d(g, g * c1, 3, padding=1, groups=g, bias=False)
-        self.conv2 = nn.Conv2d(g * c1, g * c2, 3, stride=2, padding=1, groups=g, bias=False)
-        self.norm1 = nn.ModuleList(_norm(kind, s, c1, groups) for kind in self.norms)
-        self.norm2 = nn.ModuleList(_norm(kind, s, c2, groups) for kind in self.norms)
-        self.weight = nn.Parameter(torch.empty(g, c2 * 16, 10))
-        self.bias = nn.Parameter(torch.empty(g, 10))
-        with torch.no_grad():
-            for j, seed in enumerate(self.seeds):  # the same initial weights for every normalization
-                gen = torch.Generator().manual_seed(int(seed))
-                w1 = _kaiming(gen, (c1, 1, 3, 3), 9)
-                w2 = _kaiming(gen, (c2, c1, 3, 3), 9 * c1)
-                wl = _kaiming(gen, (c2 * 16, 10), c2 * 16)
-                bl = _kaiming(gen, (10,), c2 * 16)
-                for kk in range(k):
-                    net = kk * s + j
-                    self.conv1.weight[net * c1 : (net + 1) * c1] = w1
-                    self.conv2.weight[net * c2 : (net + 1) * c2] = w2
-                    self.weight[net] = wl
-                    self.bias[net] = bl
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, n_nets, 8, 8), one image per network -> logits (B, n_nets, 10)."""
-        s = len(self.seeds)
-        h = self.conv1(x)
-        h = torch.cat([nm(part) for nm, part in zip(self.norm1, h.split(s * self.c1, 1), strict=True)], 1)
-        h = self.conv2(h.relu())
-        h = torch.cat([nm(part) for nm, part in zip(self.norm2, h.split(s * self.c2, 1), strict=True)], 1)
-        h = h.relu().reshape(h.shape[0], self.n_nets, -1)
-        return _per_net_linear(h, self.weight) + self.bias
-
-
-class PackedMLP(nn.Module):
-    """``len(norms) * seeds`` independent MLPs ``64 -> width -> norm -> ReLU -> width -> norm -> ReLU -> 10``.
-
-    Computed as one network with batched matrix products, like :class:`PackedCNN`. In an MLP
-    each feature is one value per sample, so batch norm's statistics come from the batch alone
-    (m = batch size); layer norm uses the ``width`` features of a sample, group norm groups of
-    ``width / groups`` features. Instance norm has nothing to normalize over and is refused.
-    """
-
-    def __init__(self, norms: Sequence[str], seeds: Sequence[int], width: int = 64, groups: int = 4):
-        super().__init__()
-        if "InstanceNorm" in norms:
-            raise ValueError("an MLP has one value per feature: instance norm is not defined for it")
-        self.norms, self.seeds, self.width = tuple(norms), tuple(seeds), width
-        k, s = len(self.norms), len(self.seeds)
-        g = self.n_nets = k * s
-        sizes = [(64, width), (width, width), (width, 10)]
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(g, a, b)) for a, b in sizes)
-        self.bias = nn.Parameter(torch.empty(g, 10))
-        self.norm1 = nn.ModuleList(_norm(kind, s, width, groups, one_d=True) for kind in self.norms)
-        self.norm2 = nn.ModuleList(_norm(kind, s, width, groups, one_d=True) for kind in self.norms)
-        with torch.no_grad():
-            for j, seed in enumerate(self.seeds):
-                gen = torch.Generator().manual_seed(int(seed))
-                ws = [_kaiming(gen, (a, b), a) for a, b in sizes]
-                bl = _kaiming(gen, (10,), width)
-                for kk in range(k):
-                    for w, param in zip(ws, self.weights, strict=True):
-                        param[kk * s + j] = w
-                    self.bias[kk * s + j] = bl
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, n_nets, 8, 8), one image per network -> logits (B, n_nets, 10)."""
-        b, s = x.shape[0], len(self.seeds)
-        h = x.reshape(b, self.n_nets, 64)
-        for w, norms in zip(self.weights[:2], (self.norm1, self.norm2), strict=True):
-            h = _per_net_linear(h, w).reshape(b, -1)  # (B, n_nets * width)
-            h = torch.cat([nm(part) for nm, part in zip(norms, h.split(s * self.width, 1), strict=True)], 1)
-            h = h.relu().reshape(b, self.n_nets, self.width)
-        return _per_net_linear(h, self.weights[2]) + self.bias
-
-
-def unpack_cnn(net: PackedCNN, index: int) -> nn.Sequential:
-    """Network ``index`` of a :class:`PackedCNN` as a stand-alone ``nn.Sequential`` (a copy), for checking."""
-    kind = net.norms[index // len(net.seeds)]
-    c1, c2 = net.c1, net.c2
-    layers = {
-        "BatchNorm": lambda c: nn.BatchNorm2d(c),
-        "LayerNorm": lambda c: nn.GroupNorm(1, c),
-        "GroupNorm": lambda c: nn.GroupNorm(4, c),
-        "InstanceNorm": lambda c: nn.GroupNorm(c, c),
-    }[kind]
-    conv1 = nn.Conv2d(1, c1, 3, padding=1, bias=False)
-    conv2 = nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False)
-    lin = nn.Linear(c2 * 16, 10)
-    with torch.no_grad():
-        conv1.weight.copy_(net.conv1.weight[index * c1 : (index + 1) * c1])
-        conv2.weight.copy_(net.conv2.weight[index * c2 : (index + 1) * c2])
-        lin.weight.copy_(net.weight[index].T)
-        lin.bias.copy_(net.bias[index])
-    return nn.Sequential(conv1, layers(c1), nn.ReLU(), conv2, layers(c2), nn.ReLU(), nn.Flatten(), lin)
-
-
-def _per_net_linear(h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """(B, G, F) times one (F, K) matrix per network, (G, F, K) -> (B, G, K)."""
-    return torch.bmm(h.transpose(0, 1), w).transpose(0, 1)
-
-
-def _kaiming(gen: torch.Generator, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-    """torch's default init for Linear and Conv2d: uniform on +-1/sqrt(fan_in)."""
-    bound = 1.0 / np.sqrt(fan_in)
-    return (torch.rand(shape, generator=gen) * 2 - 1) * bound
-
-
-def _epoch_indices(n: int, total: int, gen: torch.Generator) -> torch.Tensor:
-    """``total`` indices from consecutive random permutations of ``range(n)``."""
-    reps = -(-total // n)
-    return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:total]
-
-
-def norm_grid_accuracy(
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    x_test: torch.Tensor,
-    y_test: torch.Tensor,
+# --- the batch-size grid -----------------------------------------------------------------------------
+def norm_grid(
+    data: Sequence[torch.Tensor],
     batch_sizes: Sequence[int],
     seeds: Sequence[int],
     samples: int,
     lr_per_32: float,
     norms: Sequence[str] = NORMS,
     arch: str = "cnn",
+    momentum: float = 0.1,
 ) -> np.ndarray:
     """Test accuracy of every (batch size, normalization, seed), shape (len(batch_sizes), len(norms), seeds).
 
-    Every run sees the same number of training images, ``samples`` (so smaller batches take more
-    steps), with the learning rate scaled linearly with the batch size, ``lr_per_32 * B / 32``, as
-    in Wu and He (2018). Plain SGD. The images of a seed come in the same order for every
+    ``data`` is ``(x_train, y_train, x_test, y_test)``. Every run sees the same number of training
+    images, ``samples`` (so smaller batches take more steps), with the learning rate scaled linearly
+    with the batch size, ``lr_per_32 * B / 32``, as in Wu and He (2018), and the same running-statistics
+    ``momentum`` at every batch size. Plain SGD. The images of a seed come in the same order for every
     normalization. Batch norm is evaluated in eval mode, with its running statistics.
     """
-    device = x_train.device
-    n = x_train.shape[0]
-    x_train = x_train.reshape(n, 8, 8)
-    x_test = x_test.reshape(-1, 1, 8, 8)
+    x_tr, y_tr, x_te, y_te = data
+    grouped = {"cnn": GroupedCNN, "mlp": GroupedMLP}[arch]
     out = np.zeros((len(batch_sizes), len(norms), len(seeds)))
     for b, bs in enumerate(batch_sizes):
-        torch.manual_seed(0)
-        net = (PackedCNN if arch == "cnn" else PackedMLP)(norms, seeds).to(device)
-        params = list(net.parameters())
-        steps = samples // bs
-        order = torch.stack(
-            [_epoch_indices(n, steps * bs, torch.Generator().manual_seed(1000 + int(s))) for s in seeds], 1
-        ).to(device)  # (steps * bs, seeds)
-        lr = lr_per_32 * bs / 32
-        k = len(norms)
-        net.train()
-        for step in range(steps):
-            idx = order[step * bs : (step + 1) * bs]  # (bs, seeds)
-            xb = x_train[idx].repeat(1, k, 1, 1)  # network k * seeds + s sees seed s's images
-            yb = y_train[idx].repeat(1, k)
-            loss = F.cross_entropy(net(xb).reshape(-1, 10), yb.reshape(-1), reduction="sum") / bs
-            for p in params:
-                p.grad = None
-            loss.backward()
-            with torch.no_grad():
-                for p in params:
-                    p.sub_(p.grad, alpha=lr)
-        net.eval()
-        with torch.no_grad():
-            logits = net(x_test.expand(-1, net.n_nets, -1, -1))
-            correct = (logits.argmax(-1) == y_test[:, None]).double().mean(0)
-        out[b] = correct.reshape(k, len(seeds)).cpu().numpy()
+        net = grouped(norms, seeds, momentum=momentum).to(x_tr.device)
+        order = shuffled_order(len(x_tr), samples // bs, bs, [1000 + s for s in seeds])
+        train_grouped(net, x_tr, y_tr, order, lr_per_32 * bs / 32)
+        out[b] = grouped_accuracy(net, x_te, y_te)
     return out
 
 
@@ -374,8 +219,9 @@ def plot_norm_grid(ax, batch_sizes: Sequence[int], acc: np.ndarray, norms: Seque
     x = np.asarray(batch_sizes)
     for k, name in enumerate(norms):
         err = 100 * (1 - acc[:, k, :])  # (batch sizes, seeds)
-        ax.plot(x, err.mean(1), marker=NORM_MARKERS[name], color=NORM_COLORS[name], label=name)
-        ax.fill_between(x, err.min(1), err.max(1), color=NORM_COLORS[name], alpha=0.15, linewidth=0)
+        kw = look(name)
+        ax.plot(x, err.mean(1), **kw)
+        ax.fill_between(x, err.min(1), err.max(1), color=kw["color"], alpha=0.12, linewidth=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(x, [str(v) for v in x])
     ax.set_xlabel("batch size (images per step)")
@@ -383,104 +229,178 @@ def plot_norm_grid(ax, batch_sizes: Sequence[int], acc: np.ndarray, norms: Seque
     ax.legend(fontsize=9)
 
 
-# --- MLP experiments -------------------------------------------------------------------------
-def train_mlp(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batches: torch.Tensor,
-    lr: float,
-) -> nn.Module:
-    """Plain SGD on cross-entropy over the given batches of indices, shape (steps, batch size)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    for idx in batches:
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        for p in params:
-            p.grad = None
-        loss.backward()
-        with torch.no_grad():
-            for p in params:
-                p.sub_(p.grad, alpha=lr)
-    return model
+# --- gradient accumulation -------------------------------------------------------------------------
+class Accumulation(NamedTuple):
+    """What :func:`accumulation_check` measured, for each normalization of ``norms``.
 
-
-def shuffled_batches(n: int, steps: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
-    """``steps`` batches of indices from consecutive random permutations, shape (steps, batch_size)."""
-    return _epoch_indices(n, steps * batch_size, gen).reshape(steps, batch_size)
-
-
-def sorted_batches(y: torch.Tensor, steps: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
-    """``steps`` batches that each hold images of one class, the classes of the batches in random order.
-
-    Within a class the images are drawn at random without replacement (refilled when used up),
-    so the only difference from shuffled batches is what a batch holds together.
+    Attributes
+    ----------
+    norms : tuple of str
+    acc : dict of str -> ndarray, shape (len(norms), seeds)
+        Test accuracy of the three runs: ``"large batch"``, ``"accumulated"``, ``"small batch"``.
+    gap : ndarray, shape (len(norms),)
+        Largest difference between any weight of the accumulated run and of the large-batch run.
     """
-    y_cpu = y.cpu()
-    classes = torch.unique(y_cpu)
-    pools = {int(c): torch.nonzero(y_cpu == c).flatten() for c in classes}
-    cursor = {c: torch.empty(0, dtype=torch.long) for c in pools}
-    out = []
-    labels = classes[torch.randint(0, len(classes), (steps,), generator=gen)]
-    for c in labels.tolist():
-        if len(cursor[c]) < batch_size:
-            pool = pools[c]
-            cursor[c] = torch.cat([cursor[c], pool[torch.randperm(len(pool), generator=gen)]])
-        out.append(cursor[c][:batch_size])
-        cursor[c] = cursor[c][batch_size:]
-    return torch.stack(out).to(y.device)
+
+    norms: tuple
+    acc: dict
+    gap: np.ndarray
 
 
-def _batch_stat_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int
-) -> float:
-    """Accuracy with batch statistics at test time: a copy in train mode, on shuffled test batches."""
-    net = copy.deepcopy(model).train()  # a copy: train-mode calls change running statistics
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).to(x.device)
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(y) - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size]
-            correct += (net(x[idx]).argmax(1) == y[idx]).sum().item()
-    return correct / ((len(y) // batch_size) * batch_size)
+def accumulation_check(
+    data: Sequence[torch.Tensor],
+    seeds: Sequence[int],
+    micro: int,
+    accumulate: int,
+    samples: int,
+    lr_per_32: float,
+    norms: Sequence[str] = ("BatchNorm", "GroupNorm", "none"),
+) -> Accumulation:
+    """Gradient accumulation against a real large batch, on the same images in the same order.
+
+    Three MLP runs per normalization and seed, all on ``samples`` training images: batches of
+    ``micro * accumulate`` (learning rate ``lr_per_32 * micro * accumulate / 32``); the same batches cut
+    into ``accumulate`` micro-batches of ``micro`` whose mean gradient makes one step (same rate); and
+    plain batches of ``micro`` (rate scaled to ``micro``). Without batch statistics the first two are
+    the same computation; with batch norm they are not. Runs in float64.
+    """
+    x_tr, y_tr, x_te, y_te = data
+    big = micro * accumulate
+    steps = samples // big
+    order = shuffled_order(len(x_tr), steps, big, [1000 + s for s in seeds])
+    micro_order = order.reshape(steps, accumulate, micro, len(seeds)).reshape(steps * accumulate, micro, -1)
+    runs = {
+        "large batch": (order, 1, lr_per_32 * big / 32),
+        "accumulated": (micro_order, accumulate, lr_per_32 * big / 32),
+        "small batch": (micro_order, 1, lr_per_32 * micro / 32),
+    }
+    acc, nets = {}, {}
+    x_tr, x_te = x_tr.double(), x_te.double()  # float64: rounding must not be mistaken for a difference
+    for name, (o, k, lr) in runs.items():
+        net = GroupedMLP(norms, seeds).to(device=x_tr.device, dtype=torch.float64)
+        train_grouped(net, x_tr, y_tr, o, lr, accumulate=k)
+        acc[name], nets[name] = grouped_accuracy(net, x_te, y_te), net
+    s = len(seeds)
+    gap = np.zeros(len(norms))
+    for a, b in zip(nets["large batch"].parameters(), nets["accumulated"].parameters(), strict=True):
+        if a.dim() and a.shape[0] == nets["large batch"].n_nets:  # weights: one slice per network
+            d = (a - b).abs().reshape(len(norms), s, -1).amax(dim=(1, 2))
+            gap = np.maximum(gap, d.detach().cpu().numpy())
+    return Accumulation(tuple(norms), acc, gap)
 
 
+# --- running statistics: shifted inputs, and statistics that have not settled -------------------------
 def shift_accuracies(
-    model: nn.Module,
+    net: GroupedMLP,
     x_train: torch.Tensor,
     x_test: torch.Tensor,
     y_test: torch.Tensor,
     shift: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int = 64,
     seed: int = 0,
-) -> dict[str, float]:
-    """Test accuracy of a trained batch-norm model on clean and shifted test inputs, four ways.
+) -> dict[str, np.ndarray]:
+    """Test accuracy of trained batch-norm networks on clean and shifted inputs, four ways.
 
     ``clean``: running statistics, unshifted test set (the control). ``running``: running
     statistics, shifted test set. ``recalibrated``: running statistics recomputed
     (:func:`bnbook.nn.recalibrate_bn`) on the *shifted training inputs*, no labels used.
-    ``batch stats``: batch statistics of shuffled test batches of ``batch_size``.
+    ``batch stats``: batch statistics of shuffled test batches of ``batch_size``. One value per network.
     """
     shifted = shift(x_test)
-    fixed = recalibrate_bn(copy.deepcopy(model), shift(x_train), batch_size=batch_size)
+    fixed = bnn.recalibrate_bn(copy.deepcopy(net), shift(x_train), batch_size=batch_size)
     return {
-        "clean": accuracy(model, x_test, y_test),
-        "running": accuracy(model, shifted, y_test),
-        "recalibrated": accuracy(fixed, shifted, y_test),
-        "batch stats": _batch_stat_accuracy(model, shifted, y_test, batch_size, seed),
+        "clean": grouped_accuracy(net, x_test, y_test).reshape(-1),
+        "running": grouped_accuracy(net, shifted, y_test).reshape(-1),
+        "recalibrated": grouped_accuracy(fixed, shifted, y_test).reshape(-1),
+        "batch stats": grouped_accuracy(net, shifted, y_test, batch_size=batch_size, seed=seed).reshape(-1),
     }
 
 
+def settling(
+    net: GroupedMLP,
+    x_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    n_batches: Sequence[int],
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Eval-mode test accuracy after re-estimating the statistics from the first ``n`` training batches.
+
+    For each ``n`` of ``n_batches``, a copy's running statistics are recomputed as the plain average
+    over ``n`` batches of ``batch_size`` training images (:func:`bnbook.nn.recalibrate_bn`).
+    Returns shape (len(n_batches), networks).
+    """
+    out = []
+    for n in n_batches:
+        fixed = bnn.recalibrate_bn(copy.deepcopy(net), x_train[: n * batch_size], batch_size=batch_size)
+        out.append(grouped_accuracy(fixed, x_test, y_test).reshape(-1))
+    return np.array(out)
+
+
+# --- samples that depend on each other -----------------------------------------------------------------
+def gradient_bias(
+    batch_norm: bool, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int = 0
+) -> float:
+    """Relative distance between the mean of the minibatch gradients over a pass and the full-batch gradient.
+
+    An MLP ``64 -> 32 -> 10`` (ReLU; with ``bnbook.nn.BatchNorm1d`` if ``batch_norm``) in float64 and
+    training mode. The data are cut into ``len(x) // batch_size`` batches (a random partition);
+    without batch norm the mean of their gradients *is* the full-batch gradient, up to rounding.
+    """
+    torch.manual_seed(seed)
+    net = mlp([x.shape[1], 32, 10], activation="relu", batch_norm=batch_norm).double().train()
+    n = (len(x) // batch_size) * batch_size
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    xs, ys = x[perm].double(), y[perm]
+
+    def grad(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        net.zero_grad()
+        F.cross_entropy(net(xb), yb).backward()
+        return torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+
+    full = grad(xs, ys)
+    mean = torch.stack(
+        [grad(xb, yb) for xb, yb in zip(xs.split(batch_size), ys.split(batch_size), strict=True)]
+    )
+    return float((mean.mean(0) - full).norm() / full.norm())
+
+
+def composition_grid(
+    data: Sequence[torch.Tensor],
+    classes_per_batch: Sequence[int | None],
+    seeds: Sequence[int],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    norms: Sequence[str] = ("BatchNorm", "LayerNorm", "none"),
+) -> np.ndarray:
+    """Test accuracy of MLPs trained on batches of few classes, shape (len(classes_per_batch), norms, seeds).
+
+    ``None`` in ``classes_per_batch`` means shuffled batches (the control); ``k`` means batches that
+    each hold ``k`` classes (:func:`bnbook.grouped.class_sorted_order`).
+    """
+    x_tr, y_tr, x_te, y_te = data
+    out = np.zeros((len(classes_per_batch), len(norms), len(seeds)))
+    for i, k in enumerate(classes_per_batch):
+        order_seeds = [2000 + s for s in seeds]
+        if k is None:
+            order = shuffled_order(len(x_tr), steps, batch_size, order_seeds)
+        else:
+            order = class_sorted_order(y_tr, steps, batch_size, order_seeds, classes_per_batch=k)
+        net = GroupedMLP(norms, seeds).to(x_tr.device)
+        train_grouped(net, x_tr, y_tr, order, lr)
+        out[i] = grouped_accuracy(net, x_te, y_te)
+    return out
+
+
 def make_mlp(kind: str, seed: int, sizes: Sequence[int] = (64, 64, 64, 10)) -> nn.Module:
-    """The chapter's MLP: ReLU, with torch's ``BatchNorm1d``, ``LayerNorm`` or no normalization."""
+    """An MLP for timing: ReLU, with torch's ``BatchNorm1d`` (the fused kernel one deploys) or without."""
     torch.manual_seed(seed)
     if kind == "BatchNorm":
         return mlp(list(sizes), activation="relu", batch_norm=True, norm_layer=nn.BatchNorm1d)
-    if kind == "LayerNorm":
-        return mlp(list(sizes), activation="relu", batch_norm=True, norm_layer=nn.LayerNorm)
     if kind == "none":
         return mlp(list(sizes), activation="relu", batch_norm=False)
-    raise ValueError(f"kind must be 'BatchNorm', 'LayerNorm' or 'none', got {kind!r}")
+    raise ValueError(f"kind must be 'BatchNorm' or 'none', got {kind!r}")
 
 
 # --- timing ----------------------------------------------------------------------------------
@@ -513,8 +433,8 @@ def make_batch_size_draw(
 ) -> Callable[..., None]:
     """``draw(fig, batch_size)``: batch variances of normal data, and the precomputed test errors.
 
-    ``acc_cnn`` is the (batch sizes, 4 normalizations, seeds) table of :func:`norm_grid_accuracy`
-    for the CNN (batch norm and group norm are drawn), ``acc_mlp`` the (batch sizes, 2, seeds)
+    ``acc_cnn`` is the (batch sizes, normalizations, seeds) table of :func:`norm_grid` for the CNN
+    with :data:`NORMS` (batch norm and group norm are drawn), ``acc_mlp`` the (batch sizes, 2, seeds)
     table for the MLP with batch norm and without (batch norm is drawn).
     """
     rng = np.random.default_rng(seed)
@@ -522,9 +442,15 @@ def make_batch_size_draw(
     x = np.asarray(batch_sizes)
     bins = np.linspace(0, 4 * sigma**2, 41)
     series = [
-        ("CNN, BatchNorm", 100 * (1 - acc_cnn[:, 0]), NORM_COLORS["BatchNorm"], "o", "-"),
-        ("CNN, GroupNorm", 100 * (1 - acc_cnn[:, 2]), NORM_COLORS["GroupNorm"], "^", "-"),
-        ("MLP, BatchNorm", 100 * (1 - acc_mlp[:, 0]), NORM_COLORS["BatchNorm"], "s", "--"),
+        ("CNN, batch norm", 100 * (1 - acc_cnn[:, NORMS.index("BatchNorm")]), COLORS["bn"], "s", "-"),
+        (
+            "CNN, group norm",
+            100 * (1 - acc_cnn[:, NORMS.index("GroupNorm")]),
+            _LOOKS["GroupNorm"]["color"],
+            "X",
+            "-",
+        ),
+        ("MLP, batch norm", 100 * (1 - acc_mlp[:, 0]), COLORS["bn"], "o", "--"),
     ]
     top = 1.1 * max(e.max() for _, e, *_ in series)
     dens_top = 1.1 * max(

@@ -1,62 +1,83 @@
 """Chapter 13, small batches: Batch Renorm, ghost batch norm, and the remedies compared.
 
-The layers themselves live in the library (:class:`bnbook.nn.BatchRenorm1d`,
-:class:`bnbook.nn.GhostBatchNorm`, :func:`bnbook.nn.renorm_limits`); this module only
-drives the chapter's experiments and draws its figures:
+The layers live in the library (:class:`bnbook.nn.BatchRenorm1d`,
+:class:`bnbook.nn.GhostBatchNorm`, :func:`bnbook.nn.renorm_limits`), and so do the
+grouped networks and their training loop (:mod:`bnbook.grouped`, shared with
+chapter 9). This module holds the chapter's experiments and figures:
 
 * :func:`scaled_schedule` shrinks the paper's warm-up schedule of ``r_max`` and
   ``d_max`` to a run of a given length, and :func:`plot_schedule` draws it;
 * :func:`ghost_noise` measures how far one sample's normalized value moves when
   its ghost-batch mates change, for several ghost sizes;
-* :class:`PackedMLP` trains many small MLPs (every normalization, several seeds)
-  side by side as one network, and :func:`compare_small_batches` runs the
-  chapter's comparison at several batch sizes, including fine-tuning a
-  pretrained batch-norm network with its statistics frozen or in training mode;
+* :func:`sweep` trains every method at every batch size (or batch composition)
+  at a small grid of learning rates, and :class:`Sweep` picks each method's
+  best rate on the validation set and reports its test accuracy;
+* :func:`statistics_check` evaluates batch-norm networks with better
+  statistics than their running ones;
+* :func:`finetune_on_shift` pretrains batch-norm networks and fine-tunes them on
+  shifted inputs, with frozen statistics or in training mode;
 * :func:`plot_comparison` draws test error against batch size.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bnbook import nn as bnn
-from bnbook.plots import COLORS, MARKERS, PALETTE
+from bnbook.grouped import GroupedMLP, class_sorted_order, grouped_accuracy, shuffled_order, train_grouped
+from bnbook.plots import COLORS, PALETTE, series
 
 __all__ = [
-    "FINETUNE",
     "METHODS",
-    "METHOD_COLORS",
-    "METHOD_MARKERS",
-    "Comparison",
-    "PackedMLP",
-    "compare_small_batches",
+    "FINETUNE",
+    "FINETUNE_LABELS",
+    "FineTune",
+    "Sweep",
+    "finetune_on_shift",
     "ghost_noise",
+    "look",
     "plot_comparison",
     "plot_ghost_noise",
     "plot_schedule",
     "scaled_schedule",
-    "unpack_mlp",
+    "sorted_orders",
+    "statistics_check",
+    "sweep",
 ]
 
-#: The normalizations trained from scratch, in display order.
-METHODS = ("BatchNorm", "BatchRenorm", "GroupNorm", "LayerNorm")
-#: The two ways of fine-tuning a batch-norm network pretrained at a large batch.
-FINETUNE = ("frozen BN", "BN in train mode")
-METHOD_COLORS = {
-    "BatchNorm": COLORS["bn"],
-    "BatchRenorm": PALETTE[4],
-    "GroupNorm": PALETTE[1],
-    "LayerNorm": PALETTE[2],
-    "frozen BN": PALETTE[3],
-    "BN in train mode": PALETTE[5],
+#: The normalizations trained from scratch, in display order ("none": the control without normalization).
+METHODS = ("BatchNorm", "BatchRenorm", "GroupNorm", "LayerNorm", "none")
+#: The ways of fine-tuning a pretrained batch-norm network (grouped-network names): frozen statistics,
+#: training mode, and frozen statistics re-estimated on the new inputs first.
+FINETUNE = ("FrozenBatchNorm", "BatchNorm", "FrozenBatchNorm")
+#: Labels of the fine-tuning runs, in the order of :data:`FINETUNE`.
+FINETUNE_LABELS = ("frozen BN", "BN in train mode", "recalibrated, then frozen")
+_SERIES = {
+    "BatchNorm": ("bn", "batch norm"),
+    "BatchRenorm": ("renorm", "batch renorm"),
+    "GroupNorm": ("gn", "group norm"),
+    "LayerNorm": ("ln", "layer norm"),
+    "none": ("no_bn", "no normalization"),
+    "FrozenBatchNorm": ("frozen", "frozen BN statistics"),
 }
-METHOD_MARKERS = {name: MARKERS[i] for i, name in enumerate((*METHODS, *FINETUNE))}
+
+
+def look(name: str) -> dict:
+    """``ax.plot`` keywords for a method or fine-tuning label, in the look of :func:`bnbook.plots.series`."""
+    if name == "BN in train mode":
+        return series("bn", linestyle="--", label=name)
+    if name == "frozen BN":
+        return series("frozen", label=name)
+    if name == "recalibrated, then frozen":
+        return series("frozen", linestyle="-", marker="o", label=name)
+    key, label = _SERIES[name]
+    return series(key, label=label)
 
 
 # --- the warm-up schedule ----------------------------------------------------------------------
@@ -115,7 +136,7 @@ def ghost_noise(
 def plot_ghost_noise(ax, ghost_sizes: Sequence[int], noise: np.ndarray) -> None:
     """The measured noise against ghost size on log-log axes, with a 1/sqrt(g) guide line."""
     g = np.asarray(ghost_sizes, dtype=float)
-    ax.plot(g, noise, marker="o", color=COLORS["bn"], label="measured (ghost batch norm)")
+    ax.plot(g, noise, **series("ghost", label="measured (ghost batch norm)"))
     ax.plot(
         g,
         noise[-1] * np.sqrt(g[-1] / g),
@@ -131,259 +152,259 @@ def plot_ghost_noise(ax, ghost_sizes: Sequence[int], noise: np.ndarray) -> None:
     ax.legend(fontsize=9)
 
 
-# --- many MLPs side by side ----------------------------------------------------------------------
-def _norm(kind: str, copies: int, width: int, groups: int, momentum: float) -> nn.Module:
-    """One normalization for ``copies`` networks whose features sit side by side."""
-    total = copies * width
-    if kind == "BatchNorm":
-        return nn.BatchNorm1d(total, momentum=momentum)  # per feature: the copies never mix
-    if kind == "BatchRenorm":
-        return bnn.BatchRenorm1d(total, momentum=momentum)
-    if kind == "GroupNorm":
-        return nn.GroupNorm(copies * groups, total)
-    if kind == "LayerNorm":
-        return nn.GroupNorm(copies, total)  # one group per network: all of its features
-    raise ValueError(f"unknown normalization {kind!r}; expected one of {METHODS}")
-
-
-def _uniform(gen: torch.Generator, shape: tuple[int, ...], fan_in: int) -> torch.Tensor:
-    """torch's default init for Linear: uniform on +-1/sqrt(fan_in)."""
-    bound = 1.0 / np.sqrt(fan_in)
-    return (torch.rand(shape, generator=gen) * 2 - 1) * bound
-
-
-class PackedMLP(nn.Module):
-    """``len(norms) * len(seeds)`` independent MLPs ``64 -> 64 -> norm -> ReLU -> 64 -> norm -> ReLU -> 10``.
-
-    Network ``k * len(seeds) + s`` uses normalization ``norms[k]`` and the initial weights of
-    seed ``s`` (the same for every normalization). The hidden layers of all networks are one
-    batched matrix product, and each norm module holds the features of ``len(seeds)``
-    networks side by side; batch norm and batch renorm work per feature and group norm per
-    group, so the networks never mix. Layer norm is ``GroupNorm(1, width)`` per network.
-    """
-
-    def __init__(
-        self,
-        norms: Sequence[str],
-        seeds: Sequence[int],
-        width: int = 64,
-        groups: int = 8,
-        momentum: float = 0.1,
-    ) -> None:
-        super().__init__()
-        self.norms, self.seeds, self.width, self.groups = tuple(norms), tuple(seeds), width, groups
-        k, s = len(self.norms), len(self.seeds)
-        g = self.n_nets = k * s
-        sizes = [(64, width), (width, width), (width, 10)]
-        self.weights = nn.ParameterList(nn.Parameter(torch.empty(g, a, b)) for a, b in sizes)
-        self.bias = nn.Parameter(torch.empty(g, 10))
-        self.norm1 = nn.ModuleList(_norm(kind, s, width, groups, momentum) for kind in self.norms)
-        self.norm2 = nn.ModuleList(_norm(kind, s, width, groups, momentum) for kind in self.norms)
-        with torch.no_grad():
-            for j, seed in enumerate(self.seeds):
-                gen = torch.Generator().manual_seed(int(seed))
-                ws = [_uniform(gen, (a, b), a) for a, b in sizes]
-                bl = _uniform(gen, (10,), width)
-                for kk in range(k):
-                    for w, param in zip(ws, self.weights, strict=True):
-                        param[kk * s + j] = w
-                    self.bias[kk * s + j] = bl
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, n_nets, 64), one input per network -> logits (B, n_nets, 10)."""
-        b, s = x.shape[0], len(self.seeds)
-        h = x
-        for w, norms in zip(self.weights[:2], (self.norm1, self.norm2), strict=True):
-            h = torch.bmm(h.transpose(0, 1), w).transpose(0, 1).reshape(b, -1)  # (B, n_nets * width)
-            h = torch.cat([nm(part) for nm, part in zip(norms, h.split(s * self.width, 1), strict=True)], 1)
-            h = h.relu().reshape(b, self.n_nets, self.width)
-        return torch.bmm(h.transpose(0, 1), self.weights[2]).transpose(0, 1) + self.bias
-
-    def set_renorm_limits(self, r_max: float, d_max: float) -> None:
-        """Set ``r_max`` and ``d_max`` of every batch-renorm layer."""
-        for m in self.modules():
-            if isinstance(m, bnn.BatchRenorm1d):
-                m.r_max, m.d_max = r_max, d_max
-
-
-def unpack_mlp(net: PackedMLP, index: int) -> nn.Sequential:
-    """Network ``index`` of a :class:`PackedMLP` as a stand-alone ``nn.Sequential`` (a copy), for checking."""
-    s, w = len(net.seeds), net.width
-    k, j = divmod(index, s)
-    kind = net.norms[k]
-    lins = [nn.Linear(a.shape[1], a.shape[2], bias=False) for a in net.weights]
-    lins[-1] = nn.Linear(w, 10)
-    layers: list[nn.Module] = []
-    for i, (lin, packed_norm) in enumerate(zip(lins, (net.norm1[k], net.norm2[k], None), strict=True)):
-        with torch.no_grad():
-            lin.weight.copy_(net.weights[i][index].T)
-        layers.append(lin)
-        if packed_norm is None:
-            break
-        if kind == "BatchNorm":
-            norm = nn.BatchNorm1d(w, momentum=packed_norm.momentum)
-        elif kind == "BatchRenorm":
-            norm = bnn.BatchRenorm1d(
-                w, momentum=packed_norm.momentum, r_max=packed_norm.r_max, d_max=packed_norm.d_max
-            )
-        else:
-            norm = nn.GroupNorm(net.groups if kind == "GroupNorm" else 1, w)
-        part = slice(j * w, (j + 1) * w)
-        with torch.no_grad():
-            norm.weight.copy_(packed_norm.weight[part])
-            norm.bias.copy_(packed_norm.bias[part])
-            if kind in ("BatchNorm", "BatchRenorm"):
-                norm.running_mean.copy_(packed_norm.running_mean[part])
-                norm.running_var.copy_(packed_norm.running_var[part])
-        norm.train(packed_norm.training)
-        layers += [norm, nn.ReLU()]
-    with torch.no_grad():
-        lins[-1].bias.copy_(net.bias[index])
-    return nn.Sequential(*layers)
-
-
-def _epoch_indices(n: int, total: int, gen: torch.Generator) -> torch.Tensor:
-    """``total`` indices from consecutive random permutations of ``range(n)``."""
-    reps = -(-total // n)
-    return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:total]
-
-
-def _train(
-    net: PackedMLP,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    batch_size: int,
-    samples: int,
-    lr: torch.Tensor,
-    seed_offset: int,
-    renorm: bool,
-) -> None:
-    """Plain SGD; network k*S+s sees seed s's batches and has learning rate ``lr[k*S+s]``.
-
-    The loss is the sum over networks of ``lr`` times each network's mean cross-entropy, and
-    the step is ``p -= p.grad``: every network gets exactly its own SGD step.
-    """
-    n = x.shape[0]
-    steps = samples // batch_size
-    s = len(net.seeds)
-    k = net.n_nets // s
-    order = torch.stack(
-        [
-            _epoch_indices(n, steps * batch_size, torch.Generator().manual_seed(seed_offset + int(sd)))
-            for sd in net.seeds
-        ],
-        1,
-    ).to(x.device)  # (steps * batch, seeds)
-    limits = scaled_schedule(steps) if renorm else None
-    params = [p for p in net.parameters() if p.requires_grad]
-    for step in range(steps):
-        if limits is not None:
-            net.set_renorm_limits(*limits(step))
-        idx = order[step * batch_size : (step + 1) * batch_size]
-        xb = x[idx].repeat(1, k, 1)  # (B, n_nets, 64)
-        yb = y[idx].repeat(1, k)
-        losses = F.cross_entropy(net(xb).permute(0, 2, 1), yb, reduction="none").mean(0)  # (n_nets,)
-        loss = (losses * lr).sum()
-        for p in params:
-            p.grad = None
-        loss.backward()
-        with torch.no_grad():
-            for p in params:
-                p.sub_(p.grad)
-
-
-@torch.no_grad()
-def _test_accuracy(net: PackedMLP, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-    was = [m.training for m in net.modules()]
-    net.eval()
-    logits = net(x[:, None, :].expand(-1, net.n_nets, -1))
-    for m, t in zip(net.modules(), was, strict=True):
-        m.training = t
-    return (logits.argmax(-1) == y[:, None]).double().mean(0).cpu().numpy()
-
-
-class Comparison(NamedTuple):
-    """Test accuracies of :func:`compare_small_batches`.
+# --- the comparison: every method at a grid of learning rates ------------------------------------
+class Sweep(NamedTuple):
+    """Accuracies of :func:`sweep`, one entry per (setting, method, learning rate, seed).
 
     Attributes
     ----------
-    scratch : ndarray, shape (batch sizes, len(METHODS), seeds)
-        Networks trained from scratch at each batch size.
-    finetune : ndarray, shape (batch sizes, len(FINETUNE), seeds)
-        The pretrained batch-norm network fine-tuned at each batch size.
-    pretrained : ndarray, shape (seeds,)
-        The pretrained networks before fine-tuning.
+    settings : tuple
+        The batch sizes (or names of batch compositions), in order.
+    methods : tuple of str
+    lrs : ndarray, shape (L,)
+        The learning rates per 32 samples tried (the rate at batch B is ``lr * B / 32``).
+    steps : tuple of int
+        SGD steps of each setting.
+    val, test : ndarray, shape (settings, methods, L, seeds)
+        Validation and test accuracy, batch norm evaluated with its running statistics.
     """
 
-    scratch: np.ndarray
-    finetune: np.ndarray
-    pretrained: np.ndarray
+    settings: tuple
+    methods: tuple
+    lrs: np.ndarray
+    steps: tuple
+    val: np.ndarray
+    test: np.ndarray
+
+    def best_lr(self) -> np.ndarray:
+        """Index of each (setting, method)'s best learning rate by mean validation accuracy."""
+        return self.val.mean(axis=3).argmax(axis=2)
+
+    def best_test(self) -> np.ndarray:
+        """Test accuracy at each (setting, method)'s best learning rate; shape (settings, methods, seeds)."""
+        idx = self.best_lr()[:, :, None, None]
+        return np.take_along_axis(self.test, np.broadcast_to(idx, (*idx.shape[:3], self.test.shape[3])), 2)[
+            :, :, 0
+        ]
 
 
-def compare_small_batches(
+def _lr_vector(n_methods: int, lrs: Sequence[float], n_seeds: int, batch_size: int) -> torch.Tensor:
+    """Network k * (L * S) + l * S + s trains at ``lrs[l] * batch_size / 32``."""
+    per_copy = torch.tensor([lr * batch_size / 32 for lr in lrs for _ in range(n_seeds)])
+    return per_copy.repeat(n_methods)
+
+
+def _evaluate(net: GroupedMLP, x: torch.Tensor, y: torch.Tensor, n_lrs: int) -> np.ndarray:
+    """Eval-mode accuracy reshaped to (methods, L, seeds)."""
+    acc = grouped_accuracy(net, x, y)
+    return acc.reshape(acc.shape[0], n_lrs, -1)
+
+
+def sweep(
+    data: Sequence[torch.Tensor],
+    settings: Sequence,
+    steps: Sequence[int],
+    seeds: Sequence[int],
+    lrs: Sequence[float],
+    methods: Sequence[str] = METHODS,
+    momentum_per_32: float = 0.1,
+    orders: Callable[[int, int, list[int]], torch.Tensor] | None = None,
+    keep: Sequence = (),
+) -> tuple[Sweep, dict]:
+    """Train every method at every setting and learning rate from scratch, side by side.
+
+    Parameters
+    ----------
+    data : (x_train, y_train, x_val, y_val, x_test, y_test)
+    settings : sequence
+        Batch sizes; with ``orders``, names of batch compositions (the batch size is then ``orders``'s).
+    steps : sequence of int
+        SGD steps at each setting (``samples // batch`` for equal samples, or equal steps).
+    seeds : sequence of int
+        Initial weights and data order (the same for every method and learning rate: paired runs).
+    lrs : sequence of float
+        Learning rates per 32 samples; each scales linearly with the batch size.
+    methods : names from :data:`bnbook.grouped.NORMS`
+    momentum_per_32 : float
+        Running-statistics momentum at a batch of 32; it scales with the batch size, so the running
+        averages span about the same number of images at every batch size.
+    orders : callable, optional
+        ``orders(setting_index, steps, copy_seeds) -> (steps, batch, copies)``; default
+        :func:`bnbook.grouped.shuffled_order` with batch size ``settings[i]``.
+    keep : sequence
+        Settings whose trained networks are returned.
+
+    Returns
+    -------
+    (Sweep, {setting: GroupedMLP})
+    """
+    x_tr, y_tr, x_val, y_val, x_te, y_te = data
+    copies = [s for _ in lrs for s in seeds]
+    val = np.zeros((len(settings), len(methods), len(lrs), len(seeds)))
+    test = np.zeros_like(val)
+    kept = {}
+    for i, (setting, n_steps) in enumerate(zip(settings, steps, strict=True)):
+        order_seeds = [1000 + s for s in copies]
+        if orders is None:
+            order = shuffled_order(len(x_tr), n_steps, int(setting), order_seeds)
+        else:
+            order = orders(i, n_steps, order_seeds)
+        bs = order.shape[1]
+        torch.manual_seed(0)
+        net = GroupedMLP(methods, copies, momentum=momentum_per_32 * bs / 32).to(x_tr.device)
+        lr = _lr_vector(len(methods), lrs, len(seeds), bs).to(x_tr.device)
+        limits = scaled_schedule(n_steps) if "BatchRenorm" in methods else None
+        train_grouped(net, x_tr, y_tr, order, lr, limits=limits)
+        val[i], test[i] = _evaluate(net, x_val, y_val, len(lrs)), _evaluate(net, x_te, y_te, len(lrs))
+        if setting in keep:
+            kept[setting] = net
+    return Sweep(tuple(settings), tuple(methods), np.asarray(lrs, float), tuple(steps), val, test), kept
+
+
+def sorted_orders(
+    y: torch.Tensor, batch_size: int, classes_per_batch: Sequence[int | None]
+) -> Callable[[int, int, list[int]], torch.Tensor]:
+    """``orders`` for :func:`sweep`: setting ``i`` has ``classes_per_batch[i]`` classes per batch.
+
+    ``None`` means shuffled batches.
+    """
+
+    def orders(i: int, steps: int, seeds: list[int]) -> torch.Tensor:
+        k = classes_per_batch[i]
+        if k is None:
+            return shuffled_order(len(y), steps, batch_size, seeds)
+        return class_sorted_order(y, steps, batch_size, seeds, classes_per_batch=k)
+
+    return orders
+
+
+# --- batch norm at m = 2: better statistics at test time ------------------------------------------
+def statistics_check(
+    net: GroupedMLP,
+    method: str,
+    lr_index: int,
+    n_seeds: int,
     x_train: torch.Tensor,
-    y_train: torch.Tensor,
     x_test: torch.Tensor,
     y_test: torch.Tensor,
+) -> dict[str, np.ndarray]:
+    """Test accuracy of one method's batch-norm networks (at one learning rate) under four statistics.
+
+    ``running``: the running statistics (deployment). ``training set``: statistics of the whole
+    training set, one batch of all of it (:func:`bnbook.nn.recalibrate_bn`). ``test batches of 32`` and
+    ``test batches of 2``: training mode on shuffled test batches, the second exactly the training
+    regime. Returns one array of ``n_seeds`` accuracies per evaluation.
+    """
+    k = net.norms.index(method)
+    part = slice(lr_index * n_seeds, (lr_index + 1) * n_seeds)
+    whole = bnn.recalibrate_bn(copy.deepcopy(net), x_train, batch_size=len(x_train))
+    return {
+        "running": grouped_accuracy(net, x_test, y_test)[k, part],
+        "training set": grouped_accuracy(whole, x_test, y_test)[k, part],
+        "test batches of 32": grouped_accuracy(net, x_test, y_test, batch_size=32)[k, part],
+        "test batches of 2": grouped_accuracy(net, x_test, y_test, batch_size=2)[k, part],
+    }
+
+
+# --- fine-tuning a pretrained network on shifted inputs --------------------------------------------
+class FineTune(NamedTuple):
+    """What :func:`finetune_on_shift` measured.
+
+    Attributes
+    ----------
+    sweep : Sweep
+        Fine-tuning runs, one method per entry of :data:`FINETUNE_LABELS`.
+    pretrained : dict of str -> ndarray (seeds,)
+        The pretrained networks before fine-tuning: test accuracy on clean inputs, on shifted
+        inputs with their running statistics, and on shifted inputs after recalibrating the
+        statistics on the shifted training inputs (no labels).
+    """
+
+    sweep: Sweep
+    pretrained: dict
+
+
+def _load(net: GroupedMLP, sources: Sequence[GroupedMLP]) -> None:
+    """Block ``k`` of ``net`` starts from ``sources[k]``: copy ``c`` from that network's seed ``c % S``."""
+    with torch.no_grad():
+        for k, pre in enumerate(sources):
+            s, width = pre.copies, net.width
+            for c in range(net.copies):
+                i, j = k * net.copies + c, c % s
+                for w, w0 in zip(net.weights, pre.weights, strict=True):
+                    w[i] = w0[j]
+                net.bias[i] = pre.bias[j]
+                dst, src = slice(c * width, (c + 1) * width), slice(j * width, (j + 1) * width)
+                for layer, layer0 in zip(net.norm_layers, pre.norm_layers, strict=True):
+                    for name in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(layer[k], name)[dst] = getattr(layer0[0], name)[src]
+
+
+def finetune_on_shift(
+    data: Sequence[torch.Tensor],
+    shift: Callable[[torch.Tensor], torch.Tensor],
     batch_sizes: Sequence[int],
     seeds: Sequence[int],
+    lrs: Sequence[float],
     samples: int,
-    lr_per_32: float,
     pretrain_samples: int,
-    finetune_lr_per_32: float,
+    pretrain_lr: float,
     momentum_per_32: float = 0.1,
-) -> Comparison:
-    """Train every method at every batch size with the same number of training samples.
+) -> FineTune:
+    """Pretrain batch-norm MLPs on clean inputs, then fine-tune them on shifted inputs at small batches.
 
-    The learning rate is ``lr_per_32 * B / 32`` (linear scaling, as in Wu and He 2018) and the
-    running-statistics momentum ``momentum_per_32 * B / 32``, so that the running averages span
-    about the same number of samples at every batch size. Batch renorm follows
-    :func:`scaled_schedule` over its run. For fine-tuning, one batch-norm network per seed is
-    first trained at a batch of 32 for ``pretrain_samples`` samples (on other batches than the
-    fine-tuning ones); it is then fine-tuned twice at batch size B, once with its batch-norm
-    layers in eval mode (running statistics frozen, gamma and beta still learned) and once in
-    training mode, both with the learning rate ``finetune_lr_per_32 * B / 32``.
+    Pretraining: one network per seed at a batch of 32, ``pretrain_samples`` clean training images,
+    learning rate ``pretrain_lr``, momentum ``momentum_per_32``. Fine-tuning: ``samples`` shifted
+    training images at each batch size, every learning rate of ``lrs`` (scaled by B/32), once with
+    the batch-norm layers frozen (eval mode: running statistics from pretraining, gamma and beta
+    still learn), once in training mode, and once frozen after re-estimating the running statistics
+    on the shifted training inputs (:func:`bnbook.nn.recalibrate_bn`, no labels). Validation and test
+    use shifted inputs.
     """
-    dev = x_train.device
-    # pretraining: one batch-norm network per seed, at a batch of 32
-    torch.manual_seed(0)
-    pre = PackedMLP(["BatchNorm"], seeds, momentum=momentum_per_32).to(dev).train()
-    lr_pre = torch.full((pre.n_nets,), lr_per_32, device=dev)
-    _train(pre, x_train, y_train, 32, pretrain_samples, lr_pre, 5000, renorm=False)
-    pretrained = _test_accuracy(pre, x_test, y_test)
-
-    scratch = np.zeros((len(batch_sizes), len(METHODS), len(seeds)))
-    finetune = np.zeros((len(batch_sizes), len(FINETUNE), len(seeds)))
-    norms = (*METHODS, "BatchNorm", "BatchNorm")
-    s = len(seeds)
-    for b, bs in enumerate(batch_sizes):
-        net = PackedMLP(norms, seeds, momentum=momentum_per_32 * bs / 32).to(dev).train()
-        with torch.no_grad():  # the last two blocks of networks start from the pretrained ones
-            for kk in (len(METHODS), len(METHODS) + 1):
-                nets = slice(kk * s, (kk + 1) * s)
-                for w, w0 in zip(net.weights, pre.weights, strict=True):
-                    w[nets] = w0
-                net.bias[nets] = pre.bias
-                for mine, theirs in ((net.norm1[kk], pre.norm1[0]), (net.norm2[kk], pre.norm2[0])):
-                    for name in ("weight", "bias", "running_mean", "running_var"):
-                        getattr(mine, name).copy_(getattr(theirs, name))
-        net.norm1[len(METHODS)].eval()  # frozen BN: running statistics in training and at test
-        net.norm2[len(METHODS)].eval()
-        lr = torch.full((net.n_nets,), lr_per_32 * bs / 32, device=dev)
-        lr[len(METHODS) * s :] = finetune_lr_per_32 * bs / 32
-        _train(net, x_train, y_train, bs, samples, lr, 1000, renorm=True)
-        acc = _test_accuracy(net, x_test, y_test).reshape(len(norms), s)
-        scratch[b], finetune[b] = acc[: len(METHODS)], acc[len(METHODS) :]
-    return Comparison(scratch, finetune, pretrained)
+    x_tr, y_tr, x_val, y_val, x_te, y_te = data
+    pre = GroupedMLP(["BatchNorm"], seeds, momentum=momentum_per_32).to(x_tr.device)
+    steps = pretrain_samples // 32
+    train_grouped(
+        pre, x_tr, y_tr, shuffled_order(len(x_tr), steps, 32, [5000 + s for s in seeds]), pretrain_lr
+    )
+    recal = bnn.recalibrate_bn(copy.deepcopy(pre), shift(x_tr), batch_size=64)
+    pretrained = {
+        "clean": grouped_accuracy(pre, x_te, y_te)[0],
+        "shifted, running statistics": grouped_accuracy(pre, shift(x_te), y_te)[0],
+        "shifted, recalibrated": grouped_accuracy(recal, shift(x_te), y_te)[0],
+    }
+    shifted = (shift(x_tr), y_tr, shift(x_val), y_val, shift(x_te), y_te)
+    copies = [s for _ in lrs for s in seeds]
+    val = np.zeros((len(batch_sizes), len(FINETUNE), len(lrs), len(seeds)))
+    test = np.zeros_like(val)
+    all_steps = []
+    for i, bs in enumerate(batch_sizes):
+        n_steps = samples // bs
+        all_steps.append(n_steps)
+        net = GroupedMLP(FINETUNE, copies, momentum=momentum_per_32 * bs / 32).to(x_tr.device)
+        _load(net, [pre, pre, recal])
+        order = shuffled_order(len(x_tr), n_steps, bs, [2000 + s for s in copies])
+        train_grouped(
+            net, shifted[0], y_tr, order, _lr_vector(len(FINETUNE), lrs, len(seeds), bs).to(x_tr.device)
+        )
+        val[i] = _evaluate(net, shifted[2], y_val, len(lrs))
+        test[i] = _evaluate(net, shifted[4], y_te, len(lrs))
+    return FineTune(
+        Sweep(tuple(batch_sizes), FINETUNE, np.asarray(lrs, float), tuple(all_steps), val, test), pretrained
+    )
 
 
 def plot_comparison(ax, batch_sizes: Sequence[int], acc: np.ndarray, names: Sequence[str]) -> None:
-    """Test error (%) against batch size, one line per method: mean over seeds with a min-max band."""
+    """Test error (%) against batch size, one line per method: mean over seeds with a min-max band.
+
+    ``acc`` has shape (batch sizes, methods, seeds), as :meth:`Sweep.best_test` returns it.
+    """
     x = np.asarray(batch_sizes)
     for k, name in enumerate(names):
         err = 100 * (1 - acc[:, k, :])
-        ax.plot(x, err.mean(1), marker=METHOD_MARKERS[name], color=METHOD_COLORS[name], label=name)
-        ax.fill_between(x, err.min(1), err.max(1), color=METHOD_COLORS[name], alpha=0.15, linewidth=0)
+        kw = look(name)
+        ax.plot(x, err.mean(1), **kw)
+        ax.fill_between(x, err.min(1), err.max(1), color=kw["color"], alpha=0.12, linewidth=0)
     ax.set_xscale("log", base=2)
     ax.set_xticks(x, [str(v) for v in x])
     ax.set_xlabel("batch size (images per step)")
