@@ -55,7 +55,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -63,6 +62,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bnbook import nn as bnn
+from bnbook.stats import Paired, paired
 
 __all__ = [
     "NORMS",
@@ -582,30 +582,17 @@ def grouped_accuracy(
 
 
 # --- paired comparisons over seeds ----------------------------------------------------------------
-class Paired(NamedTuple):
-    """A paired difference ``a - b`` over seeds: its mean, standard error, and what it allows one to say."""
+def paired_difference(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> Paired:
+    """Mean and standard error of ``a - b`` over paired seeds, with its 95% interval and verdict.
 
-    mean: float
-    se: float
-    verdict: str
-
-
-def paired_difference(
-    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, z: float = 2.0
-) -> Paired:
-    """Mean and standard error of ``a - b`` over paired seeds, and a verdict on ``mean +- z * se``.
-
-    The verdict is ``"higher"`` or ``"lower"`` when the interval excludes 0, else ``"about the same"``
-    (chapters 9 and 13 compare errors, so there ``"lower"`` means that ``a`` is better).
+    :func:`bnbook.stats.paired`, under the name chapters 9 and 13 use. The
+    ``verdict`` is ``"higher"`` or ``"lower"`` when the interval excludes 0,
+    else ``"about the same"`` (these chapters compare errors, so there
+    ``"lower"`` means that ``a`` is better).
 
     Examples
     --------
     >>> paired_difference([3.0, 4.0, 5.0], [1.0, 2.5, 2.5]).verdict
     'higher'
     """
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if d.ndim != 1 or len(d) < 2:
-        raise ValueError(f"need two equal-length 1-D arrays with at least 2 seeds, got shape {d.shape}")
-    mean, se = float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
-    verdict = "about the same" if abs(mean) <= z * se else ("higher" if mean > 0 else "lower")
-    return Paired(mean, se, verdict)
+    return paired(a, b)

@@ -44,6 +44,11 @@ class Paired(NamedTuple):
     n: int
     n_pos: int
 
+    @property
+    def verdict(self) -> str:
+        """``"higher"``, ``"lower"`` or ``"about the same"``: :func:`verdict` with its default words."""
+        return verdict(self)
+
     def text(self, digits: int = 3) -> str:
         """``"+0.011 ± 0.003 (95%: +0.003 to +0.019)"`` with ``digits`` decimals."""
         d = digits

@@ -24,6 +24,18 @@ def test_identity_gap_shrinks_like_one_over_sqrt_m() -> None:
     assert 3.0 < rms[16] / rms[256] < 5.0  # sqrt(256 / 16) = 4
 
 
+def test_identity_gap_with_population_gamma_beta_is_sqrt_one_and_a_half_over_m() -> None:
+    pop = scale_shift.identity_gap([16, 64], n_batches=400, seed=1, fit="population")
+    fitted = scale_shift.identity_gap([16, 64], n_batches=400, seed=1, fit="batch")
+    for m in (16, 64):
+        rms_pop = np.sqrt(np.mean(pop[m][:, 1] ** 2))
+        rms_fit = np.sqrt(np.mean(fitted[m][:, 1] ** 2))
+        assert rms_pop == pytest.approx(np.sqrt(1.5 / m), rel=0.08)
+        assert 1.2 < rms_fit / rms_pop < 1.6  # the fitting batch adds its own noise: about sqrt(2)
+    with pytest.raises(ValueError):
+        scale_shift.identity_gap([16], fit="running")
+
+
 @pytest.mark.parametrize("momentum", [0.1, 0.01])
 def test_debias_running_stats_is_the_weighted_average_of_the_batches(momentum: float) -> None:
     rng = np.random.default_rng(0)

@@ -9,11 +9,14 @@ Two experiments and their figures:
   (:func:`last_hidden_input`), plus the test accuracy. :func:`plot_percentiles`
   and :func:`plot_accuracy` draw a miniature of Figure 1 of Ioffe & Szegedy
   (2015), and :func:`make_histogram_draw` the chapter's explorer.
-* The initialization control: :func:`three_networks` adds to the matched
-  pair a plain network re-initialized with :func:`xavier_init_`;
-  :func:`train_accuracy` trains any of them, :func:`steps_to_reach` reads
-  off when a curve first reaches 90 %, and :func:`plot_accuracy_seeds`
-  draws the curves of several seeds.
+* The initialization control: :func:`control_networks` adds to the matched
+  pair a plain network re-initialized with :func:`xavier_init_` and one
+  rescaled by the data-dependent :func:`bnbook.models.lsuv_init`;
+  :func:`train_controls` trains all four for several seeds and learning
+  rates at once, as members of :class:`bnbook.batched.BatchedMLP`
+  (:func:`batched_controls`); :func:`compare_controls` reads off the steps
+  to 90 % and the final accuracy, paired with batch norm, and
+  :func:`plot_controls` draws the curves.
 * :func:`layer_shift_experiment` nudges only the first layer of a deep
   network and measures, with :func:`distribution_shift`, how far the
   distribution of every deeper layer's pre-activations moves, in absolute
@@ -38,31 +41,40 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from bnbook import nn as bnn
-from bnbook.models import accuracy, mlp, train_classifier
-from bnbook.plots import COLORS, MARKERS, PALETTE, band
+from bnbook.batched import BatchedMLP, train_batched
+from bnbook.models import accuracy, lsuv_init, mlp, train_classifier
+from bnbook.plots import COLORS, SERIES, band, histogram, series
 
 __all__ = [
+    "CONTROLS",
     "PERCENTILES",
-    "STYLES",
+    "ControlRow",
+    "InitControl",
     "LayerShift",
     "TrainingRecord",
+    "batched_controls",
+    "compare_controls",
+    "control_networks",
     "distribution_shift",
     "hidden_pre_activations",
     "last_hidden_input",
     "layer_shift_experiment",
+    "lsuv_batch",
     "make_histogram_draw",
     "matched_pair",
     "median_drift",
     "nudge_first_layer",
+    "paired_difference",
     "plot_accuracy",
-    "plot_accuracy_seeds",
+    "plot_controls",
     "plot_layer_shift",
     "plot_percentiles",
+    "interval95",
     "record_training",
     "stack_shifts",
     "steps_to_reach",
-    "three_networks",
-    "train_accuracy",
+    "train_controls",
+    "verdict",
     "xavier_init_",
 ]
 
@@ -118,9 +130,19 @@ def _activation_positions(model: nn.Sequential) -> list[int]:
     return positions
 
 
+def _key(name: str) -> str:
+    """The series of a run, from its series name (``"bn"``) or its label (``"BN"``)."""
+    if name in SERIES:
+        return name
+    for key, look in SERIES.items():
+        if look["label"] == name:
+            return key
+    raise ValueError(f"{name!r} is neither a series of bnbook.plots.SERIES nor one of their labels")
+
+
 def _color(name: str) -> str:
-    """The book's colour for a run: vermillion without batch norm, blue with it."""
-    return COLORS["no_bn"] if "without" in name.lower() else COLORS["bn"]
+    """The book's colour for a run, named by its series or its label."""
+    return series(_key(name))["color"]
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -451,22 +473,10 @@ def make_histogram_draw(
             share, median = hists[name, int(step)]
             if step != 0:
                 ax.stairs(start, edges, color=COLORS["batch"], lw=1.2, label="step 0")
-            ax.stairs(share, edges, color=color, fill=True, alpha=0.75, label=f"step {step}")
+            label = f"step {step}"
+            histogram(ax, edges, shares=share, y_max=y_max, color=color, fill=True, alpha=0.75, label=label)
             ax.axvline(median, color=COLORS["truth"], lw=1.0, ls="--", label=f"median {median:.2f}")
-            centres = (edges[:-1] + edges[1:]) / 2
-            for c, h in zip(centres, share, strict=True):
-                if h > y_max:
-                    ax.annotate(
-                        f"{h:.0%}",
-                        (c, y_max),
-                        xytext=(5, -12),
-                        textcoords="offset points",
-                        fontsize=8,
-                        color=COLORS["truth"],
-                        bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
-                    )
             ax.set_xlim(edges[0], edges[-1])
-            ax.set_ylim(0, y_max)
             ax.set_title(name)
             ax.set_xlabel("input to the sigmoid")
             ax.legend(loc="upper left", fontsize=9)
@@ -476,6 +486,12 @@ def make_histogram_draw(
 
 
 # --- the initialization control ----------------------------------------------------------
+#: The four networks of the initialization control, by their book-wide series names
+#: (:data:`bnbook.plots.SERIES`): no batch norm with PyTorch's default initialization, with
+#: Xavier initialization, with the data-dependent initialization, and batch norm.
+CONTROLS: tuple[str, ...] = ("no_bn", "xavier", "lsuv", "bn")
+
+
 def xavier_init_(model: nn.Module, gain: float = 1.0, seed: int = 0) -> nn.Module:
     """Re-draw every Linear weight with Xavier (Glorot) normal initialization, in place.
 
@@ -511,60 +527,147 @@ def xavier_init_(model: nn.Module, gain: float = 1.0, seed: int = 0) -> nn.Modul
     return model
 
 
-def three_networks(
+def lsuv_batch(x_train: torch.Tensor, seed: int, size: int = 256) -> torch.Tensor:
+    """The training images the data-dependent initialization of ``seed`` is fitted on.
+
+    ``size`` images drawn without replacement with a generator seeded with
+    ``seed``, returned on the CPU.
+    """
+    if not 2 <= size <= len(x_train):
+        raise ValueError(f"size must be between 2 and {len(x_train)}, got {size}")
+    idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:size]
+    return x_train.cpu()[idx]
+
+
+def control_networks(
     sizes: Sequence[int],
     seed: int,
     activation: str = "sigmoid",
+    x_lsuv: torch.Tensor | None = None,
     norm_layer: type[nn.Module] = bnn.BatchNorm1d,
 ) -> dict[str, nn.Sequential]:
-    """The networks of the initialization control, all built from ``seed``.
+    """The networks of the initialization control, all built from ``seed``, keyed by :data:`CONTROLS`.
 
-    ``"without BN, default init"`` and ``"with BN"`` are :func:`matched_pair` (PyTorch's
-    default initialization, ``norm_layer`` as the batch-norm layer);
-    ``"without BN, Xavier init"`` is a copy of the plain network
-    re-initialized with :func:`xavier_init_` (gain 1 for the sigmoid, 5/3
-    for tanh).
+    ``"no_bn"`` and ``"bn"`` are :func:`matched_pair` (PyTorch's default
+    initialization; batch norm from ``norm_layer``). ``"xavier"`` is a copy of
+    the plain network re-drawn by :func:`xavier_init_` with the gain of the
+    activation (:func:`torch.nn.init.calculate_gain`: 1 for the sigmoid, 5/3
+    for tanh). ``"lsuv"``, present when ``x_lsuv`` is given, is a copy of the
+    plain network rescaled by :func:`bnbook.models.lsuv_init` on the batch
+    ``x_lsuv``, so that every hidden pre-activation has mean 0 and std 1 there.
+    All networks are on the CPU.
     """
     plain, with_bn = matched_pair(sizes, activation, seed=seed, norm_layer=norm_layer)
-    gain = 5.0 / 3.0 if activation == "tanh" else 1.0
-    xavier = xavier_init_(copy.deepcopy(plain), gain=gain, seed=seed)
-    return {"without BN, default init": plain, "without BN, Xavier init": xavier, "with BN": with_bn}
+    gain = nn.init.calculate_gain(activation)
+    nets = {"no_bn": plain, "xavier": xavier_init_(copy.deepcopy(plain), gain=gain, seed=seed)}
+    if x_lsuv is not None:
+        nets["lsuv"] = lsuv_init(copy.deepcopy(plain), x_lsuv.cpu())
+    nets["bn"] = with_bn
+    return nets
 
 
-def train_accuracy(
-    model: nn.Sequential,
+def batched_controls(
+    sizes: Sequence[int],
+    seeds: Sequence[int],
+    x_train: torch.Tensor,
+    activation: str = "sigmoid",
+    lsuv_size: int = 256,
+    device: torch.device | str | None = None,
+) -> tuple[BatchedMLP, BatchedMLP]:
+    """The four networks of :func:`control_networks` for every seed, as two batched models.
+
+    Returns
+    -------
+    plain : BatchedMLP with ``3 K`` members
+        Members ``0..K-1`` start like ``control_networks(sizes, seeds[k])["no_bn"]``,
+        members ``K..2K-1`` like ``"xavier"`` and ``2K..3K-1`` like ``"lsuv"``
+        (fitted on ``lsuv_batch(x_train, seeds[k], lsuv_size)``).
+    bn : BatchedMLP with ``K`` members
+        Member ``k`` starts like ``"bn"``: the weights of the plain member ``k``,
+        without hidden biases.
+
+    A seed may appear more than once (for example once per learning rate).
+    """
+    seeds = [int(s) for s in seeds]
+    k = len(seeds)
+    plain = BatchedMLP(sizes, seeds * 3, activation, init=["default"] * k + ["xavier"] * k + ["default"] * k)
+    lsuv = BatchedMLP(sizes, seeds, activation)
+    lsuv_init(lsuv, torch.stack([lsuv_batch(x_train, s, lsuv_size) for s in seeds]))
+    bn = BatchedMLP(sizes, seeds, activation, batch_norm=True)
+    with torch.no_grad():
+        for w, w_lsuv in zip(plain.weights, lsuv.weights, strict=True):
+            w[2 * k :].copy_(w_lsuv)
+        for b, b_lsuv in zip(plain.biases, lsuv.biases, strict=True):
+            b[2 * k :].copy_(b_lsuv)
+        for w, w_plain in zip(bn.weights, plain.weights, strict=True):
+            w.copy_(w_plain[:k])
+        bn.biases[0].copy_(plain.biases[-1][:k])  # the output layer, the only one with a bias
+    return plain.to(device), bn.to(device)
+
+
+class InitControl(NamedTuple):
+    """Held-out accuracy of the four networks over training at one learning rate (:func:`train_controls`).
+
+    Attributes
+    ----------
+    steps : ndarray of int, shape (R,)
+        Checkpoints (0 is before the first update; the last is the budget).
+    lr : float
+    seeds : tuple of int
+    accuracy : dict of str to ndarray, shape (S, R)
+        Per network of :data:`CONTROLS`: accuracy on the held-out set
+        (evaluation mode) at each checkpoint, one row per seed.
+    diverged : dict of str to ndarray of bool, shape (S,)
+    """
+
+    steps: np.ndarray
+    lr: float
+    seeds: tuple[int, ...]
+    accuracy: dict[str, np.ndarray]
+    diverged: dict[str, np.ndarray]
+
+    @property
+    def budget(self) -> int:
+        """Number of training steps."""
+        return int(self.steps[-1])
+
+
+def train_controls(
+    sizes: Sequence[int],
+    seeds: Sequence[int],
+    lr: float,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
     x_held: torch.Tensor,
     y_held: torch.Tensor,
     *,
     steps: int,
-    lr: float,
+    eval_every: int = 10,
     batch_size: int = 60,
-    record_every: int = 25,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Train like :func:`record_training`, but keep only the held-out accuracy.
+    lsuv_size: int = 256,
+    activation: str = "sigmoid",
+) -> InitControl:
+    """Train the four networks for every seed with plain SGD at learning rate ``lr``, all at once.
 
-    Returns
-    -------
-    steps, accuracy : ndarray, shape (R,)
-        Checkpoint steps (0 first) and the accuracy on ``(x_held, y_held)`` there.
+    Every seed gets the four networks of :func:`batched_controls`, trained
+    with :func:`bnbook.batched.train_batched` for ``steps`` steps on
+    mini-batches drawn with that seed (the same mini-batches for all four,
+    and the same as :func:`record_training` with that seed), and evaluated on
+    ``(x_held, y_held)`` every ``eval_every`` steps. On the CPU it runs on one
+    thread (see ``_one_cpu_thread``), so the result does not depend on the
+    number of threads.
     """
+    seeds = tuple(int(s) for s in seeds)
+    n = len(seeds)
+    plain, bn = batched_controls(sizes, seeds, x_train, activation, lsuv_size, device=x_train.device)
+    common = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every}
     with _one_cpu_thread(x_train.device):
-        hist = train_classifier(
-            model,
-            x_train,
-            y_train,
-            steps=steps,
-            lr=lr,
-            batch_size=batch_size,
-            seed=seed,
-            record=lambda step, net: (step, accuracy(net, x_held, y_held)),
-            record_every=record_every,
-        )
-    step_ids, accs = zip(*hist.records, strict=True)
-    return np.asarray(step_ids), np.asarray(accs)
+        h_plain = train_batched(plain, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
+        h_bn = train_batched(bn, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
+    accuracy = {name: h_plain.eval_acc[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
+    diverged = {name: h_plain.diverged[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
+    accuracy["bn"], diverged["bn"] = h_bn.eval_acc, h_bn.diverged
+    return InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged)
 
 
 def steps_to_reach(steps: np.ndarray, accuracy_curves: np.ndarray, level: float = 0.9) -> np.ndarray:
@@ -573,70 +676,131 @@ def steps_to_reach(steps: np.ndarray, accuracy_curves: np.ndarray, level: float 
     Parameters
     ----------
     steps : ndarray, shape (R,)
-    accuracy_curves : ndarray, shape (R,) or (S, R)
-        One curve, or one per seed.
+    accuracy_curves : ndarray, shape (..., R)
+        One curve, or several along the leading axes.
     level : float
 
     Returns
     -------
-    ndarray, shape () or (S,)
+    ndarray, shape (...)
     """
-    curves = np.atleast_2d(np.asarray(accuracy_curves, dtype=np.float64))
-    out = np.full(curves.shape[0], np.nan)
-    for i, curve in enumerate(curves):
-        hit = np.flatnonzero(curve >= level)
-        if hit.size:
-            out[i] = steps[hit[0]]
-    return out if np.ndim(accuracy_curves) == 2 else out[0]
+    curves = np.asarray(accuracy_curves, dtype=np.float64)
+    hit = curves >= level
+    first = np.asarray(steps, dtype=np.float64)[hit.argmax(axis=-1)]
+    return np.where(hit.any(axis=-1), first, np.nan)
 
 
-#: How each network is drawn: colour, marker and line style (colour-blind safe, distinct in grey).
-STYLES: dict[str, dict[str, str]] = {
-    "without BN, default init": {"color": COLORS["no_bn"], "marker": MARKERS[0], "linestyle": "-"},
-    "without BN, Xavier init": {"color": PALETTE[3], "marker": MARKERS[2], "linestyle": "--"},
-    "with BN": {"color": COLORS["bn"], "marker": MARKERS[1], "linestyle": "-."},
-}
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-seed differences ``a - b`` (both of shape (S,), S >= 2)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError(f"need two paired vectors of at least 2 seeds, got shape {d.shape}")
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
 
 
-def plot_accuracy_seeds(
-    steps: np.ndarray, curves: Mapping[str, np.ndarray], title: str, level: float = 0.9
-) -> Figure:
-    """Held-out accuracy over training, mean and min-max band over seeds, one line per network.
+#: Two-sided 95 % quantiles of Student's t distribution, by degrees of freedom (seeds - 1).
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
-    Parameters
-    ----------
-    steps : ndarray, shape (R,)
-    curves : mapping of str to ndarray of shape (S, R)
-        Keys from :data:`STYLES`.
-    title : str
-    level : float
-        Drawn as a dotted reference line.
 
-    Returns
-    -------
-    matplotlib.figure.Figure
+def interval95(diff: tuple[float, float], n: int) -> tuple[float, float]:
+    """The 95 % interval of a paired mean difference ``(mean, se)`` over ``n`` seeds (Student's t)."""
+    if n < 2:
+        raise ValueError(f"need at least 2 seeds, got {n}")
+    mean, se = diff
+    t = _T975.get(n - 1, 1.96 if n > 30 else 2.2)
+    return mean - t * se, mean + t * se
+
+
+def verdict(diff: tuple[float, float], n: int, higher_is_better: bool) -> str:
+    """``"BN better"``, ``"no BN better"`` or ``"about the same"`` for a paired difference control - BN.
+
+    The control is a network without batch norm.
+
+    "Better" only where the 95 % interval of :func:`interval95` excludes 0.
     """
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    for name, runs in curves.items():
-        st = STYLES[name]
-        band(
-            ax,
-            steps,
-            runs,
-            st["color"],
-            f"{name} ({len(runs)} seeds)",
-            marker=st["marker"],
-            ls=st["linestyle"],
+    lo, hi = interval95(diff, n)
+    if lo <= 0 <= hi:
+        return "about the same"
+    control_higher = lo > 0
+    return "no BN better" if control_higher == higher_is_better else "BN better"
+
+
+class ControlRow(NamedTuple):
+    """One network at one learning rate, against batch norm (see :func:`compare_controls`).
+
+    ``reach`` holds the step at which each seed first reached the target (NaN:
+    not within the budget). ``reach_diff`` is the mean and standard error of the
+    paired differences (this network minus batch norm) in steps to the target,
+    counting a seed that never reached it as reaching it at the budget; then
+    the mean is only a lower bound and ``reach_censored`` is True.
+    ``final_diff`` is the same for the accuracy at the end of the budget.
+    """
+
+    reach: np.ndarray
+    n_reached: int
+    reach_diff: tuple[float, float]
+    reach_censored: bool
+    final: np.ndarray
+    final_diff: tuple[float, float]
+
+
+def compare_controls(ctrl: InitControl, level: float = 0.9) -> dict[str, ControlRow]:
+    """Steps to ``level`` and final accuracy of every network, paired with batch norm seed by seed."""
+    bn_reach = steps_to_reach(ctrl.steps, ctrl.accuracy["bn"], level)
+    bn_final = ctrl.accuracy["bn"][:, -1]
+    rows = {}
+    for name in CONTROLS:
+        acc = ctrl.accuracy[name]
+        reach = steps_to_reach(ctrl.steps, acc, level)
+        censored = bool(np.isnan(reach).any() or np.isnan(bn_reach).any())
+        at_budget = np.nan_to_num(reach, nan=ctrl.budget), np.nan_to_num(bn_reach, nan=ctrl.budget)
+        rows[name] = ControlRow(
+            reach,
+            int(np.isfinite(reach).sum()),
+            paired_difference(*at_budget),
+            censored,
+            acc[:, -1],
+            paired_difference(acc[:, -1], bn_final),
         )
-    ax.axhline(level, color=COLORS["truth"], lw=0.8, ls=":")
-    ax.text(
-        steps[-1], level - 0.02, f"{level:.0%}", ha="right", va="top", fontsize=8.5, color=COLORS["truth"]
-    )
-    ax.set_xlabel("training step")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.legend(loc="lower right", fontsize=8.5)
-    ax.set_title(title)
+    return rows
+
+
+def plot_controls(ctrls: Sequence[InitControl], title: str, level: float = 0.9) -> Figure:
+    """Held-out accuracy over training of the four networks, one panel per learning rate.
+
+    Each line is the mean over seeds with a min-max band, in the book-wide
+    look of its series (:func:`bnbook.plots.series`). The step axis is
+    logarithmic, so that the first hundred steps, where the fast networks
+    rise, and the last thousand, where the slow ones do, are both visible;
+    the markers sit at evenly spaced points of that axis.
+    """
+    from matplotlib.lines import Line2D
+
+    fig, axes = plt.subplots(1, len(ctrls), figsize=(4.1 * len(ctrls), 3.9), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, ctrl in zip(axes, ctrls, strict=True):
+        steps = ctrl.steps[ctrl.steps > 0]
+        marks = np.unique(
+            np.searchsorted(steps, np.geomspace(steps[0], steps[-1], 7)).clip(0, len(steps) - 1)
+        )
+        for name in CONTROLS:
+            st = series(name)
+            runs = ctrl.accuracy[name][:, ctrl.steps > 0]
+            band(ax, steps, runs, st["color"], st["label"], ls=st["linestyle"])
+            ax.plot(steps[marks], runs.mean(axis=0)[marks], ls="none", marker=st["marker"], color=st["color"])
+        ax.axhline(level, color=COLORS["truth"], lw=0.8, ls=":")
+        ax.text(steps[0], level + 0.015, f"{level:.0%}", fontsize=8.5, color=COLORS["truth"])
+        ax.set_xscale("log")
+        ax.set_xlabel("training step (log scale)")
+        ax.set_title(f"learning rate {ctrl.lr:g}: {len(ctrl.seeds)} seeds, {ctrl.budget} steps")
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("held-out accuracy")
+    handles = [
+        Line2D([], [], color=st["color"], ls=st["linestyle"], marker=st["marker"], label=st["label"])
+        for st in map(series, CONTROLS)
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=9, title="mean and min-max band")
+    fig.suptitle(title)
     return fig
 
 
@@ -792,7 +956,8 @@ def plot_layer_shift(shifts: Mapping[str, LayerShift], title: str) -> Figure:
     Parameters
     ----------
     shifts : mapping of str to LayerShift
-        Keys from :data:`STYLES`; each field of shape (seeds, D), from :func:`stack_shifts`.
+        Keys from :data:`CONTROLS` (or their labels); each field of shape (seeds, D), from
+        :func:`stack_shifts`.
     title : str
 
     Returns
@@ -809,12 +974,12 @@ def plot_layer_shift(shifts: Mapping[str, LayerShift], title: str) -> Figure:
     handles = []
     for ax, (field, ylabel, panel_title) in zip(axes, panels, strict=True):
         for name, s in shifts.items():
-            if field == "spread" and name == "with BN":
+            if field == "spread" and _key(name) == "bn":
                 continue
-            st = STYLES[name]
+            st = series(_key(name))
             runs = getattr(s, field)
             layers = np.arange(1, runs.shape[1] + 1)
-            line = band(ax, layers, runs, st["color"], name, marker=st["marker"], ls=st["linestyle"])
+            line = band(ax, layers, runs, st["color"], st["label"], marker=st["marker"], ls=st["linestyle"])
             if field == "distance":
                 handles.append(line)
         ax.set_yscale("log")

@@ -274,15 +274,25 @@ def identity_gap(
     std: float = 1.0,
     eps: float = 1e-5,
     seed: int = 0,
+    fit: str = "batch",
 ) -> dict[int, np.ndarray]:
     r"""How far the "identity" setting of γ and β misses on batches it was not fitted on (training mode).
 
-    For each batch size ``m``, γ and β are fitted on one batch so that the
-    layer gives back that batch exactly (:math:`\gamma = \sqrt{\sigma^2_\mathcal{B}
-    + \epsilon}`, :math:`\beta = \mu_\mathcal{B}`). The same γ and β then meet
-    ``n_batches`` fresh batches of the same size and distribution, each
-    normalized with its own statistics as in training mode. A new fit is
-    drawn for every fresh batch, so the numbers average over fits too.
+    For each batch size ``m``, γ and β are set so that the layer would give
+    back its input if the batch statistics were the ones used for the fit,
+    then ``n_batches`` fresh batches of that size and distribution are each
+    normalized with their *own* statistics, as in training mode:
+
+    * ``fit="batch"``: γ and β are fitted on one other batch of size ``m``
+      (:math:`\gamma = \sqrt{\sigma^2_\mathcal{B} + \epsilon}`,
+      :math:`\beta = \mu_\mathcal{B}`), a new one for every fresh batch, so the
+      miss carries the sampling noise of two batches;
+    * ``fit="population"``: γ and β come from the population
+      (:math:`\gamma = \sqrt{\text{std}^2 + \epsilon}`, :math:`\beta = \text{mean}`),
+      the best any fixed pair can do, so the miss is the fresh batch's own noise
+      alone. For a normal feature its root-mean-square is about
+      :math:`\sqrt{1.5/m}` population standard deviations: :math:`1/m` from the
+      batch mean and :math:`1/(2m)` from the batch standard deviation.
 
     Parameters
     ----------
@@ -294,6 +304,8 @@ def identity_gap(
         The feature's population mean and standard deviation.
     eps : float
     seed : int
+    fit : {"batch", "population"}
+        Where γ and β come from.
 
     Returns
     -------
@@ -303,6 +315,8 @@ def identity_gap(
     """
     from bnbook.scratch import batch_norm_forward
 
+    if fit not in ("batch", "population"):
+        raise ValueError(f"fit must be 'batch' or 'population', got {fit!r}")
     rng = np.random.default_rng(seed)
     out = {}
     for m in batch_sizes:
@@ -310,9 +324,12 @@ def identity_gap(
             raise ValueError(f"batch sizes must be at least 2, got {m}")
         rows = []
         for _ in range(n_batches):
-            fit, fresh = rng.normal(mean, std, size=(2, m, 1))
-            _, cache = batch_norm_forward(fit, eps=eps)
-            gamma, beta = np.sqrt(cache.var + eps), cache.mean
+            fit_batch, fresh = rng.normal(mean, std, size=(2, m, 1))
+            if fit == "batch":
+                _, cache = batch_norm_forward(fit_batch, eps=eps)
+                gamma, beta = np.sqrt(cache.var + eps), cache.mean
+            else:
+                gamma, beta = np.full(1, np.sqrt(std**2 + eps)), np.full(1, float(mean))
             y, _ = batch_norm_forward(fresh, gamma, beta, eps)
             err = np.abs(y - fresh) / std
             rows.append((err.max(), np.sqrt(np.mean(err**2))))

@@ -1,0 +1,114 @@
+"""Tests of chapter 1's experiment helpers (bnbook.demos.covariate_shift): the initialization control."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+
+from bnbook.data import load_digits
+from bnbook.demos import covariate_shift as demo
+
+SIZES = [64, 24, 24, 10]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return tuple(torch.from_numpy(a) for a in load_digits(seed=0))
+
+
+def test_control_networks_start_as_described(digits) -> None:
+    x_train = digits[0]
+    x_fit = demo.lsuv_batch(x_train, seed=3, size=128)
+    nets = demo.control_networks(SIZES, seed=3, x_lsuv=x_fit)
+    assert list(nets) == list(demo.CONTROLS)
+    plain, xavier, lsuv, bn = (nets[k] for k in demo.CONTROLS)
+    linear = [[m for m in net if isinstance(m, torch.nn.Linear)] for net in (plain, xavier, lsuv, bn)]
+    for a, b in zip(linear[0], linear[3], strict=True):  # BN shares the plain network's weights
+        assert torch.equal(a.weight, b.weight)
+    assert not torch.equal(linear[0][0].weight, linear[1][0].weight)  # Xavier re-draws them
+    for z in demo.hidden_pre_activations(lsuv, x_fit):  # data-dependent: mean 0, std 1 on its batch
+        assert np.abs(z.mean(axis=0)).max() < 1e-4
+        assert np.abs(z.std(axis=0) - 1).max() < 1e-3
+
+
+def test_batched_members_start_where_the_sequential_networks_do(digits) -> None:
+    x_train = digits[0]
+    seeds = [5, 6]
+    plain, bn = demo.batched_controls(SIZES, seeds, x_train, lsuv_size=100)
+    assert plain.k == 3 * len(seeds) and bn.k == len(seeds)
+    for k, seed in enumerate(seeds):
+        nets = demo.control_networks(SIZES, seed, x_lsuv=demo.lsuv_batch(x_train, seed, 100))
+        for block, name in enumerate(["no_bn", "xavier", "lsuv"]):
+            member = plain.member(block * len(seeds) + k)
+            for a, b in zip(member.parameters(), nets[name].parameters(), strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        member = bn.member(k)
+        lin = [m for m in member if isinstance(m, torch.nn.Linear)]
+        ref = [m for m in nets["bn"] if isinstance(m, torch.nn.Linear)]
+        for a, b in zip(lin, ref, strict=True):
+            assert torch.equal(a.weight, b.weight)
+
+
+def test_train_controls_matches_sequential_training(digits) -> None:
+    x_train, y_train, x_held, y_held = digits
+    ctrl = demo.train_controls(
+        SIZES, [1, 2], 0.5, x_train, y_train, x_held, y_held, steps=30, eval_every=10, lsuv_size=64
+    )
+    assert ctrl.budget == 30 and ctrl.lr == 0.5 and list(ctrl.steps) == [0, 10, 20, 30]
+    assert set(ctrl.accuracy) == set(demo.CONTROLS)
+    assert all(a.shape == (2, 4) for a in ctrl.accuracy.values())
+    for name in ["no_bn", "bn"]:  # the first seed, trained alone as nn.Sequential, gives the same curve
+        net = demo.control_networks(SIZES, 1)[name]
+        rec = demo.record_training(
+            net, x_train, y_train, x_held, y_held, steps=30, lr=0.5, record_every=10, seed=1
+        )
+        np.testing.assert_allclose(ctrl.accuracy[name][0], rec.test_accuracy, atol=1.5 / len(y_held))
+
+
+def test_steps_to_reach_and_censoring() -> None:
+    steps = np.array([0, 10, 20, 30])
+    curves = np.array([[0.1, 0.5, 0.95, 0.97], [0.1, 0.2, 0.3, 0.4]])
+    np.testing.assert_array_equal(demo.steps_to_reach(steps, curves, 0.9), [20.0, np.nan])
+    assert demo.steps_to_reach(steps, curves[0], 0.9) == 20.0
+    acc = {name: np.tile(curves[0], (3, 1)) for name in demo.CONTROLS}
+    acc["no_bn"] = np.tile(curves[1], (3, 1))
+    acc["xavier"] = acc["xavier"] + np.array([[0, 0, -0.1, 0], [0, 0, 0, 0], [0, 0, -0.1, 0]])
+    ctrl = demo.InitControl(steps, 1.0, (0, 1, 2), acc, {k: np.zeros(3, bool) for k in acc})
+    rows = demo.compare_controls(ctrl, 0.9)
+    assert rows["no_bn"].n_reached == 0 and rows["no_bn"].reach_censored
+    assert rows["no_bn"].reach_diff[0] == pytest.approx(10.0)  # counted at the budget: a lower bound
+    assert not rows["xavier"].reach_censored and rows["xavier"].n_reached == 3
+    assert rows["xavier"].reach_diff[0] == pytest.approx(20 / 3)
+    assert rows["bn"].reach_diff == (0.0, 0.0)
+
+
+def test_paired_difference_and_verdict() -> None:
+    mean, se = demo.paired_difference([3.0, 4.0, 5.0, 6.0, 7.0], [1.0, 1.0, 1.0, 1.0, 1.0])
+    assert mean == pytest.approx(4.0)
+    assert se == pytest.approx(np.std([2, 3, 4, 5, 6], ddof=1) / np.sqrt(5))
+    assert demo.verdict((4.0, 0.5), 5, higher_is_better=True) == "no BN better"
+    assert demo.verdict((4.0, 0.5), 5, higher_is_better=False) == "BN better"
+    assert demo.verdict((1.0, 0.5), 5, higher_is_better=False) == "about the same"  # 2.776 * 0.5 > 1
+    lo, hi = demo.interval95((1.0, 0.5), 5)
+    assert lo == pytest.approx(1 - 2.776 * 0.5) and hi == pytest.approx(1 + 2.776 * 0.5)
+    with pytest.raises(ValueError):
+        demo.paired_difference([1.0], [2.0])
+
+
+def test_plots_use_the_book_wide_series() -> None:
+    from bnbook.plots import series
+
+    steps = np.arange(0, 40, 10)
+    acc = {name: np.full((2, 4), 0.5) for name in demo.CONTROLS}
+    ctrl = demo.InitControl(steps, 2.0, (0, 1), acc, {k: np.zeros(2, bool) for k in acc})
+    fig = demo.plot_controls([ctrl, ctrl._replace(lr=0.5)], "title")
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == [series(k)["label"] for k in demo.CONTROLS]
+    assert demo._color("BN") == demo._color("bn") == series("bn")["color"]
+    with pytest.raises(ValueError):
+        demo._color("with BN, maybe")
