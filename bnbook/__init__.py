@@ -8,6 +8,15 @@ nn
     Drop-in ``BatchNorm1d/2d/3d`` for PyTorch with their own autograd Function.
 gradcheck
     Centred-difference gradients and relative errors.
+fast
+    Fused C++ kernels for the CPU, built on first use (else the eager path).
+models, batched, grouped, training
+    Small networks, a data-dependent initialization, and training loops (many
+    networks at once in ``batched`` and ``grouped``).
+stats, report
+    Paired comparisons over seeds, and numbers rounded for the prose.
+bench
+    ``make bench``: the per-call overhead and the configuration table.
 
 ``import bnbook`` stays light: torch is imported only by :mod:`bnbook.nn` and
 inside :func:`get_device`.

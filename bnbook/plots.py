@@ -50,6 +50,8 @@ SERIES: dict[str, dict[str, str]] = {
     "gn": {"color": "#CC79A7", "marker": "X", "linestyle": "-", "label": "group norm"},
     "ln": {"color": "#E69F00", "marker": "v", "linestyle": "-", "label": "layer norm"},
     "frozen": {"color": "#000000", "marker": "D", "linestyle": ":", "label": "frozen BN statistics"},
+    "in": {"color": "#8c8c8c", "marker": "<", "linestyle": ":", "label": "instance norm"},
+    "bn_position": {"color": "#0072B2", "marker": ">", "linestyle": "--", "label": "BN per position"},
 }
 
 
