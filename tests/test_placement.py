@@ -181,8 +181,9 @@ def test_figures_draw_what_the_chapter_reads() -> None:
     plt.close(fig)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
 @pytest.mark.parametrize("placement", ["before", "after", "none"])
-def test_stack_trains_each_member_as_train_classifier_does(placement: str) -> None:
+def test_stack_trains_each_member_as_train_classifier_does(placement: str, activation: str) -> None:
     from bnbook.models import train_classifier
 
     gen = torch.Generator().manual_seed(4)
@@ -192,9 +193,9 @@ def test_stack_trains_each_member_as_train_classifier_does(placement: str) -> No
     nets = []
     for s in seeds:
         torch.manual_seed(s)
-        nets.append(pl.placement_mlp(SIZES, placement).double())
+        nets.append(pl.placement_mlp(SIZES, placement, activation=activation).double())
     stack = pl.PlacementStack([copy.deepcopy(n) for n in nets])
-    assert stack.placement == placement
+    assert stack.placement == placement and stack.activation == activation
     pl.train_stack(stack, x, y, lrs, seeds, steps=15, batch_size=16)
     for net, got, lr, s in zip(nets, stack.unstack(), lrs, seeds, strict=True):
         train_classifier(net, x, y, steps=15, lr=lr, batch_size=16, seed=s)
@@ -220,3 +221,34 @@ def test_run_names_have_a_book_wide_look() -> None:
     assert pl.run_name("none", "lsuv") == "none+lsuv"
     assert pl.STYLE["before"]["color"] == series("bn")["color"]
     assert pl.STYLE["none+lsuv"]["marker"] == series("lsuv")["marker"]
+
+
+def test_relu_networks_and_bad_activation() -> None:
+    net = pl.placement_mlp(SIZES, "after", activation="relu")
+    assert _types(net) == ["Linear", "ReLU", "BatchNorm1d"] * 2 + ["Linear"]
+    with pytest.raises(ValueError, match="activation"):
+        pl.placement_mlp(SIZES, "before", activation="gelu")
+
+
+def test_fixed_norm_holds_the_hidden_weight_norms_and_changes_no_function() -> None:
+    gen = torch.Generator().manual_seed(2)
+    x = torch.rand(96, 64, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 10, (96,), generator=gen)
+    data = (x, y, x[:40], y[:40])
+    runs = pl.train_placements(
+        ["before"], [0.5], [1, 2], data, steps=12, batch_size=16, record_every=6, fixed_norm=True
+    )
+    free = pl.train_placements(["before"], [0.5], [1, 2], data, steps=12, batch_size=16, record_every=6)
+    for run, other in zip(runs, free, strict=True):
+        start, end = run.weight_norms
+        np.testing.assert_allclose(end, start, rtol=1e-12)  # held
+        assert np.all(other.weight_norms[1] > other.weight_norms[0])  # free norms only grow
+        np.testing.assert_allclose(start, other.weight_norms[0])
+    # with batch norm right after each Linear, rescaling W changes nothing in training mode (up to eps)
+    net = copy.deepcopy(free[0].model).train()
+    scaled = copy.deepcopy(net)
+    with torch.no_grad():
+        for m in scaled:
+            if isinstance(m, nn.Linear) and m is not scaled[-1]:
+                m.weight.mul_(5)
+        assert (net(x) - scaled(x)).abs().max().item() < 1e-3

@@ -51,3 +51,28 @@ def test_plot_gamma_drift_takes_runs_of_different_lengths() -> None:
     xs = sorted(len(line.get_xdata()) for line in ax.lines)
     assert xs == [2, 4]
     plt.close(fig)
+
+
+def test_scale_track_follows_the_gamma_output_symmetry() -> None:
+    from bnbook.models import small_cnn
+
+    torch.manual_seed(0)
+    model = small_cnn(norm_layer=torch.nn.BatchNorm2d).double()
+    x = torch.rand(40, 1, 8, 8, dtype=torch.float64)
+    y = torch.randint(0, 10, (40,))
+    with torch.no_grad():  # give the layers some non-trivial values and statistics
+        model.train()
+        model(x)
+        model[5].weight.uniform_(0.5, 1.5)
+        model[5].bias.uniform_(-0.2, 0.2)
+    before = practice.scale_track(model, x, y)
+    assert model.training  # mode restored
+    with torch.no_grad():
+        model[5].weight.mul_(2)
+        model[5].bias.mul_(2)
+        model[9].weight.div_(2)
+    after = practice.scale_track(model, x, y)
+    # gamma doubles, the output weights halve, logits and loss stay (ReLU and max-pool pass the factor)
+    np.testing.assert_allclose(after, before * np.array([2.0, 0.5, 1.0, 1.0]), rtol=1e-10)
+    logits = model.eval()(x)
+    assert after[3] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-12)

@@ -52,6 +52,9 @@ PLACEMENTS = ("before", "after", "none")
 #: that is when ``|z| > atanh(sqrt(0.9))``, about 1.818.
 SATURATION_Z = math.atanh(math.sqrt(0.9))
 
+#: The nonlinearities a placement network can use.
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
 #: The book-wide look of each run (see :func:`run_name`): colour, marker, line style and label.
 STYLE = {
     "before": series("bn", label="BN before tanh"),
@@ -69,8 +72,9 @@ def placement_mlp(
     placement: str = "before",
     bias: bool | None = None,
     norm_layer: type[nn.Module] = bnn.BatchNorm1d,
+    activation: str = "tanh",
 ) -> nn.Sequential:
-    """A tanh network ``sizes[0] -> ... -> sizes[-1]`` with batch norm placed as asked.
+    """A tanh (or ReLU) network ``sizes[0] -> ... -> sizes[-1]`` with batch norm placed as asked.
 
     Each hidden block is
 
@@ -91,6 +95,8 @@ def placement_mlp(
         (``"before"``), a bias otherwise.
     norm_layer : module class
         ``bnbook.nn.BatchNorm1d`` by default; ``torch.nn.BatchNorm1d`` works too.
+    activation : {"tanh", "relu"}
+        The nonlinearity of every hidden block.
 
     Returns
     -------
@@ -100,17 +106,20 @@ def placement_mlp(
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     if len(sizes) < 2 or any(int(s) <= 0 for s in sizes):
         raise ValueError(f"sizes must list at least two positive widths, got {list(sizes)}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     if bias is None:
         bias = placement != "before"
+    act = ACTIVATIONS[activation]
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
         layers.append(nn.Linear(fan_in, fan_out, bias=bias))
         if placement == "before":
-            layers += [norm_layer(fan_out), nn.Tanh()]
+            layers += [norm_layer(fan_out), act()]
         elif placement == "after":
-            layers += [nn.Tanh(), norm_layer(fan_out)]
+            layers += [act(), norm_layer(fan_out)]
         else:
-            layers.append(nn.Tanh())
+            layers.append(act())
     layers.append(nn.Linear(sizes[-2], sizes[-1]))
     return nn.Sequential(*layers)
 
@@ -122,7 +131,7 @@ def count_parameters(model: nn.Module) -> int:
 
 @torch.no_grad()
 def activation_inputs(model: nn.Module, x: torch.Tensor, batch_stats: bool = True) -> list[np.ndarray]:
-    """The inputs of every ``Tanh`` in ``model`` on ``x``, one float64 array per layer.
+    """The inputs of every ``Tanh`` (or ``ReLU``) in ``model`` on ``x``, one float64 array per layer.
 
     With ``batch_stats=True`` the batch-norm layers normalize with the statistics
     of ``x`` itself, as in training mode (``x`` is one big batch); a copy of the
@@ -135,7 +144,7 @@ def activation_inputs(model: nn.Module, x: torch.Tensor, batch_stats: bool = Tru
     hooks = [
         m.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].detach()))
         for m in net.modules()
-        if isinstance(m, nn.Tanh)
+        if isinstance(m, (nn.Tanh, nn.ReLU))
     ]
     was_training = net.training
     net.train(batch_stats)
@@ -223,6 +232,8 @@ class PlacementRun(NamedTuple):
     z_final: list[np.ndarray]  # and after
     init: str = "default"  # "default" (PyTorch's) or "lsuv" (bnbook.models.lsuv_init)
     model: nn.Module | None = None  # the trained network, in eval mode
+    activation: str = "tanh"
+    weight_norms: tuple = ()  # (at init, trained): norms of the hidden weight matrices
 
     @property
     def name(self) -> str:
@@ -255,8 +266,11 @@ class PlacementStack(nn.Module):
         self.k = len(nets)
         self.norm_layer = norm_layer
         lin_at = [i for i, m in enumerate(first) if isinstance(m, nn.Linear)]
-        after_first = type(first[lin_at[0] + 1])
-        if after_first is nn.Tanh:
+        acts = [m for m in first if isinstance(m, (nn.Tanh, nn.ReLU))]
+        self.activation = "relu" if acts and isinstance(acts[0], nn.ReLU) else "tanh"
+        self._act = torch.relu if self.activation == "relu" else torch.tanh
+        after_first = first[lin_at[0] + 1]
+        if isinstance(after_first, (nn.Tanh, nn.ReLU)):
             self.placement = "none" if len(first) == 2 * len(lin_at) - 1 else "after"
         else:
             self.placement = "before"
@@ -298,11 +312,11 @@ class PlacementStack(nn.Module):
             if j == last:
                 return z
             if self.placement == "before":
-                h = torch.tanh(self._norm(j, z))
+                h = self._act(self._norm(j, z))
             elif self.placement == "after":
-                h = self._norm(j, torch.tanh(z))
+                h = self._norm(j, self._act(z))
             else:
-                h = torch.tanh(z)
+                h = self._act(z)
         raise AssertionError("unreachable")
 
     def unstack(self) -> list[nn.Sequential]:
@@ -311,11 +325,15 @@ class PlacementStack(nn.Module):
         nets = []
         for k in range(self.k):
             net = placement_mlp(
-                self.sizes, self.placement, bias="0" in self.biases, norm_layer=self.norm_layer
+                self.sizes,
+                self.placement,
+                bias="0" in self.biases,
+                norm_layer=self.norm_layer,
+                activation=self.activation,
             )
             net = net.to(device=ref.device, dtype=ref.dtype)
             lins = [m for m in net if isinstance(m, nn.Linear)]
-            norms = [m for m in net if not isinstance(m, (nn.Linear, nn.Tanh))]
+            norms = [m for m in net if not isinstance(m, (nn.Linear, nn.Tanh, nn.ReLU))]
             with torch.no_grad():
                 for j, lin in enumerate(lins):
                     lin.weight.copy_(self.weights[j][k].T)
@@ -340,6 +358,7 @@ def train_stack(
     batch_size: int = 64,
     record=None,
     record_every: int = 1,
+    fixed_norm: bool = False,
 ) -> list:
     """Plain SGD for every member of ``stack``, as :func:`bnbook.models.train_classifier` does it per network.
 
@@ -348,6 +367,12 @@ def train_stack(
     loss gives every member the gradient of its own mean loss.
     ``record(step, stack)`` is called before the first step and after every
     ``record_every`` steps; its return values are returned.
+
+    With ``fixed_norm=True`` every hidden weight matrix of every member is
+    rescaled after each step to the norm it had at the start. In a network with
+    batch norm right after each hidden ``Linear`` (``"before"``) this changes
+    nothing the network computes in training mode, but it stops the weight norm
+    from growing, and with it the shrinking of the step relative to the weights.
     """
     k = stack.k
     if len(lrs) != k or len(seeds) != k:
@@ -364,6 +389,8 @@ def train_stack(
         lr.view(k, *[1] * (p.dim() - 1)) if p.shape[0] == k else lr.repeat_interleave(p.shape[0] // k)
         for p in params
     ]
+    hidden = list(stack.weights)[:-1]
+    norms0 = [w.detach().norm(dim=(1, 2), keepdim=True).clone() for w in hidden]
     gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     n = x.shape[0]
     records = []
@@ -382,6 +409,9 @@ def train_stack(
         with torch.no_grad():
             for p, s in zip(params, scale, strict=True):
                 p.sub_(p.grad * s)
+            if fixed_norm:
+                for w, n0 in zip(hidden, norms0, strict=True):
+                    w.mul_(n0 / w.norm(dim=(1, 2), keepdim=True))
         if record is not None and step % record_every == 0:
             records.append(record(step, stack))
     return records
@@ -409,6 +439,8 @@ def train_placements(
     batch_size: int = 64,
     record_every: int = 20,
     init: str = "default",
+    activation: str = "tanh",
+    fixed_norm: bool = False,
 ) -> list[PlacementRun]:
     """Train one network per placement, learning rate and seed with plain SGD.
 
@@ -420,6 +452,9 @@ def train_placements(
     each computes what it would compute alone. Curves are measured in eval mode
     on the full training set (loss) and the test set (accuracy). The models take
     the dtype and device of ``data`` and use ``bnbook.nn.BatchNorm1d``.
+    ``activation`` picks tanh or ReLU units; ``fixed_norm`` is passed on to
+    :func:`train_stack` (hidden weight norms held at their initial values).
+    Runs record the norms of the hidden weight matrices at the start and the end.
     """
     if init not in ("default", "lsuv"):
         raise ValueError(f"init must be 'default' or 'lsuv', got {init!r}")
@@ -430,11 +465,13 @@ def train_placements(
         nets = []
         for _, seed in grid:
             torch.manual_seed(seed)
-            net = placement_mlp(sizes, placement).to(device=x_train.device, dtype=x_train.dtype)
+            net = placement_mlp(sizes, placement, activation=activation)
+            net = net.to(device=x_train.device, dtype=x_train.dtype)
             if init == "lsuv":
                 lsuv_init(net, x_train)
             nets.append(net)
         z_init = [activation_inputs(net, x_test) for net in nets]
+        w_init = [_hidden_norms(net) for net in nets]
         stack = PlacementStack(nets)
 
         def record(_step, st):
@@ -451,11 +488,13 @@ def train_placements(
                 batch_size,
                 record=record,
                 record_every=record_every,
+                fixed_norm=fixed_norm,
             )
         )  # (records, 2, members)
         stack.eval()
+        members = stack.unstack()
         for m, (lr, seed) in enumerate(grid):
-            net = stack.unstack()[m]
+            net = members[m]
             runs.append(
                 PlacementRun(
                     placement,
@@ -468,9 +507,17 @@ def train_placements(
                     activation_inputs(net, x_test),
                     init,
                     net,
+                    activation,
+                    (w_init[m], _hidden_norms(net)),
                 )
             )
     return runs
+
+
+def _hidden_norms(net: nn.Sequential) -> np.ndarray:
+    """Frobenius norms of the hidden ``Linear`` weight matrices (all but the last)."""
+    lins = [m for m in net if isinstance(m, nn.Linear)][:-1]
+    return np.array([m.weight.detach().norm().item() for m in lins])
 
 
 def summarize(runs: Sequence[PlacementRun]) -> dict[tuple[str, float], dict[str, float]]:

@@ -9,6 +9,8 @@ only reads trained models and draws:
   and :func:`plot_gamma_drift` draws that distance over training for several
   learning rates;
 * :func:`plot_learning_curves` draws training histories;
+* :func:`scale_track` reads the scale of a trained CNN's output side: the last
+  batch-norm layer's gamma, the output weights, the logits and the training loss;
 * :func:`adam_step_factors` gives the bounds on one Adam step, in units of the
   learning rate, and :func:`watch_largest_step` measures the largest step taken.
 """
@@ -32,6 +34,7 @@ __all__ = [
     "watch_largest_step",
     "bn_state",
     "gamma_drift",
+    "scale_track",
     "plot_bn_state",
     "plot_gamma_drift",
     "plot_learning_curves",
@@ -61,6 +64,29 @@ def bn_state(model: nn.Module) -> list[dict[str, np.ndarray]]:
 def gamma_drift(model: nn.Module) -> np.ndarray:
     """Mean of ``|gamma - 1|`` over the channels of each batch-norm layer, shape (layers,)."""
     return np.array([np.abs(state["weight"] - 1.0).mean() for state in bn_state(model)])
+
+
+@torch.no_grad()
+def scale_track(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """Four numbers that follow the scale of the output side of ``model``, in eval mode.
+
+    Returns ``[mean gamma of the last batch-norm layer, norm of the last Linear's weight,
+    standard deviation of the logits on x, mean cross-entropy on (x, y)]``. In a
+    network where the last batch-norm layer reaches the output ``Linear`` only through
+    ReLU and max-pooling, its ``gamma`` and ``beta`` trade scale freely with that
+    layer's weights, so the first three grow together when the logits grow. The
+    model's mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y).item()
+    finally:
+        model.train(was_training)
+    gamma = batch_norm_layers(model)[-1].weight.mean().item()
+    out = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    return np.array([gamma, out.weight.norm().item(), logits.std().item(), loss])
 
 
 def plot_bn_state(axes: Sequence[Axes], model: nn.Module, layer_names: Sequence[str]) -> None:
