@@ -8,13 +8,20 @@ prints goes through :func:`sig` first; :func:`glue` does it for you.
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 import numbers
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["glue", "sig"]
+__all__ = ["glue", "glued", "markdown_table", "sig"]
+
+#: The prefix of the output types under which ``myst_nb.glue`` stores a value in a notebook.
+RECORD_PREFIX = "application/papermill.record/"
 
 
 def sig(value: Any, digits: int = 3) -> Any:
@@ -57,3 +64,84 @@ def glue(name: str, value: Any, digits: int = 3) -> Any:
     stored = value if isinstance(value, str) else sig(value, digits)
     _glue(name, stored, display=False)
     return stored
+
+
+def glued(notebook: str | Path, keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """The values a notebook glued, read back from its stored outputs.
+
+    ``myst_nb.glue`` stores each value as a ``display_data`` output whose
+    ``metadata.scrapbook.name`` is the key and whose data hold the value under
+    ``application/papermill.record/<mime type>``. This reads the JSON form if
+    there is one, else the ``text/plain`` form (a Python literal, as
+    :func:`glue` stores numbers and strings). When a key is glued twice, the
+    later output wins, as in the rendered book.
+
+    Parameters
+    ----------
+    notebook : str or Path
+        An executed ``.ipynb`` file.
+    keys : iterable of str, optional
+        The keys wanted. Every one must be there, else ``KeyError`` names the
+        notebook and all the missing keys; the result then holds exactly these.
+
+    Returns
+    -------
+    dict
+        Key to value (numbers, strings, lists; a text form that is not a Python
+        literal comes back as the text).
+
+    Used by the reproductions appendix, which quotes numbers measured in the chapters.
+    """
+    path = Path(notebook)
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a notebook: {err}") from err
+    values: dict[str, Any] = {}
+    for cell in cells:
+        for out in cell.get("outputs", ()):
+            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            data = out.get("data", {})
+            if name is None:
+                continue
+            if RECORD_PREFIX + "application/json" in data:
+                values[name] = data[RECORD_PREFIX + "application/json"]
+            elif RECORD_PREFIX + "text/plain" in data:
+                text = data[RECORD_PREFIX + "text/plain"]
+                text = "".join(text) if isinstance(text, list) else text
+                try:
+                    values[name] = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    values[name] = text
+    if keys is None:
+        return values
+    keys = list(keys)
+    missing = [k for k in keys if k not in values]
+    if missing:
+        raise KeyError(f"{path.name} has no glued value for {', '.join(map(repr, missing))}")
+    return {k: values[k] for k in keys}
+
+
+def markdown_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    """A Markdown (pipe) table: one header row, then one row per item of ``rows``.
+
+    Cells are written with ``str``; a ``|`` inside a cell is escaped and line breaks become spaces.
+    Every row must have as many cells as the header (else ``ValueError``).
+
+    >>> print(markdown_table(["a", "b"], [[1, "x|y"]]))
+    | a | b |
+    |---|---|
+    | 1 | x\\|y |
+    """
+    header = [str(h) for h in header]
+
+    def cell(value: Any) -> str:
+        return " ".join(str(value).split()).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    for i, row in enumerate(rows):
+        row = list(row)
+        if len(row) != len(header):
+            raise ValueError(f"row {i} has {len(row)} cells, the header {len(header)}")
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines)

@@ -15,10 +15,13 @@ _explorer
 _quiz
     :class:`Quiz` and its questions :class:`Choice`, :class:`MultiChoice`,
     :class:`Numeric` (chapter 11).
+quiz_bank
+    :func:`book_quiz`: the book's own quiz over chapters 1 to 16 (chapter 11).
 """
 
 from bnbook.widgets._explorer import STATIC_ENV, Explorer, static_mode
 from bnbook.widgets._quiz import Choice, MultiChoice, Numeric, Question, Quiz
+from bnbook.widgets.quiz_bank import book_quiz
 
 __all__ = [
     "STATIC_ENV",
@@ -28,5 +31,6 @@ __all__ = [
     "Numeric",
     "Question",
     "Quiz",
+    "book_quiz",
     "static_mode",
 ]
