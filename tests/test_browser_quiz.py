@@ -20,7 +20,8 @@ import pytest
 from browsing import SITE, Browser, _ok
 
 from bnbook.widgets import Choice, MultiChoice, Numeric, Quiz, book_quiz
-from bnbook.widgets._quiz import SCORE_TEMPLATE, _plain
+from bnbook.widgets._quiz import SCORE_TEMPLATE
+from bnbook.widgets._quiz._questions import _plain
 
 pytestmark = pytest.mark.browser
 

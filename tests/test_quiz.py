@@ -10,7 +10,8 @@ import pytest
 from bs4 import BeautifulSoup
 
 from bnbook.widgets import Choice, MultiChoice, Numeric, Quiz
-from bnbook.widgets._quiz import NUMBER_PATTERN, _inline_html, score_text
+from bnbook.widgets._quiz import NUMBER_PATTERN, score_text
+from bnbook.widgets._quiz._questions import _inline_html
 
 
 def _png() -> bytes:
