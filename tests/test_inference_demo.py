@@ -68,3 +68,19 @@ def test_median_range_trims_the_extremes():
     assert inf.median_range([2.0], k=1) == (2.0, 2.0, 2.0)
     with pytest.raises(ValueError):
         inf.median_range([1.0, 2.0], k=2)
+
+
+def test_plot_times_draws_the_trimmed_range():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0]) * 1e-6  # seconds; one wild round
+    fig, ax = plt.subplots()
+    inf.plot_times(ax, {"a": values}, ["a"], k=2)
+    line = ax.lines[0]
+    np.testing.assert_allclose(line.get_xdata(), [2.0, 6.0])  # 2nd-lowest to 2nd-highest, in µs
+    np.testing.assert_allclose(ax.lines[1].get_xdata(), [4.0])  # the median
+    assert "2nd-lowest to 2nd-highest" in ax.get_xlabel()
+    plt.close(fig)

@@ -200,3 +200,111 @@ def test_bn_networks_use_the_books_layer():
     net = why.build_mlp("noisy_bn", [8, 16, 3], seed=0, device=torch.device("cpu"))
     assert any(isinstance(m, BatchNorm1d) for m in net)
     assert isinstance(why.residual_net(8, 1, "bn", seed=0)[0].branch[1], BatchNorm1d)
+
+
+def _toy_data(n: int = 300, d: int = 8, classes: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return (x, y, x[:60], y[:60])
+
+
+@pytest.mark.parametrize("kind", why.KINDS)
+def test_train_seeds_follows_train_run_seed_by_seed(kind):
+    """The batched trainer gives every seed the trajectory of train_run, up to rounding."""
+    data = _toy_data()
+    sizes = [8, 16, 16, 3]
+    batched = why.train_seeds(kind, [0, 3], data, sizes, steps=15, lr=0.1, batch_size=32, eval_at=(0, 5, 15))
+    assert batched.eval_steps.tolist() == [0, 5, 15]
+    for row, seed in enumerate([0, 3]):
+        run = why.train_run(kind, seed, data, sizes, steps=15, lr=0.1, batch_size=32, eval_every=5)
+        np.testing.assert_allclose(batched.loss[row], run.loss, atol=1e-5)
+        at = [0, 1, 3]  # train_run evaluated at steps 0, 5, 10 and 15
+        np.testing.assert_allclose(batched.test_acc[row], run.test_acc[at], atol=1e-9)
+        np.testing.assert_allclose(batched.train_acc[row], run.train_acc[at], atol=1e-9)
+    with pytest.raises(ValueError):
+        why.train_seeds(kind, [0], data, sizes, steps=5, lr=0.1, eval_at=(6,))
+
+
+def test_lsuv_network_starts_at_unit_scale_and_needs_images():
+    data = _toy_data()
+    x = data[0][:100]
+    model = why.build_mlp("lsuv", [8, 16, 16, 3], 1, torch.device("cpu"), init_x=x)
+    kaiming = why.build_mlp("no_bn_kaiming", [8, 16, 16, 3], 1, torch.device("cpu"))
+    h = x
+    with torch.no_grad():
+        for layer in list(model)[:-1]:
+            h = layer(h)
+            if isinstance(layer, nn.Linear):
+                torch.testing.assert_close(h.mean(0), torch.zeros(16), atol=1e-5, rtol=0)
+                torch.testing.assert_close(h.std(0, correction=0), torch.ones(16), atol=1e-4, rtol=0)
+    # same directions as the Kaiming network of the same seed, only rescaled per unit
+    cos = nn.functional.cosine_similarity(model[0].weight, kaiming[0].weight, dim=1)
+    torch.testing.assert_close(cos, torch.ones(16))
+    with pytest.raises(ValueError, match="init_x"):
+        why.build_mlp("lsuv", [8, 16, 3], 1, torch.device("cpu"))
+
+
+def test_probe_per_unit_steps_fixed_distances():
+    """per_unit=True moves by exactly the given distances: on a quadratic the loss is known in closed form."""
+    rng = np.random.default_rng(1)
+    a = np.diag([0.5, 1.0, 3.0])
+    w0 = rng.normal(size=3)
+    w = torch.tensor(w0, requires_grad=True)
+    a_t = torch.tensor(a)
+    probe = why.probe_along_gradient([w], lambda: 0.5 * w @ a_t @ w, [0.1, 0.3], per_unit=True)
+    g = a @ w0
+    u = g / np.linalg.norm(g)
+    for d, loss in zip([0.1, 0.3], probe.loss, strict=True):
+        v = w0 - d * u
+        assert loss == pytest.approx(0.5 * v @ a @ v, rel=1e-12)
+    assert probe.beta == pytest.approx(np.linalg.norm(a @ g) / np.linalg.norm(g), rel=1e-10)
+    np.testing.assert_array_equal(w.detach().numpy(), w0)
+
+
+def test_matched_learning_rate_reproduces_weight_decay_on_scale_invariant_weights():
+    """Hoffer et al.'s control: no decay, lr_W = lr ||W||^2 / (||W_decay||^2 (1 - lr wd)): same losses."""
+    data = _toy_data()
+    sizes = [8, 16, 16, 3]
+    decayed = why.train_run(
+        "bn", 0, data, sizes, steps=20, lr=0.2, weight_decay=0.05, decay_on="scale_invariant"
+    )
+    assert decayed.si_norms.shape == (21, 2)
+    control = why.train_run(
+        "bn", 0, data, sizes, steps=20, lr=0.2, match_norms=decayed.si_norms, match_shrink=1 - 0.2 * 0.05
+    )
+    np.testing.assert_allclose(control.loss, decayed.loss, atol=1e-5)
+    ratio = control.si_norms / decayed.si_norms  # the same factor c_t for every matrix: V_t = c_t W_t
+    np.testing.assert_allclose(ratio[:, 0], ratio[:, 1], rtol=1e-4)
+    assert np.all(np.diff(ratio[:, 0]) > 0)
+    with pytest.raises(ValueError, match="match_norms"):
+        why.train_run("bn", 0, data, sizes, steps=20, lr=0.2, match_norms=decayed.si_norms[:5])
+
+
+def test_run_records_training_accuracy_and_first_signal():
+    data = _toy_data()
+    run = why.train_run("no_bn", 0, data, [8, 16, 3], steps=10, lr=0.1, eval_every=5)
+    assert run.train_acc.shape == run.test_acc.shape == (3,)
+    with torch.no_grad():
+        model = why.build_mlp("no_bn", [8, 16, 3], 0, torch.device("cpu"))
+        idx = torch.randint(0, 300, (64,), generator=torch.Generator().manual_seed(0))
+        z = model[0](data[0][idx])
+    assert run.signal0 == pytest.approx(float(z.std(0, correction=0).mean()), rel=1e-5)
+    assert run.si_norms.shape == (11, 0)
+
+
+@pytest.mark.parametrize("kinds", [("bn", "noisy_bn"), ("no_bn_kaiming", "lsuv")])
+def test_train_seeds_stacks_kinds_that_share_an_architecture(kinds):
+    data = _toy_data()
+    sizes = [8, 16, 16, 3]
+    together = why.train_seeds(kinds, [0, 2], data, sizes, steps=12, lr=0.1, batch_size=32, eval_at=(12,))
+    assert set(together) == set(kinds)
+    for kind in kinds:
+        alone = why.train_seeds(kind, [0, 2], data, sizes, steps=12, lr=0.1, batch_size=32, eval_at=(12,))
+        np.testing.assert_allclose(together[kind].loss, alone.loss, atol=1e-6)
+        np.testing.assert_array_equal(together[kind].test_acc, alone.test_acc)
+
+
+def test_train_seeds_refuses_kinds_of_different_architectures():
+    with pytest.raises(ValueError, match="architecture"):
+        why.train_seeds(("bn", "no_bn"), [0], _toy_data(), [8, 16, 3], steps=2, lr=0.1)

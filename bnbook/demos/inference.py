@@ -95,16 +95,27 @@ def median_range(values: Sequence[float] | np.ndarray, k: int = 3) -> tuple[floa
 
 
 def plot_times(
-    ax, times: Mapping[str, np.ndarray], order: Sequence[str], colors: Sequence[str] | None = None
+    ax,
+    times: Mapping[str, np.ndarray],
+    order: Sequence[str],
+    colors: Sequence[str] | None = None,
+    k: int = 3,
 ):
-    """One row per entry: the median time per call in microseconds (marker) and the min-max range (line)."""
+    """One row per entry: the median time per call in microseconds (marker) and a range (line).
+
+    The range is that of :func:`median_range`, from the ``k``-th lowest to the ``k``-th highest
+    round, the same range the text reports.
+    """
     colors = list(colors) if colors is not None else [PALETTE[i % len(PALETTE)] for i in range(len(order))]
     y = np.arange(len(order))[::-1]
     for i, (name, color) in enumerate(zip(order, colors, strict=True)):
-        us = 1e6 * np.asarray(times[name])
-        ax.plot([us.min(), us.max()], [y[i], y[i]], color=color, lw=2, alpha=0.5)
-        ax.plot(np.median(us), y[i], marker=MARKERS[i % len(MARKERS)], ms=8, color=color, lw=0)
+        med, lo, hi = median_range(1e6 * np.asarray(times[name]), k)
+        ax.plot([lo, hi], [y[i], y[i]], color=color, lw=2, alpha=0.5)
+        ax.plot(med, y[i], marker=MARKERS[i % len(MARKERS)], ms=8, color=color, lw=0)
     ax.set_yticks(y, list(order))
     ax.set_ylim(y.min() - 0.6, y.max() + 0.6)
-    ax.set_xlabel("time per call (µs): median (marker), min-max over rounds (line)")
+    nth = {1: "lowest", 2: "2nd-lowest", 3: "3rd-lowest"}.get(k, f"{k}th-lowest")
+    ax.set_xlabel(
+        f"time per call (µs): median (marker), {nth} to {nth.replace('lowest', 'highest')} round (line)"
+    )
     ax.grid(axis="y", visible=False)

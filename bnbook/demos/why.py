@@ -5,10 +5,13 @@ Four miniatures of later research on batch norm, all on the 8x8 digits:
 * "noisy" batch norm after Santurkar et al. (2018): :class:`NoisyShift` injects a random per-unit
   scale and shift after every batch-norm layer, redrawn at every step from distributions whose own
   parameters change from step to step, and :func:`train_run` trains it next to plain batch norm and
-  plain networks while measuring how much the input of the last hidden nonlinearity moves;
+  plain networks (default, Kaiming and data-dependent LSUV initialization) while measuring how much the
+  input of the last hidden nonlinearity moves; :func:`train_seeds` runs the same training for several
+  seeds at once, for long budgets;
 * the loss landscape along the training trajectory (:func:`probe_along_gradient`, their Section 3.1);
 * scale invariance and the effective step size of a weight matrix followed by batch norm, with weight
-  decay on every parameter or on the scale-invariant weights alone (:func:`scale_invariant_weights`);
+  decay on every parameter or on the scale-invariant weights alone (:func:`scale_invariant_weights`),
+  and Hoffer et al.'s control, no decay with a learning rate matched to the weight norm (``match_norms``);
 * the activation variance of a deep residual network at initialization (:func:`residual_variances`),
   with and without batch norm and with the last ``gamma`` of each branch set to zero.
 
@@ -28,19 +31,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from bnbook.models import lsuv_init
 from bnbook.nn import BatchNorm1d
 from bnbook.plots import MARKERS, PALETTE, band, series
 from bnbook.stats import Paired, paired, verdict
 
 __all__ = [
     "KINDS",
+    "LSUV_IMAGES",
     "LABELS",
     "NoisyShift",
     "Paired",
     "paired",
     "Probe",
     "Run",
+    "SeedRuns",
     "build_mlp",
+    "train_seeds",
     "distribution_moves",
     "plot_landscape",
     "plot_noisy_training",
@@ -54,13 +61,17 @@ __all__ = [
     "verdict",
 ]
 
-#: The four networks of the noisy-BN comparison.
-KINDS = ("no_bn", "no_bn_kaiming", "bn", "noisy_bn")
+#: The five networks of the noisy-BN comparison.
+KINDS = ("no_bn", "no_bn_kaiming", "lsuv", "bn", "noisy_bn")
+
+#: Images that the data-dependent initialization (``"lsuv"``) looks at.
+LSUV_IMAGES = 256
 
 #: How the figures name them.
 LABELS = {
     "no_bn": "no BN, default init",
     "no_bn_kaiming": "no BN, Kaiming init",
+    "lsuv": "no BN, LSUV init",
     "bn": "BN",
     "noisy_bn": "noisy BN",
     "bn_zero_gamma": "BN, last γ = 0",
@@ -70,6 +81,7 @@ LABELS = {
 _SERIES = {
     "no_bn": "no_bn",
     "no_bn_kaiming": "xavier",
+    "lsuv": "lsuv",
     "bn": "bn",
     "noisy_bn": "noisy_bn",
 }
@@ -142,16 +154,19 @@ class NoisyShift(nn.Module):
         self.register_buffer("shift", torch.zeros(num_features, device=device))
         self.register_buffer("scale", torch.ones(num_features, device=device))
         self.register_buffer("step_params", torch.tensor([0.0, 1.0], device=device))  # c_t, d_t
+        self._step_low = torch.tensor([-self.mean_range, 1.0], device=device)
+        self._step_width = torch.tensor([2.0 * self.mean_range, self.scale_max - 1.0], device=device)
 
     def resample(self) -> None:
         """Draw this step's ``c_t``, ``d_t`` and the per-unit shifts and scales."""
-        g, dev = self.generator, self.shift.device
-        u = torch.rand(2, generator=g, device=dev)
-        c = (2.0 * u[0] - 1.0) * self.mean_range
-        d = 1.0 + (self.scale_max - 1.0) * u[1]
-        self.step_params.copy_(torch.stack([c, d]))
-        self.shift.copy_(c + self.shift_std * torch.randn(self.num_features, generator=g, device=dev))
-        self.scale.copy_(1.0 + (d - 1.0) * torch.rand(self.num_features, generator=g, device=dev))
+        # few, in-place operations: this runs at every step of every noisy network
+        g, n = self.generator, self.num_features
+        u = torch.rand(2, generator=g, device=self.shift.device)
+        # c_t = -M + 2M u_0, d_t = 1 + (S - 1) u_1
+        torch.addcmul(self._step_low, u, self._step_width, out=self.step_params)
+        c, d_minus_1 = self.step_params[0], self.step_params[1] - 1.0
+        torch.randn(n, generator=g, out=self.shift).mul_(self.shift_std).add_(c)
+        torch.rand(n, generator=g, out=self.scale).mul_(d_minus_1).add_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
@@ -168,16 +183,27 @@ def build_mlp(
     seed: int,
     device: torch.device,
     noise: tuple[float, float, float] = (1.0, 3.0, 0.5),
+    init_x: torch.Tensor | None = None,
 ) -> nn.Sequential:
     """A ReLU network ``sizes[0] -> ... -> sizes[-1]`` of one of the :data:`KINDS`.
 
     Hidden blocks are ``Linear -> [BatchNorm1d -> [NoisyShift]] -> ReLU``. ``"no_bn"`` keeps
     ``torch.nn.Linear``'s default initialization; ``"no_bn_kaiming"`` redraws the hidden weights
-    with Kaiming (He) normal initialization and zeroes the biases. ``noise`` is ``(M, S, tau)`` of
-    :class:`NoisyShift`, whose draws come from a generator seeded with ``seed + 1000``.
+    with Kaiming (He) normal initialization and zeroes the biases; ``"lsuv"`` starts from the
+    Kaiming network of the same seed and rescales it with :func:`bnbook.models.lsuv_init` on the
+    images ``init_x`` (required for this kind), so that every hidden pre-activation has mean 0 and
+    standard deviation 1 there, the scale batch norm gives at the start. ``noise`` is ``(M, S, tau)``
+    of :class:`NoisyShift`, whose draws come from a generator seeded with ``seed + 1000``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "lsuv":
+        if init_x is None:
+            raise ValueError("the 'lsuv' network needs init_x, the images it is initialized on")
+        model = build_mlp("no_bn_kaiming", sizes, seed, device, noise)
+        with torch.no_grad():
+            lsuv_init(model, init_x.to(device))
+        return model
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed + 1000)
     bn = kind in ("bn", "noisy_bn")
@@ -212,7 +238,10 @@ def _flat_grad(params: list[torch.Tensor]) -> torch.Tensor:
 
 
 def probe_along_gradient(
-    params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], step_sizes: Sequence[float]
+    params: list[torch.Tensor],
+    loss_fn: Callable[[], torch.Tensor],
+    step_sizes: Sequence[float],
+    per_unit: bool = False,
 ) -> Probe:
     """Move along the negative gradient by each step size and measure loss and gradient there.
 
@@ -221,6 +250,10 @@ def probe_along_gradient(
     of the gradient ``||grad L(w - eta g) - g||`` ("gradient predictiveness") and, over all step
     sizes, the largest ratio of that change to the distance moved, ``||grad L(w - eta g) - g|| /
     (eta ||g||)`` (the "effective beta-smoothness"). The parameters are put back afterwards.
+
+    With ``per_unit=True`` the step sizes are distances instead: the probe moves to
+    ``w - eta g / ||g||``, so that networks with gradients of different sizes are probed at the
+    same distances, and ``beta`` is the largest ``||grad L(w - eta g/||g||) - g|| / eta``.
 
     ``loss_fn()`` must compute the loss from the current values of ``params`` (same data every
     call); buffers it changes (such as running statistics) are the caller's business.
@@ -235,8 +268,10 @@ def probe_along_gradient(
     g = _flat_grad(params).detach().clone()
     saved = [p.detach().clone() for p in params]
     gnorm = torch.linalg.vector_norm(g)
+    gn = float(gnorm)
+    scale = 1.0 / gn if per_unit and gn > 0 else 1.0
     losses, changes = [], []
-    for eta in step_sizes:
+    for eta in (e * scale for e in step_sizes):
         with torch.no_grad():
             offset = 0
             for p, w in zip(params, saved, strict=True):
@@ -255,8 +290,7 @@ def probe_along_gradient(
             p.grad = None
     loss_arr = torch.stack(losses).double().cpu().numpy()
     change_arr = torch.stack(changes).double().cpu().numpy()
-    etas = np.asarray(step_sizes, dtype=float)
-    gn = float(gnorm)
+    etas = np.asarray(step_sizes, dtype=float) * scale
     beta = float(np.max(change_arr / (etas * gn))) if gn > 0 else 0.0
     return Probe(loss0, loss_arr, change_arr, beta, gn)
 
@@ -307,6 +341,12 @@ class Run(NamedTuple):
     probes: list[Probe]
     weight_norm: np.ndarray  # ||W_1|| after each step (first hidden Linear)
     eff_step: np.ndarray  # ||W_1(t) - W_1(t-1)|| / ||W_1(t-1)|| at each step
+    train_acc: np.ndarray  # accuracy on the whole training set, at eval_steps (eval mode)
+    signal0: float  # mean over units of the std of the last hidden ReLU's input, first batch
+    si_norms: (
+        np.ndarray
+    )  # (steps + 1, layers): norm of each scale-invariant weight, start and after each step
+    probes_eq: list[Probe]  # the equal-distance probes (probe_distances), at probe_steps
 
 
 def train_run(
@@ -323,6 +363,9 @@ def train_run(
     probe_every: int = 0,
     step_sizes: Sequence[float] = (),
     noise: tuple[float, float, float] = (1.0, 3.0, 0.5),
+    probe_distances: Sequence[float] = (),
+    match_norms: np.ndarray | None = None,
+    match_shrink: float = 1.0,
 ) -> Run:
     """Train one network of :func:`build_mlp` with plain SGD (and optional weight decay) on cross-entropy.
 
@@ -334,13 +377,23 @@ def train_run(
     standard deviation of each of its input units over every training batch (for
     :func:`distribution_moves`). Every ``probe_every`` steps (0: never) the landscape is probed
     along the gradient with :func:`probe_along_gradient` on the current batch, with
-    ``lr * step_sizes`` as the step sizes; the running statistics are restored afterwards.
+    ``lr * step_sizes`` as the step sizes, and, if ``probe_distances`` is given, once more at those
+    distances (``per_unit=True``); the running statistics are restored afterwards. The ``"lsuv"``
+    network is initialized on :data:`LSUV_IMAGES` training images drawn with a generator seeded with
+    ``seed + 2000`` (so the mini-batches are those of the other kinds).
+
+    ``match_norms`` (shape ``(steps + 1, layers)``, the ``si_norms`` of another run) gives the
+    scale-invariant weights a learning rate of their own at every step, ``lr * (||W|| /
+    match_norms[t - 1])**2 / match_shrink``, so that their effective learning rate ``lr_W /
+    ||W||^2`` follows that run's, without any weight decay here (the control of Hoffer et al.,
+    2018). With ``match_shrink = 1 - lr * weight_decay`` of a run that decayed only those weights,
+    this is the same trajectory of directions, hence the same function, up to ``eps`` and rounding.
     """
     if decay_on not in _DECAY_ON:
         raise ValueError(f"decay_on must be one of {_DECAY_ON}, got {decay_on!r}")
     x_tr, y_tr, x_te, y_te = data
     device = x_tr.device
-    model = build_mlp(kind, sizes, seed, device, noise)
+    model = build_mlp(kind, sizes, seed, device, noise, _init_images(kind, seed, x_tr))
     noisy = [m for m in model if isinstance(m, NoisyShift)]
     params = [p for p in model.parameters() if p.requires_grad]
     if decay_on == "all":
@@ -350,6 +403,14 @@ def train_run(
         if weight_decay and not decayed:
             raise ValueError(f"a {kind!r} network has no scale-invariant weights to decay")
     first = model[0].weight
+    si = scale_invariant_weights(model)
+    if match_norms is not None:
+        match_norms = np.asarray(match_norms, dtype=float)
+        if not si or match_norms.shape != (steps + 1, len(si)):
+            raise ValueError(
+                f"match_norms must have shape ({steps + 1}, {len(si)}) for this network, "
+                f"got {match_norms.shape}"
+            )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     loss_fn = nn.CrossEntropyLoss()
     relus = [m for m in model if isinstance(m, nn.ReLU)]
@@ -363,11 +424,15 @@ def train_run(
 
     handle = relus[-1].register_forward_pre_hook(hook)
     losses, accs, eval_steps, probes, probe_steps, norms, eff = [], [], [], [], [], [], []
+    train_accs, probes_eq = [], []
+    with torch.no_grad():
+        si_norms = [torch.stack([torch.linalg.vector_norm(w) for w in si])] if si else []
 
     def evaluate() -> None:
         model.eval()
         with torch.no_grad():
             accs.append((model(x_te).argmax(1) == y_te).float().mean())
+            train_accs.append((model(x_tr).argmax(1) == y_tr).float().mean())
         model.train()
 
     model.train()
@@ -387,6 +452,12 @@ def train_run(
                     params, lambda xb=xb, yb=yb: loss_fn(model(xb), yb), [lr * c for c in step_sizes]
                 )
             )
+            if probe_distances:
+                probes_eq.append(
+                    probe_along_gradient(
+                        params, lambda xb=xb, yb=yb: loss_fn(model(xb), yb), probe_distances, per_unit=True
+                    )
+                )
             with torch.no_grad():
                 for b, saved in zip(model.buffers(), buffers, strict=True):
                     b.copy_(saved)
@@ -401,9 +472,21 @@ def train_run(
             if weight_decay:
                 for p in decayed:
                     p.mul_(1.0 - lr * weight_decay)
-            for p in params:
-                p.sub_(p.grad, alpha=lr)
+            if match_norms is None:
+                for p in params:
+                    p.sub_(p.grad, alpha=lr)
+            else:
+                own = {id(w): i for i, w in enumerate(si)}
+                for p in params:
+                    if id(p) in own:
+                        i = own[id(p)]
+                        rate = lr * (float(torch.linalg.vector_norm(p)) / match_norms[step - 1, i]) ** 2
+                        p.sub_(p.grad, alpha=rate / match_shrink)
+                    else:
+                        p.sub_(p.grad, alpha=lr)
             norms.append(torch.linalg.vector_norm(first))
+            if si:
+                si_norms.append(torch.stack([torch.linalg.vector_norm(w) for w in si]))
             eff.append(torch.linalg.vector_norm(first - w_before) / torch.linalg.vector_norm(w_before))
         losses.append(loss.detach())
         if step % eval_every == 0:
@@ -420,7 +503,198 @@ def train_run(
         probes=probes,
         weight_norm=torch.stack(norms).double().cpu().numpy(),
         eff_step=torch.stack(eff).double().cpu().numpy(),
+        train_acc=torch.stack(train_accs).double().cpu().numpy(),
+        signal0=float(st[0, 1].mean()),
+        si_norms=torch.stack(si_norms).double().cpu().numpy() if si else np.zeros((steps + 1, 0)),
+        probes_eq=probes_eq,
     )
+
+
+def _init_images(kind: str, seed: int, x: torch.Tensor) -> torch.Tensor | None:
+    """The training images the ``"lsuv"`` network is initialized on (``None`` for other kinds)."""
+    if kind != "lsuv":
+        return None
+    g = torch.Generator(device="cpu").manual_seed(seed + 2000)
+    idx = torch.randperm(x.shape[0], generator=g)[: min(LSUV_IMAGES, x.shape[0])]
+    return x[idx.to(x.device)]
+
+
+class SeedRuns(NamedTuple):
+    """What :func:`train_seeds` measured, one row per seed."""
+
+    eval_steps: np.ndarray  # the steps at which the networks were evaluated
+    test_acc: np.ndarray  # (seeds, evals)
+    train_acc: np.ndarray  # (seeds, evals), on the whole training set, eval mode
+    loss: np.ndarray  # (seeds, steps): the training loss of each step
+
+
+def train_seeds(
+    kind: str | Sequence[str],
+    seeds: Sequence[int],
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    sizes: Sequence[int],
+    steps: int,
+    lr: float,
+    batch_size: int = 64,
+    eval_at: Sequence[int] = (),
+    noise: tuple[float, float, float] = (1.0, 3.0, 0.5),
+) -> SeedRuns | dict[str, SeedRuns]:
+    """The runs of :func:`train_run` (no weight decay, no probes) for several seeds at once.
+
+    Each seed's network is built by :func:`build_mlp` exactly as :func:`train_run` builds it, and
+    it sees the same mini-batches and the same noise; the seeds are then stacked along a leading
+    dimension, so that a layer is one batched matrix product (``torch.bmm``) for all of them and
+    batch norm acts on each seed's own batch, as in :class:`bnbook.batched.BatchedMLP`. The loss is
+    the sum of the seeds' mean losses, so every seed gets exactly its own gradient: up to
+    floating-point rounding, seed ``k`` follows :func:`train_run`'s trajectory
+    (``tests/test_why.py`` checks this). Use it for long budgets, where one run per seed is slow.
+
+    ``kind`` may also be a sequence of kinds that differ only in initialization or noise (such as
+    ``("bn", "noisy_bn")`` or ``("no_bn_kaiming", "lsuv")``): they are stacked together, members
+    without noise get a scale of 1 and a shift of 0 (exactly the identity), and the result is a
+    dict ``{kind: SeedRuns}``.
+    """
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    if not seeds or not kinds or steps < 1:
+        raise ValueError(
+            f"need at least one kind, one seed and one step, got {kinds}, {list(seeds)}, {steps}"
+        )
+    if any(not 0 <= s <= steps for s in eval_at):
+        raise ValueError(f"eval_at must lie in [0, {steps}], got {list(eval_at)}")
+    x_tr, y_tr, x_te, y_te = data
+    device = x_tr.device
+    members = [(kd, s) for kd in kinds for s in seeds]
+    seqs, noises = [], []  # per member: its layers without the noise, and the noise after each
+    for kd, s in members:
+        seq, after = [], {}
+        for m in build_mlp(kd, sizes, s, device, noise, _init_images(kd, s, x_tr)):
+            if isinstance(m, NoisyShift):
+                after[len(seq) - 1] = m
+            else:
+                seq.append(m)
+        seqs.append(seq)
+        noises.append(after)
+    shapes = {tuple((type(m), getattr(m, "bias", 0) is None) for m in seq) for seq in seqs}
+    if len(shapes) != 1:
+        raise ValueError(f"kinds {kinds} do not share one architecture; train them separately")
+    k = len(members)
+    layers = list(zip(*seqs, strict=True))  # one tuple of k modules per position
+
+    def stack(ts: Sequence[torch.Tensor], transpose: bool = False) -> torch.Tensor:
+        t = torch.stack([x.detach().T if transpose else x.detach() for x in ts]).clone()
+        return t.requires_grad_(True)
+
+    plan: list[tuple] = []  # ("linear", W, b) / ("bn", gamma, beta, mean, var, eps, momentum) / ...
+    params: list[torch.Tensor] = []
+    noisy: list[list[NoisyShift | None]] = []
+    for pos, mods in enumerate(layers):
+        m0 = mods[0]
+        if isinstance(m0, nn.Linear):
+            w = stack([m.weight for m in mods], transpose=True)  # (k, in, out)
+            b = stack([m.bias[None] for m in mods]) if m0.bias is not None else None
+            plan.append(("linear", w, b))
+            params += [w] + ([b] if b is not None else [])
+        elif isinstance(m0, nn.BatchNorm1d):
+            g = stack([m.weight[None] for m in mods])
+            bt = stack([m.bias[None] for m in mods])
+            rm = torch.stack([m.running_mean for m in mods]).clone()
+            rv = torch.stack([m.running_var for m in mods]).clone()
+            plan.append(("bn", g, bt, rm, rv, m0.eps, m0.momentum))
+            params += [g, bt]
+        elif isinstance(m0, nn.ReLU):
+            plan.append(("relu",))
+        else:  # pragma: no cover - build_mlp makes nothing else
+            raise TypeError(type(m0))
+        here = [after.get(pos) for after in noises]
+        if any(m is not None for m in here):
+            width = mods[0].num_features
+            ones, zeros = torch.ones(width, device=device), torch.zeros(width, device=device)
+            at_eval = torch.tensor(
+                [1.0 if m is None else (3.0 + m.scale_max) / 4.0 for m in here], device=device
+            )[:, None, None]
+            plan.append(("noise", here, ones, zeros, at_eval))
+            noisy.append(here)
+
+    def forward(h: torch.Tensor, train: bool) -> torch.Tensor:
+        for item in plan:
+            if item[0] == "linear":
+                _, w, b = item
+                h = torch.bmm(h, w) if b is None else torch.baddbmm(b, h, w)
+            elif item[0] == "bn":
+                _, g, bt, rm, rv, eps, mom = item
+                if train:
+                    m = h.shape[1]
+                    mean = h.mean(1, keepdim=True)
+                    centred = h - mean
+                    var = (centred * centred).mean(1, keepdim=True)
+                    with torch.no_grad():
+                        rm.lerp_(mean.squeeze(1), mom)
+                        rv.lerp_(var.squeeze(1) * (m / (m - 1)), mom)
+                else:
+                    centred, var = h - rm[:, None], rv[:, None]
+                h = torch.addcmul(bt, centred * torch.rsqrt(var + eps), g)
+            elif item[0] == "noise":
+                _, mods, ones, zeros, at_eval = item
+                if train:
+                    scale = torch.stack([ones if m is None else m.scale for m in mods])[:, None]
+                    shift = torch.stack([zeros if m is None else m.shift for m in mods])[:, None]
+                    h = torch.addcmul(shift, h, scale)
+                else:
+                    h = h * at_eval
+            else:
+                h = torch.relu(h)
+        return h
+
+    def accuracy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            out = forward(x.unsqueeze(0).expand(k, -1, -1), train=False)
+        return (out.argmax(2) == y).float().mean(1)
+
+    gens = [torch.Generator(device="cpu").manual_seed(s) for _, s in members]
+    n = x_tr.shape[0]
+    wanted = set(eval_at)
+    tests, trains, losses, at = [], [], [], []
+    if 0 in wanted:
+        tests.append(accuracy(x_te, y_te))
+        trains.append(accuracy(x_tr, y_tr))
+        at.append(0)
+    for step in range(1, steps + 1):
+        idx = torch.stack([torch.randint(0, n, (batch_size,), generator=g) for g in gens]).to(device)
+        for i in range(k):  # each seed draws its noise in train_run's order: layer by layer
+            for mods in noisy:
+                if mods[i] is not None:
+                    mods[i].resample()
+        out = forward(x_tr[idx], train=True)
+        per_seed = (
+            nn.functional.cross_entropy(
+                out.reshape(k * batch_size, -1), y_tr[idx].reshape(-1), reduction="none"
+            )
+            .view(k, batch_size)
+            .mean(1)
+        )
+        for p in params:
+            p.grad = None
+        per_seed.sum().backward()
+        with torch.no_grad():
+            for p in params:
+                p.sub_(p.grad, alpha=lr)
+        losses.append(per_seed.detach())
+        if step in wanted:
+            tests.append(accuracy(x_te, y_te))
+            trains.append(accuracy(x_tr, y_tr))
+            at.append(step)
+
+    def arr(ts: list[torch.Tensor]) -> np.ndarray:
+        return torch.stack(ts, 1).double().cpu().numpy() if ts else np.zeros((k, 0))
+
+    runs = SeedRuns(np.asarray(at), arr(tests), arr(trains), arr(losses))
+    if isinstance(kind, str):
+        return runs
+    n_seeds = len(seeds)
+    return {
+        kd: SeedRuns(runs.eval_steps, *(a[i * n_seeds : (i + 1) * n_seeds] for a in runs[1:]))
+        for i, kd in enumerate(kinds)
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
