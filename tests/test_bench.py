@@ -265,3 +265,68 @@ def test_bench_runs_as_a_module() -> None:
     cmd = [sys.executable, "-m", "bnbook.bench", "--help"]
     done = sp.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "--ladder" in done.stdout
+
+
+# --- timing method: rotating order and provenance -----------------------------------------------------
+
+
+def test_ladder_rotates_the_order_of_its_entries_every_round() -> None:
+    seen: list[str] = []
+
+    def factory(name):
+        return lambda x, dy, train: lambda: seen.append(name)
+
+    bench.ladder(TINY, 3, [("a", factory("a")), ("b", factory("b")), ("c", factory("c"))], warmup=1)
+    per_round = [[n for n in seen[i * 3 : i * 3 + 3]] for i in range(4)]
+    # native, sum and copy also run each round (not recorded here), so the recorded entries keep their
+    # relative order, but which one comes first changes from round to round
+    assert {r[0] for r in per_round} == {"a", "b", "c"}
+
+
+def test_provenance_records_machine_versions_threads_and_load() -> None:
+    found = bench._table.provenance()
+    assert {"cpu", "cores", "torch", "torch_threads", "date", "load_average_1_5_15_min"} <= set(found)
+    assert found["torch"] == torch.__version__ and found["torch_threads"] == torch.get_num_threads()
+
+
+@pytest.mark.skipif(not bench._fast_available(), reason="needs the fused kernels")
+def test_config_table_rows_carry_their_provenance_through_json() -> None:
+    rows = bench.config_table(
+        [bench.Config("t", TINY, torch.float32)], threads=(1,), modes=("eval",), rounds=1
+    )
+    assert rows[0].provenance is not None and "cpu" in rows[0].provenance
+    back = bench.table_from_json(bench.table_to_json(rows))
+    assert back[0].provenance == rows[0].provenance
+    from bnbook.demos import speed
+
+    assert "measured" in speed.table_provenance(back)
+    assert "not recorded" in speed.table_provenance([back[0]._replace(provenance=None)])
+
+
+def test_speed_stability_and_worst_cells_by_thread_count() -> None:
+    from bnbook.demos import speed
+
+    assert speed.spread((1.0, 0.5, 2.0)) == 4.0 and not speed.stable((1.0, 0.5, 2.0))
+    assert speed.stable((1.0, 0.8, 1.2))
+    config = bench.Config("t", TINY, torch.float32)
+    cell = bench.Cell((1.1, 1.0, 1.2), (0.9, 0.8, 1.0), 25)
+    wide = bench.Cell((5.0, 0.1, 30.0), (9.0, 1.0, 40.0), 25)
+    rows = [bench.TableRow(config, {("train", 2): wide, ("train", 1): cell})]
+    assert [c[2] for c in speed.worst_cells(rows, "train")] == [2, 1]
+    assert [c[0] for c in speed.worst_cells(rows, "train", threads=1)] == [1.1]
+    assert [c[2] for c in speed.worst_cells(rows, "train", max_spread=3.0)] == [1]
+    assert [(c[1], c[2]) for c in speed.unstable_cells(rows)] == [("train", 2)]
+
+
+def test_memory_study_returns_both_runs_or_none() -> None:
+    from bnbook.demos import speed
+
+    found = speed.memory_study(passes_mib=0.25, copy_mib=(0.25,), native_mib=(0.25,), rounds=1)
+    assert set(found) == {"plain", "control"}
+    for run in found.values():
+        if run is None:  # not Linux with glibc
+            continue
+        assert [r.mib for r in run["copy"]] == [0.25] and [r.mib for r in run["native"]] == [0.25]
+        if run["passes"] is not None:
+            for med, lo, hi in run["passes"].values():
+                assert 0 < lo <= med <= hi

@@ -210,3 +210,41 @@ def test_communication_models_closed_form():
         ap.ring_allreduce_seconds(10, 0, 1e-5, 1e9)
     with pytest.raises(ValueError):
         ap.ring_allgather_seconds(10, 0, 1e-5, 1e9)
+
+
+def test_ring_latency_per_step():
+    # a ring all-reduce takes 2(P - 1) steps, an all-gather P - 1, each paying the latency
+    assert ap.ring_allreduce_seconds(1, 4, 1e-5, 1e30, latency_per_step=True) == pytest.approx(6e-5)
+    assert ap.ring_allgather_seconds(1, 4, 1e-5, 1e30, latency_per_step=True) == pytest.approx(3e-5)
+    assert ap.ring_allreduce_seconds(1, 1, 1e-5, 1e30, latency_per_step=True) == 0.0
+
+
+def test_ddp_train_per_copy_learning_rates_and_pair_eval():
+    # one process: copies of the same seed at two rates start alike and then differ; the same
+    # rate twice gives the same copy twice
+    with Pool(1, timeout=120, preload=ap.PRELOAD) as pool:
+        res = pool.run(
+            ap.run_tasks,
+            [
+                (
+                    "r",
+                    "ddp_train",
+                    {
+                        **TRAIN,
+                        "seeds": [3, 3, 3],
+                        "lr": [0.05, 0.05, 0.5],
+                        "sync": False,
+                        "local_batch": 2,
+                        "pair_eval": True,
+                    },
+                )
+            ],
+            1,
+        )[0]["r"]
+    assert np.array_equal(res["loss"][0], res["loss"][1])
+    assert res["loss"][0, 0] == res["loss"][2, 0] and res["loss"][0, -1] != res["loss"][2, -1]
+    assert res["pair_acc"].shape == (3,) and np.all((res["pair_acc"] >= 0) & (res["pair_acc"] <= 1))
+    with pytest.raises(ValueError, match="one per seed"):
+        ap.ddp_train(0, 1, False, [1, 2], lr=[0.1])
+    with pytest.raises(ValueError, match="sync=False"):
+        ap.ddp_train(0, 1, True, [1], pair_eval=True)

@@ -277,8 +277,12 @@ def ladder(
     steps[SUM] = lambda: x.sum()
     steps[COPY] = lambda: dst.copy_(x)
     times: dict[str, list[float]] = {k: [] for k in steps}
+    names = list(steps)
     for r in range(warmup + rounds):
-        for name, step in steps.items():
+        # rotate the order each round, so that no entry always runs right after the same one
+        # (a pass that follows another over the same tensor may find it still in the cache)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            step = steps[name]
             _sync(device)
             t0 = time.perf_counter()
             step()
@@ -384,13 +388,15 @@ def fresh_vs_refill(
         fresh, reused = (_copy_pair if what == "copy" else _native_pair)(shape_for_mib(mib, c=1, hw=16))
         ratios = []
         for r in range(warmup + rounds):
-            t0 = time.perf_counter()
-            fresh()
-            t1 = time.perf_counter()
-            reused()
-            t2 = time.perf_counter()
+            pair = (fresh, reused) if r % 2 == 0 else (reused, fresh)  # alternate which one goes first
+            spent = []
+            for step in pair:
+                t0 = time.perf_counter()
+                step()
+                spent.append(time.perf_counter() - t0)
+            t_fresh, t_reused = spent if r % 2 == 0 else spent[::-1]
             if r >= warmup:
-                ratios.append((t1 - t0) / (t2 - t1))
+                ratios.append(t_fresh / t_reused)
         out.append(AllocRow(float(mib), _summary(ratios)))
     return out
 

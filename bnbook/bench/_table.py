@@ -22,6 +22,7 @@ __all__ = [
     "config_label",
     "config_table",
     "print_config_table",
+    "provenance",
     "table_from_json",
     "table_to_json",
 ]
@@ -80,10 +81,46 @@ class Cell(NamedTuple):
 
 
 class TableRow(NamedTuple):
-    """A configuration and its cells, keyed ``(mode, threads)`` with mode ``"train"`` or ``"eval"``."""
+    """A configuration and its cells, keyed ``(mode, threads)`` with mode ``"train"`` or ``"eval"``.
+
+    ``provenance`` says where and when the row was measured (:func:`provenance`), or is None.
+    """
 
     config: Config
     cells: dict[tuple[str, int], Cell]
+    provenance: dict | None = None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def provenance() -> dict:
+    """Where and when a measurement runs: CPU, core count, torch version, threads, date, load average."""
+    import datetime
+    import os
+
+    try:
+        load = [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        load = None
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_1_5_15_min": load,
+    }
 
 
 def _spread(values: Sequence[float]) -> tuple[float, float, float]:
@@ -113,6 +150,7 @@ def config_cell(config: Config, train: bool, rounds: int = 25, warmup: int = 2) 
     ``torch.no_grad()``. Each round runs, back to back: native, fused, a sum
     and a copy (the floor's passes). The floor is ``4 t_sum + 2 t_copy`` in
     training (6 reads, 2 writes) and ``t_copy`` in eval (1 read, 1 write).
+    The order of the four rotates from round to round.
     Needs the fused kernels (:func:`bnbook.fast.available`). See chapter 16.
     """
     if rounds < 1 or warmup < 0:
@@ -140,10 +178,11 @@ def config_cell(config: Config, train: bool, rounds: int = 25, warmup: int = 2) 
 
     steps = [step(native), step(fused), lambda: x.sum(), lambda: dst.copy_(x)]
     times: list[list[float]] = [[] for _ in steps]
+    n = len(steps)
     for r in range(warmup + rounds):
-        for i, s in enumerate(steps):
+        for i in [(r + j) % n for j in range(n)]:  # the order rotates, so no step always follows the same one
             t0 = time.perf_counter()
-            s()
+            steps[i]()
             if r >= warmup:
                 times[i].append(time.perf_counter() - t0)
     t_nat, t_fus, t_sum, t_copy = times
@@ -175,7 +214,7 @@ def config_table(
                 torch.set_num_threads(n)
                 for mode in modes:
                     cells[(mode, n)] = config_cell(config, mode == "train", rounds, warmup)
-            out.append(TableRow(config, cells))
+            out.append(TableRow(config, cells, provenance()))
     finally:
         torch.set_num_threads(before)
     return out
@@ -217,6 +256,7 @@ def table_to_json(rows: Sequence[TableRow]) -> list[dict]:
                 }
                 for (m, n), c in r.cells.items()
             ],
+            **({"provenance": r.provenance} if r.provenance else {}),
         }
         for r in rows
     ]
@@ -233,7 +273,7 @@ def table_from_json(data: Sequence[dict]) -> list[TableRow]:
             (c["mode"], c["threads"]): Cell(tuple(c["x_native"]), tuple(c["x_floor"]), c["rounds"])
             for c in d["cells"]
         }
-        rows.append(TableRow(config, cells))
+        rows.append(TableRow(config, cells, d.get("provenance")))
     return rows
 
 

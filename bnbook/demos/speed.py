@@ -8,7 +8,10 @@ passes over memory by timing, and draws the three figures.
 from __future__ import annotations
 
 import json
+import math
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,9 +25,14 @@ from bnbook.plots import MARKERS, PALETTE
 __all__ = [
     "TABLE_PATH",
     "measured_passes",
+    "memory_study",
+    "spread",
+    "stable",
     "print_table",
     "stored_table",
+    "table_provenance",
     "worst_cells",
+    "unstable_cells",
     "pass_counts",
     "plot_alloc",
     "plot_ladder",
@@ -81,7 +89,7 @@ def plot_ladder(rows: Sequence[bench.Row]) -> plt.Figure:
     ax.set_xscale("log")
     ax.axvline(1.0, color="#222222", ls="--", lw=1)
     ax.set_xlabel("time / memory-traffic floor (log scale; bar: median, whisker: min-max)")
-    ax.set_title("Fewer passes over memory, less time: the rungs fall toward the floor")
+    ax.set_title("Many passes cost time; among the fast rungs, counts do not set the order")
     return fig
 
 
@@ -99,12 +107,12 @@ def plot_sweep(points: Sequence[bench.SweepPoint]) -> plt.Figure:
             mib, [r.min_s * 1e3 for r in rows], [r.max_s * 1e3 for r in rows], color=color, alpha=0.15
         )
     ref = [points[0].rows[-1].median_s * 1e3 * m / mib[0] for m in mib]
-    ax.plot(mib, ref, color="#8c8c8c", ls=":", label="slope 1 (time proportional to size)")
+    ax.plot(mib, ref, color="#8c8c8c", ls=":", label="slope 1 (proportional to size)")
     _mib_ticks(ax, mib)
     ax.set_yscale("log")
     ax.set_xlabel("size of one tensor (MiB, float32)")
     ax.set_ylabel("ms per forward+backward")
-    ax.set_title("Cost grows in proportion to the bytes moved")
+    ax.set_title("Time against size: far from proportional across the caches")
     ax.legend(fontsize=9)
     return fig
 
@@ -139,7 +147,7 @@ def plot_alloc(series: dict[str, Sequence[bench.AllocRow] | None]) -> plt.Figure
     ax.set_yscale("log")
     ax.set_xlabel("size of the output (MiB); bands: min-max over rounds of the measurements")
     ax.set_ylabel("time, fresh output / reused output")
-    ax.set_title("Above 32 MiB, fresh memory means new pages and page faults")
+    ax.set_title("Fresh memory can cost page faults; the control (dashed) removes them")
     ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     return fig
 
@@ -177,6 +185,19 @@ def stored_table(path: Path | str = TABLE_PATH) -> tuple[list[int], list[bench.T
     return list(data["threads"]), bench.table_from_json(data["rows"])
 
 
+def table_provenance(rows: Sequence[bench.TableRow]) -> str:
+    """One line on where and when a stored table was measured, from its rows' provenance."""
+    found = [r.provenance for r in rows if r.provenance]
+    if not found:
+        return "where and when: not recorded in this table"
+    first = found[0]
+    loads = [p["load_average_1_5_15_min"][0] for p in found if p.get("load_average_1_5_15_min")]
+    load = f", 1-minute load average {min(loads):.1f} to {max(loads):.1f}" if loads else ""
+    return (
+        f"measured {first['date']} on {first['cpu']} ({first['cores']} cores), torch {first['torch']}{load}"
+    )
+
+
 def _cell(r: tuple[float, float, float]) -> str:
     return f"{r[0]:.2f} [{r[1]:.2f}-{r[2]:.2f}]"
 
@@ -192,30 +213,55 @@ def print_table(rows: Sequence[bench.TableRow], mode: str) -> None:
 
 
 def worst_cells(
-    rows: Sequence[bench.TableRow], mode: str, ratio: str = "x_native", min_mib: float = 0.0
+    rows: Sequence[bench.TableRow],
+    mode: str,
+    ratio: str = "x_native",
+    min_mib: float = 0.0,
+    threads: int | None = None,
+    max_spread: float | None = None,
 ) -> list[tuple[float, str, int]]:
-    """``(median, configuration, threads)`` of every cell of one mode, worst (largest median) first."""
+    """``(median, configuration, threads)`` of every cell of one mode, worst (largest median) first.
+
+    ``threads`` keeps one thread count only; ``max_spread`` keeps only the cells
+    whose range agrees within that factor (:func:`stable`).
+    """
     out = [
         (getattr(cell, ratio)[0], bench.config_label(row.config), n)
         for row in rows
         if row.config.mib >= min_mib
         for (m, n), cell in row.cells.items()
         if m == mode
+        and (threads is None or n == threads)
+        and (max_spread is None or stable(getattr(cell, ratio), max_spread))
     ]
     return sorted(out, reverse=True)
+
+
+def unstable_cells(
+    rows: Sequence[bench.TableRow], ratio: str = "x_native", max_spread: float = 3.0
+) -> list[tuple[str, str, int, tuple[float, float, float]]]:
+    """``(configuration, mode, threads, cell)`` of every cell whose range is wider than ``max_spread``."""
+    return [
+        (bench.config_label(row.config), m, n, getattr(cell, ratio))
+        for row in rows
+        for (m, n), cell in row.cells.items()
+        if not stable(getattr(cell, ratio), max_spread)
+    ]
 
 
 def measured_passes(
     mib: float = 64, rounds: int = 7, warmup: int = 1
 ) -> dict[str, tuple[float, float, float]]:
-    """Tensor passes of one training forward+backward, measured by timing against the floor's passes.
+    """Time of one training forward+backward in units of the floor's passes, measured in this process.
 
     At ``mib`` MiB per tensor (float32, NCHW, the current thread count), each
-    round times torch's native layer, ``bnbook.fast``'s, a sum and a copy.
-    The floor moves 8 passes (6 reads, 2 writes) in ``4 t_sum + 2 t_copy``, so
-    an implementation that takes ``t`` moves about ``8 t / T_floor`` passes'
-    worth of memory traffic. Returns median and range (min-max) over rounds
-    per entry; the floor itself is 8 by construction.
+    round times torch's native layer, ``bnbook.fast``'s, a sum and a copy, in an
+    order that rotates from round to round. The floor moves 8 passes (6 reads,
+    2 writes) in ``4 t_sum + 2 t_copy``, so an implementation that takes ``t``
+    takes the time of ``8 t / T_floor`` floor passes. That is time, not traffic:
+    it includes page faults on fresh outputs, arithmetic and per-call work, and
+    it is an upper bound on passes only where the floor's sum and copy run at
+    full memory speed. Returns median and range (min-max) over rounds per entry.
     """
     shape = bench.shape_for_mib(mib)
     gen = torch.Generator().manual_seed(0)
@@ -227,11 +273,12 @@ def measured_passes(
         bench.SUM: lambda: x.sum(),
         bench.COPY: lambda: dst.copy_(x),
     }
+    names = list(steps)
     times: dict[str, list[float]] = {k: [] for k in steps}
     for r in range(warmup + rounds):
-        for name, step in steps.items():
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            step()
+            steps[name]()
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
     floors = bench.floor_seconds(times[bench.SUM], times[bench.COPY])
@@ -240,3 +287,84 @@ def measured_passes(
         passes = [8 * t / f for t, f in zip(times[name], floors, strict=True)]
         out[name] = (statistics.median(passes), min(passes), max(passes))
     return out
+
+
+_MEMORY_CHILD = """
+import ctypes, json, sys
+if sys.argv[2] == "control":
+    libc = ctypes.CDLL("libc.so.6")
+    # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1: big blocks from the heap, freed memory kept for reuse
+    if libc.mallopt(-3, ctypes.c_int(1 << 30)) != 1 or libc.mallopt(-1, ctypes.c_int(2**31 - 1)) != 1:
+        print(json.dumps(None))
+        sys.exit()
+import torch
+torch.set_num_threads(int(sys.argv[3]))
+from bnbook import bench
+from bnbook.demos.speed import measured_passes
+passes_mib, copy_mib, native_mib, rounds = json.loads(sys.argv[1])
+passes = measured_passes(passes_mib, rounds, warmup=2) if bench._fast_available() else None
+bench.fresh_vs_refill([max(copy_mib + native_mib)], 1, "copy", warmup=2)  # the heap grows once, untimed
+print(json.dumps({
+    "passes": passes,
+    "copy": bench.fresh_vs_refill(copy_mib, rounds, "copy", warmup=2),
+    "native": bench.fresh_vs_refill(native_mib, rounds, "native", warmup=2),
+}))
+"""
+
+
+def memory_study(
+    passes_mib: float = 64,
+    copy_mib: Sequence[float] = (64, 16, 4),
+    native_mib: Sequence[float] = (64, 16),
+    rounds: int = 9,
+    timeout_s: float = 300.0,
+) -> dict[str, dict | None]:
+    """Fresh memory's cost, measured twice in fresh processes: as is, and with no fresh pages (the control).
+
+    Each child first runs :func:`measured_passes` at ``passes_mib`` (the time of
+    native's and the fused layer's forward+backward in floor passes), then
+    :func:`bnbook.bench.fresh_vs_refill` for the copy and for native batch norm,
+    all with ``rounds`` interleaved rounds. The control child first raises
+    glibc's mmap and trim thresholds (``mallopt``, as
+    :func:`bnbook.bench.allocation_study` does), so that fresh outputs reuse
+    pages the process already holds: no page faults. A fresh process starts
+    with a clean heap (a long-running one may hold a large free region that
+    serves big requests without new pages). Both children run at this
+    process's thread count. Returns ``{"plain": ..., "control": ...}``, each
+    ``{"passes": {name: (median, min, max)} or None, "copy": [AllocRow],
+    "native": [AllocRow]}``, or None where it could not run (not Linux with
+    glibc, or a failed child).
+    """
+    out: dict[str, dict | None] = {}
+    args = json.dumps([passes_mib, list(copy_mib), list(native_mib), int(rounds)])
+    for kind in ("plain", "control"):
+        found = None
+        if sys.platform.startswith("linux"):
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-c", _MEMORY_CHILD, args, kind, str(torch.get_num_threads())],
+                    capture_output=True,
+                    text=True,
+                    timeout=timeout_s,
+                    check=True,
+                )
+                found = json.loads(done.stdout.strip().splitlines()[-1])
+            except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+                found = None
+        if found is not None:
+            if found["passes"] is not None:
+                found["passes"] = {k: tuple(v) for k, v in found["passes"].items()}
+            for what in ("copy", "native"):
+                found[what] = sorted(bench.AllocRow(float(m), tuple(r)) for m, r in found[what])
+        out[kind] = found
+    return out
+
+
+def spread(r: Sequence[float]) -> float:
+    """High over low of a ``(median, low, high)`` cell: how far its rounds disagree."""
+    return r[2] / r[1] if r[1] > 0 else math.inf
+
+
+def stable(r: Sequence[float], max_spread: float = 3.0) -> bool:
+    """Whether a cell's rounds agree within a factor ``max_spread`` (high / low); see chapter 16."""
+    return spread(r) <= max_spread

@@ -85,7 +85,12 @@ def resnet50_parameter_count() -> int:
 
 
 def ring_allreduce_seconds(
-    numbers: float, world_size: int, latency_s: float, bandwidth_bytes_s: float, bytes_per_number: int = 4
+    numbers: float,
+    world_size: int,
+    latency_s: float,
+    bandwidth_bytes_s: float,
+    bytes_per_number: int = 4,
+    latency_per_step: bool = False,
 ) -> float:
     r"""Time of one all-reduce in the latency-bandwidth model.
 
@@ -95,16 +100,24 @@ def ring_allreduce_seconds(
 
     with P processes, a fixed cost :math:`\ell` per all-reduce (latency), k numbers
     of b bytes and link bandwidth W (bytes per second); a ring all-reduce sends
-    each byte :math:`2(P-1)/P` times.
+    each byte :math:`2(P-1)/P` times. By default the latency is paid once per
+    all-reduce, whatever P; with ``latency_per_step`` it is paid at each of the
+    ring's :math:`2(P-1)` steps, so :math:`t = 2(P-1)\,\ell + \dots`.
     """
     if world_size < 1 or latency_s < 0 or bandwidth_bytes_s <= 0:
         raise ValueError("need world_size >= 1, latency_s >= 0 and bandwidth_bytes_s > 0")
     p = world_size
-    return latency_s + 2 * (p - 1) / p * numbers * bytes_per_number / bandwidth_bytes_s
+    latency = 2 * (p - 1) * latency_s if latency_per_step else latency_s
+    return latency + 2 * (p - 1) / p * numbers * bytes_per_number / bandwidth_bytes_s
 
 
 def ring_allgather_seconds(
-    numbers: float, world_size: int, latency_s: float, bandwidth_bytes_s: float, bytes_per_number: int = 4
+    numbers: float,
+    world_size: int,
+    latency_s: float,
+    bandwidth_bytes_s: float,
+    bytes_per_number: int = 4,
+    latency_per_step: bool = False,
 ) -> float:
     r"""Time of one all-gather of k numbers from each of P processes, in the latency-bandwidth model.
 
@@ -113,11 +126,13 @@ def ring_allgather_seconds(
         t = \ell + (P-1)\,\frac{k\,b}{W}
 
     Every process must receive the other :math:`P-1` contributions, so unlike an
-    all-reduce the traffic grows with P.
+    all-reduce the traffic grows with P. With ``latency_per_step`` the latency is
+    paid at each of the ring's :math:`P-1` steps instead of once.
     """
     if world_size < 1 or latency_s < 0 or bandwidth_bytes_s <= 0:
         raise ValueError("need world_size >= 1, latency_s >= 0 and bandwidth_bytes_s > 0")
-    return latency_s + (world_size - 1) * numbers * bytes_per_number / bandwidth_bytes_s
+    latency = (world_size - 1) * latency_s if latency_per_step else latency_s
+    return latency + (world_size - 1) * numbers * bytes_per_number / bandwidth_bytes_s
 
 
 def _calls(node: ast.AST) -> list[tuple[int, str]]:

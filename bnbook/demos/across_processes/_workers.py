@@ -310,11 +310,12 @@ def ddp_train(
     seeds: Sequence[int],
     steps: int = 600,
     local_batch: int = 2,
-    lr: float = 0.05,
+    lr: float | Sequence[float] = 0.05,
     hidden: int = 64,
     eval_every: int = 50,
     data: Split | None = None,
     group: Any = None,
+    pair_eval: bool = False,
 ) -> dict[str, np.ndarray]:
     """Data-parallel training of a batch-norm MLP on the digits, with or without synchronized statistics.
 
@@ -326,25 +327,35 @@ def ddp_train(
     ``world_size * local_batch`` training images (with that seed's generator) and
     each keeps its own ``local_batch`` of them, so the global batch is the one a
     single process would draw. Plain SGD at learning rate ``lr`` on the averaged
-    gradients. Test accuracy is measured in eval mode, with this rank's running
+    gradients; ``lr`` may also give one learning rate per copy (a seed may then
+    appear several times, one copy per learning rate: same start, same batches).
+    Test accuracy is measured in eval mode, with this rank's running
     statistics, every ``eval_every`` steps. ``data`` is a :class:`bnbook.data.Split`
     (by default ``load_digits()``); passing it from the parent spares every
-    worker the import of scikit-learn.
+    worker the import of scikit-learn. With ``pair_eval`` (per-process only), the
+    trained copies are also evaluated in training mode on random pairs of test
+    images, each pair normalized with its own statistics, as in training with
+    ``local_batch=2``.
 
     Returns
     -------
     dict
         ``steps`` (the evaluated steps, starting at 0), ``test_acc`` of shape
         (len(seeds), len(steps)), and ``loss``, this rank's training loss at every
-        step, shape (len(seeds), steps).
+        step, shape (len(seeds), steps); with ``pair_eval``, ``pair_acc`` of shape
+        (len(seeds),).
     """
     from torch.nn.parallel import DistributedDataParallel
 
+    lrs = torch.as_tensor([lr] * len(seeds) if np.ndim(lr) == 0 else list(lr), dtype=torch.float32)
+    if lrs.shape != (len(seeds),) or (lrs <= 0).any():
+        raise ValueError(f"lr must be positive: one number, or one per seed ({len(seeds)}), got {lr}")
+    if pair_eval and sync:
+        raise ValueError("pair_eval evaluates per-process batch norm: it needs sync=False")
     _check_rank(rank, world_size, group)
-    if steps < 1 or local_batch < 1 or lr <= 0 or eval_every < 1:
+    if steps < 1 or local_batch < 1 or eval_every < 1:
         raise ValueError(
-            f"need steps, local_batch, eval_every >= 1 and lr > 0, got {steps}, {local_batch}, "
-            f"{eval_every}, {lr}"
+            f"need steps, local_batch, eval_every >= 1, got {steps}, {local_batch}, {eval_every}"
         )
     if data is None:
         from bnbook.data import load_digits
@@ -357,8 +368,16 @@ def ddp_train(
     model = SeedStackMLP([x_train.shape[1], hidden, hidden, 10], seeds)
     if sync:
         model = bnn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+    # each parameter's learning rate, copy by copy: stacked weights (S, ...) and norms over S * width
+    step_sizes = {id(w): lrs.view(-1, *[1] * (w.dim() - 1)) for w in [*model.weights, model.bias]}
+    for norm in model.norms:
+        width = norm.weight.numel() // s
+        for w in (norm.weight, norm.bias):
+            step_sizes[id(w)] = lrs.repeat_interleave(width)
     ddp = DistributedDataParallel(model, process_group=group)
     params = [p for p in ddp.parameters() if p.requires_grad]
+    if set(step_sizes) != {id(p) for p in params}:
+        raise RuntimeError("a parameter of the stack has no learning rate")
     gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     rows = slice(rank * local_batch, (rank + 1) * local_batch)
     evaluated = np.arange(0, steps + 1, eval_every)
@@ -384,9 +403,20 @@ def ddp_train(
         per_seed.sum().backward()  # DistributedDataParallel averages the gradients over the ranks here
         with torch.no_grad():
             for p in params:
-                p.sub_(p.grad, alpha=lr)
+                p.sub_(p.grad * step_sizes[id(p)])
         losses.append(per_seed.detach())
-    return {"steps": evaluated, "test_acc": test_acc, "loss": torch.stack(losses, 1).numpy()}
+    out = {"steps": evaluated, "test_acc": test_acc, "loss": torch.stack(losses, 1).numpy()}
+    if pair_eval:
+        # training mode on test pairs: the statistics the layers saw in training, not the running ones
+        order = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(rank))
+        pairs = order[: len(order) // 2 * 2].view(-1, 2)
+        right = torch.zeros(s)
+        with torch.no_grad():
+            model.train()
+            for pair in pairs:
+                right += (model(x_eval[pair]).argmax(-1) == y_test[pair].unsqueeze(1)).sum(0)
+        out["pair_acc"] = (right / pairs.numel()).double().numpy()
+    return out
 
 
 def recipe(
