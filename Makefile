@@ -96,7 +96,7 @@ execute: venv
 	BNBOOK_STATIC=1 BNBOOK_DEVICE=cpu BNBOOK_RECORD_TIMES=1 $(PY) tools/execute.py $(NOTEBOOKS)
 
 lab: venv
-	$(BIN)/jupyter lab chapters
+	$(BIN)/jupyter lab $$( [ "$$(id -u)" = 0 ] && echo --allow-root ) chapters
 
 serve: book
 	$(PY) -m http.server --bind 127.0.0.1 --directory _build/html 8000

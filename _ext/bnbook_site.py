@@ -1,6 +1,6 @@
 """Local Sphinx extension: fixes to the Jupyter Book 1 stack that the book relies on.
 
-Registered in ``_config.yml`` under ``sphinx: local_extensions``. It does seven
+Registered in ``_config.yml`` under ``sphinx: local_extensions``. It does twelve
 things, each at the source of a problem rather than by hiding its symptom:
 
 1. **One THEBE_JS_URL per page.** sphinx-thebe registers its inline
@@ -55,10 +55,41 @@ things, each at the source of a problem rather than by hiding its symptom:
    longer counts it as a list item, so the list reads as empty. We write
    ``role="listitem"``, as DPUB-ARIA 1.1 advises; the markup is otherwise
    docutils' own.
+
+8. **Glossary links that work in JupyterLab too.** The notebooks link a
+   term as ``[text](../glossary.md#term-Batch-statistics)`` (a file JupyterLab
+   can open; see ``tools/notebook_parity.py``). MyST resolves ``file#id``
+   only for heading anchors, so we register each glossary term's id as an
+   anchor of the glossary page; the link then goes to the term's entry, and
+   its tooltip shows, as for ``{term}``.
+
+9. **Tooltips by level.** The glossary's front matter lists its
+   ``advanced_terms``; every other term is basic. Each term of the glossary
+   and each link to one gets the class ``bn-level-basic`` or
+   ``bn-level-advanced``, and ``_static/bnbook.js`` shows the tooltips of
+   basic terms only to readers who chose "Beginner".
+
+10. **Exercises numbered per chapter.** Sphinx numbers an enumerable node
+    (sphinx-exercise's exercises) with one counter across all documents of an
+    unnumbered book, so the third chapter's exercises were 8 to 10, where the
+    notebook in JupyterLab shows 1 to 3. We number them from 1 in each
+    document, in document order.
+
+11. **One citation style.** The text cites author-year ("Ioffe and Szegedy,
+    2015"), so the bibliography labels its entries the same way (pybtex's
+    ``alpha`` labels, such as "IS15", garble names with accents). The
+    formatting style ``bnbook`` is pybtex's ``unsrt`` with those labels, sorted
+    by author and year.
+
+12. **Page metadata and the PDF.** Every page gets a ``<meta name="description">``;
+    a PDF made by ``tools/make_pdf.py`` is copied into the site
+    (``_static/bnbook.pdf``) with ``_static/bnbook-pdf.js`` saying where it is,
+    so the download menu offers it (``_static/bnbook.js``).
 """
 
 from __future__ import annotations
 
+import html
 import pickle
 import re
 from pathlib import Path
@@ -218,8 +249,157 @@ def _depart_citation(self: Any, node: nodes.citation) -> None:
         self.body.append("</div>\n")
 
 
+# --- glossary links from notebooks, and term levels ----------------------------------------
+LEVELS = ("basic", "advanced")
+
+
+def _glossary_targets(app: Sphinx, doctree: nodes.document) -> None:
+    """Register glossary term ids as MyST anchors of their page, and note each term's level."""
+    from sphinx import addnodes
+
+    env = app.env
+    if not any(True for _ in doctree.findall(addnodes.glossary)):
+        return
+    meta = env.metadata.setdefault(env.docname, {})
+    listed = meta.get("advanced_terms", []) or []
+    if isinstance(listed, str):  # MyST keeps front matter values as JSON text
+        import json
+
+        listed = json.loads(listed) if listed.lstrip().startswith("[") else [listed]
+    advanced = {str(t).strip().lower() for t in listed}
+    slugs = meta.setdefault("myst_slugs", {})
+    levels = {}
+    for term in doctree.findall(nodes.term):
+        text = term.astext().strip()
+        level = "advanced" if text.lower() in advanced else "basic"
+        term["classes"].append(f"bn-level-{level}")
+        for node_id in term["ids"]:
+            slugs.setdefault(node_id, (term.line or 0, node_id, text))
+            levels[node_id] = level
+    unknown = advanced - {t.astext().strip().lower() for t in doctree.findall(nodes.term)}
+    if unknown:
+        logger.warning("[bnbook_site] advanced_terms names unknown glossary terms: %s", sorted(unknown))
+    meta["bnbook_term_levels"] = levels
+
+
+def _term_levels(env: Any) -> dict[str, str]:
+    levels: dict[str, str] = {}
+    for meta in env.metadata.values():
+        levels.update(meta.get("bnbook_term_levels", {}))
+    return levels
+
+
+def _mark_term_links(app: Sphinx, doctree: nodes.document, docname: str) -> None:
+    """Give every link to a glossary term the class of the term's level."""
+    levels = _term_levels(app.env)
+    for ref in doctree.findall(nodes.reference):
+        uri = ref.get("refuri", "") or ""
+        anchor = uri.partition("#")[2] if "#" in uri else ref.get("refid", "")
+        if anchor.startswith("term-") and anchor in levels:
+            ref["classes"].append(f"bn-level-{levels[anchor]}")
+
+
+# --- exercises numbered per document ------------------------------------------------------
+def _number_exercises_per_document(app: Sphinx, env: Any) -> list[str]:
+    changed = []
+    for docname, figtypes in env.toc_fignumbers.items():
+        numbers = figtypes.get("exercise")
+        if not numbers:
+            continue
+        ordered = sorted(numbers, key=lambda k: numbers[k])
+        renumbered = {key: (i + 1,) for i, key in enumerate(ordered)}
+        if renumbered != numbers:
+            figtypes["exercise"] = renumbered
+            changed.append(docname)
+    return []  # numbers only: nothing needs reading again
+
+
+# --- author-year labels in the bibliography ----------------------------------------------
+def _register_bibliography_style() -> None:
+    from pybtex.plugin import register_plugin
+    from pybtex.richtext import Text
+    from pybtex.style.formatting.unsrt import Style as UnsrtStyle
+    from pybtex.style.labels import BaseLabelStyle
+    from pybtex.style.sorting.author_year_title import SortingStyle
+
+    def surname(person: Any) -> str:
+        return Text.from_latex(" ".join(person.prelast_names + person.last_names)).render_as("text")
+
+    class AuthorYearLabels(BaseLabelStyle):
+        """Labels as the text cites: "Welford, 1962", "Wu and He, 2018", "Goyal et al., 2017"."""
+
+        def format_labels(self, sorted_entries: Any) -> Any:
+            labels = []
+            for entry in sorted_entries:
+                people = entry.persons.get("author") or entry.persons.get("editor") or []
+                names = [surname(p) for p in people]
+                if len(names) > 2:
+                    who = f"{names[0]} et al."
+                else:
+                    who = " and ".join(names) or entry.fields.get("title", entry.key)
+                labels.append(f"{who}, {entry.fields.get('year', 'n.d.')}")
+            seen: dict[str, int] = {}
+            for label in labels:
+                seen[label] = seen.get(label, 0) + 1
+            counts: dict[str, int] = {}
+            for label in labels:  # "He et al., 2016a" and "He et al., 2016b"
+                if seen[label] > 1:
+                    counts[label] = counts.get(label, 0) + 1
+                    yield label + "abcdefghijklmnopqrstuvwxyz"[counts[label] - 1]
+                else:
+                    yield label
+
+    class Style(UnsrtStyle):
+        default_label_style = AuthorYearLabels
+        default_sorting_style = SortingStyle
+
+    register_plugin("pybtex.style.formatting", "bnbook", Style, force=True)
+
+
+# --- page metadata and the PDF ------------------------------------------------------------
+DESCRIPTION = (
+    "An open, interactive textbook on batch normalization: every idea implemented in a small "
+    "Python package, tested against PyTorch, and explored with figures that run offline."
+)
+PDF_NAME = "bnbook.pdf"
+
+
+def _page_context(app: Sphinx, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    title = re.sub(r"<[^>]+>", "", str(context.get("title") or "")).strip()
+    text = f"{title}: {DESCRIPTION}" if title and pagename != app.config.root_doc else DESCRIPTION
+    tag = f'<meta name="description" content="{html.escape(text, quote=True)}" />\n'
+    context["metatags"] = context.get("metatags", "") + tag
+
+
+def _publish_pdf(app: Sphinx, exception: Exception | None) -> None:
+    """Copy a PDF made by ``make pdf`` into the site and tell the pages where it is."""
+    if exception is not None or app.builder.name != "html":
+        return
+    static = Path(app.outdir, "_static")
+    pdf = Path(app.outdir).parent / "pdf" / PDF_NAME
+    publish_pdf(static, pdf if pdf.is_file() else None)
+
+
+def publish_pdf(static: Path, pdf: Path | None) -> None:
+    """Write ``bnbook-pdf.js`` under ``static`` (and copy ``pdf`` there when it exists)."""
+    import shutil
+
+    static.mkdir(parents=True, exist_ok=True)
+    url = "null"
+    if pdf is not None:
+        if pdf.resolve() != (static / PDF_NAME).resolve():
+            shutil.copyfile(pdf, static / PDF_NAME)
+        url = f'"{PDF_NAME}"'
+    (static / "bnbook-pdf.js").write_text(
+        "// Written by the build: the whole book as a PDF, relative to _static/ (null: not built).\n"
+        f"window.BNBOOK_PDF = {url};\n",
+        encoding="utf-8",
+    )
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
     _normalise_inline_js(app)
+    _register_bibliography_style()
     app.add_node(nodes.citation, override=True, html=(_visit_citation, _depart_citation))
     # priority > 500: run after Jupyter Book's config handling and after
     # sphinx-tippy has registered its defaults.
@@ -234,4 +414,10 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("build-finished", _save_tippy_data, priority=900)
     # after sphinx-mathjax-offline's build-finished handler (priority 500) copied MathJax
     app.connect("build-finished", _prune_offline_mathjax, priority=900)
+    app.connect("doctree-read", _glossary_targets)
+    app.connect("doctree-resolved", _mark_term_links)
+    # after Sphinx's TocTreeCollector (priority 500) numbered the figures across the book
+    app.connect("env-get-updated", _number_exercises_per_document, priority=900)
+    app.connect("html-page-context", _page_context)
+    app.connect("build-finished", _publish_pdf, priority=900)
     return {"version": __version__, "parallel_read_safe": True, "parallel_write_safe": True}

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["glue", "glued", "markdown_table", "sig"]
+__all__ = ["VERDICTS", "glue", "glued", "markdown_table", "sig", "verdict_word"]
 
 #: The prefix of the output types under which ``myst_nb.glue`` stores a value in a notebook.
 RECORD_PREFIX = "application/papermill.record/"
@@ -145,3 +145,44 @@ def markdown_table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
             raise ValueError(f"row {i} has {len(row)} cells, the header {len(header)}")
         lines.append("| " + " | ".join(cell(v) for v in row) + " |")
     return "\n".join(lines)
+
+
+#: What :func:`verdict_word` returns: the first side of a comparison against the second.
+VERDICTS = ("better", "worse", "about the same")
+
+
+def verdict_word(word: Any, words: dict[str, str], *, flip: bool = False, where: str = "") -> str:
+    """A chapter's verdict word, read as ``"better"``, ``"worse"`` or ``"about the same"``.
+
+    Chapters word their verdicts in their own terms ("BN faster", "no BN better", "higher"). ``words``
+    maps each word a chapter may use to one of :data:`VERDICTS`, for the first side of its difference
+    against the second. A word that is not in ``words`` raises ``ValueError``, so a verdict reworded in
+    a chapter stops the reader instead of silently counting as something else.
+
+    Parameters
+    ----------
+    word : str
+        The glued verdict.
+    words : dict
+        The chapter's words, each mapped to one of :data:`VERDICTS`.
+    flip : bool
+        Swap "better" and "worse": for a quantity where the chapter's "higher" is the worse side
+        (a loss, an error, a smoothness constant).
+    where : str
+        Names the value in the error message (chapter and key).
+
+    >>> verdict_word("BN faster", {"BN faster": "better", "BN slower": "worse"})
+    'better'
+    >>> verdict_word("higher", {"higher": "better", "lower": "worse"}, flip=True)
+    'worse'
+    """
+    bad = sorted({v for v in words.values() if v not in VERDICTS})
+    if bad:
+        raise ValueError(f"verdict words must map to {VERDICTS}, got {bad}")
+    if not isinstance(word, str) or word not in words:
+        known = ", ".join(map(repr, words))
+        raise ValueError(f"{where or 'verdict'}: unknown verdict word {word!r} (known: {known})")
+    said = words[word]
+    if flip and said != "about the same":
+        said = "worse" if said == "better" else "better"
+    return said

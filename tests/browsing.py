@@ -58,7 +58,7 @@ def _discover() -> dict[str, list[str]]:
             found["explorers"].append(rel)
         if re.search(r'class="solution dropdown\b', html):
             found["solutions"].append(rel)
-        if re.search(r'<a class="reference internal" href="[^"]*#term-', html):
+        if re.search(r'<a class="[^"]*\breference internal\b[^"]*" href="[^"]*#term-', html):
             found["terms"].append(rel)
     return found
 

@@ -355,26 +355,234 @@ def _rgb(css: str) -> tuple[int, ...]:
 
 
 @pytest.mark.parametrize("path", _params("chapters", "chapters"))
-def test_figures_are_not_white_rectangles_in_dark_mode(site: Browser, path: str) -> None:
-    """In the theme's dark mode a figure's corners match the page background, not white."""
+def test_figures_keep_their_colours_in_dark_mode(site: Browser, path: str) -> None:
+    """The prose names the palette's colours ("vermillion"), so dark mode must not recolour figures."""
     import io
 
+    import numpy as np
     from PIL import Image
 
     page = site.open(path).page
     figures = page.locator(".cell_output img")
     if figures.count() == 0:
         pytest.skip(f"{path} has no figure")
+    figure = figures.first
+    figure.scroll_into_view_if_needed()
+
+    def hsv() -> Any:
+        return np.asarray(Image.open(io.BytesIO(figure.screenshot())).convert("RGB").convert("HSV"), float)
+
+    light = hsv()
     page.evaluate(_DARK, "dark")
     try:
         background = _rgb(page.evaluate(_BACKGROUND))
         assert sum(background) < 3 * 80, f"dark mode did not darken the page: {background}"
-        figure = figures.first
-        figure.scroll_into_view_if_needed()
-        shot = Image.open(io.BytesIO(figure.screenshot())).convert("RGB")
-        w, h = shot.size
-        corners = [shot.getpixel((x, y)) for x in (2, w - 3) for y in (2, h - 3)]
-        far = [c for c in corners if max(abs(a - b) for a, b in zip(c, background, strict=True)) > 40]
-        assert not far, f"{path}: figure corners {corners} stand out from the dark page {background}"
+        dark = hsv()
+        css_filter = figure.evaluate("el => getComputedStyle(el).filter")
     finally:
         page.evaluate(_DARK, "light")
+    assert "invert" not in css_filter and "hue-rotate" not in css_filter, f"{path}: filter {css_filter}"
+    coloured = (light[..., 1] > 100) & (light[..., 2] > 60)
+    if light.shape == dark.shape and coloured.sum() > 50:
+        diff = np.abs(light[..., 0] - dark[..., 0])[coloured]
+        diff = np.minimum(diff, 256 - diff) * 360 / 256
+        turn = float(np.median(diff))
+        assert turn < 12, f"{path}: dark mode turns the figure's hues by {turn:.0f} degrees"
+
+
+# --- a phone, a keyboard, the reader's level ----------------------------------------------------
+PHONE = {"width": 390, "height": 844}
+
+_PHONE_STATE = """() => {
+  const vw = document.documentElement.clientWidth;
+  const scrolls = el => {
+    for (let e = el; e && e !== document.body; e = e.parentElement) {
+      const o = getComputedStyle(e).overflowX;
+      if ((o === 'auto' || o === 'scroll') && e.scrollWidth > e.clientWidth) return true;
+    }
+    return false;
+  };
+  const clipped = [];
+  document.querySelectorAll('article mjx-container[display="true"]').forEach(m => {
+    const box = m.getBoundingClientRect();
+    const inner = m.firstElementChild ? m.firstElementChild.getBoundingClientRect() : box;
+    const cut = inner.width > box.width + 1 && !scrolls(m.firstElementChild || m);
+    if (cut) clipped.push(m.textContent.slice(0, 40));
+  });
+  return {
+    pageWidth: document.documentElement.scrollWidth, vw, clipped,
+    sliders: Array.from(document.querySelectorAll('.bnx-slider')).map(s => s.getBoundingClientRect().height),
+    frames: Array.from(document.querySelectorAll('img.bnx-frame')).map(i => i.getBoundingClientRect().width),
+  };
+}"""
+
+
+def _fresh(site: Browser, **context: Any) -> Any:
+    """A page in a context of its own (viewport, colour scheme), other hosts blocked."""
+    from browsing import _EXTERNAL_URL
+
+    ctx = site.browser.new_context(service_workers="block", **context)
+    ctx.route(_EXTERNAL_URL, lambda route: route.abort("blockedbyclient"))
+    return ctx
+
+
+@pytest.mark.parametrize("path", _params("explorers", "an explorer"))
+def test_phone_layout(site: Browser, path: str) -> None:
+    """390 px: nothing pushes the page sideways, wide math scrolls, figures keep their size, big sliders."""
+    from browsing import _MATHJAX_DONE, _READ_THROUGH
+
+    ctx = _fresh(site, viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
+    try:
+        page = ctx.new_page()
+        page.goto(site.base_url + path, wait_until="load")
+        page.evaluate(_MATHJAX_DONE)
+        page.evaluate(_READ_THROUGH)
+        state = page.evaluate(_PHONE_STATE)
+        SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT_DIR / f"phone-{Path(path).stem}.png"))
+    finally:
+        ctx.close()
+    problems = []
+    if state["pageWidth"] > state["vw"] + 1:
+        problems.append(f"the page is {state['pageWidth']} px wide on a {state['vw']} px screen")
+    problems += [f"display math cut off without a scroll box: {t!r}" for t in state["clipped"]]
+    problems += [f"a slider is {h:.0f} px high (under 24 px)" for h in state["sliders"] if h < 24]
+    problems += [f"an explorer's picture shrank to {w:.0f} px" for w in state["frames"] if w < 560]
+    _ok(problems, f"{path} at 390 px")
+
+
+@pytest.mark.parametrize("path", _params("explorers", "an explorer"))
+def test_sliders_read_out_values(site: Browser, path: str) -> None:
+    page = site.open(path).page
+    problems = []
+    sliders = page.locator(".bnbook-explorer .bnx-slider")
+    for i in range(sliders.count()):
+        s = sliders.nth(i)
+        shown = s.locator("xpath=following-sibling::output").text_content() or ""
+        text = s.get_attribute("aria-valuetext") or ""
+        if not text or not text.startswith(shown.strip()):
+            problems.append(
+                f"slider {s.get_attribute('aria-label')!r}: aria-valuetext {text!r}, shows {shown!r}"
+            )
+    assert sliders.count(), f"{path}: no sliders"
+    _ok(problems, path)
+
+
+@pytest.mark.parametrize("path", _params("chapters", "chapters"))
+def test_formulas_are_not_tab_stops_and_exercises_count_from_one(site: Browser, path: str) -> None:
+    page = site.open(path).page
+    stops = page.evaluate("() => document.querySelectorAll('mjx-container[tabindex=\"0\"]').length")
+    titles = page.evaluate(
+        "() => Array.from(document.querySelectorAll('.exercise .admonition-title'))"
+        ".map(t => (t.textContent.match(/Exercise\\s+(\\d+)/) || [])[1]).filter(Boolean).map(Number)"
+    )
+    problems = [f"{stops} formulas are Tab stops"] if stops else []
+    if titles != list(range(1, len(titles) + 1)):
+        problems.append(f"exercises numbered {titles}, not 1 to {len(titles)} as in the notebook")
+    _ok(problems, path)
+
+
+def test_first_visit_follows_the_system_colour_mode_and_page_metadata(site: Browser) -> None:
+    if not SITE["pages"]:
+        pytest.skip(NO_SITE)
+    problems = []
+    for scheme in ("dark", "light"):
+        ctx = _fresh(site, viewport={"width": 1280, "height": 900}, color_scheme=scheme)
+        try:
+            page = ctx.new_page()
+            page.goto(site.base_url + "intro.html", wait_until="load")
+            theme = page.evaluate("document.documentElement.dataset.theme")
+            meta = page.evaluate("(document.querySelector('meta[name=description]') || {}).content || ''")
+            icon = page.evaluate("(document.querySelector('link[rel~=icon]') || {}).href || ''")
+        finally:
+            ctx.close()
+        if theme != scheme:
+            problems.append(f"system {scheme}: the page opened in {theme!r}")
+    if len(meta) < 50:
+        problems.append(f"meta description {meta!r}")
+    if not icon:
+        problems.append("no favicon link (browsers then ask for /favicon.ico: a 404)")
+    _ok(problems, "intro.html")
+
+
+def _tip_shows(page: Any, link: Any) -> bool:
+    """Whether a tooltip opens when the link takes the keyboard focus (tippy: mouseenter or focus)."""
+    page.evaluate("() => { document.activeElement && document.activeElement.blur(); }")
+    page.mouse.move(0, 0)
+    page.wait_for_timeout(300)
+    link.focus()
+    try:
+        page.locator(_VISIBLE_TIP).first.wait_for(state="visible", timeout=2000)
+        return True
+    except Exception:
+        return False
+
+
+def test_tooltip_level_switch(site: Browser) -> None:
+    """Beginner: tooltips on every term; Expert: on advanced terms only; kept across pages."""
+    pages = [
+        p
+        for p in SITE["terms"]
+        if "bn-level-advanced" in (HTML_DIR / p).read_text(encoding="utf-8")
+        and "bn-level-basic" in (HTML_DIR / p).read_text(encoding="utf-8")
+    ]
+    if not pages:
+        pytest.skip("no page links to both a basic and an advanced glossary term")
+    ctx = _fresh(site, viewport={"width": 1280, "height": 900})
+    try:
+        page = ctx.new_page()
+        page.goto(site.base_url + pages[0], wait_until="load")
+        page.wait_for_timeout(300)
+        switch = page.locator(".bn-level-switch")
+        basic = page.locator("article a.bn-level-basic >> visible=true").first
+        advanced = page.locator("article a.bn-level-advanced >> visible=true").first
+        problems = []
+        if switch.get_attribute("aria-pressed") != "false" or "Beginner" not in switch.inner_text():
+            problems.append("the first visit is not at the Beginner level")
+        if not (_tip_shows(page, basic) and _tip_shows(page, advanced)):
+            problems.append("Beginner: a term shows no tooltip")
+        switch.focus()  # the keyboard alone switches it
+        page.keyboard.press("Enter")
+        if switch.get_attribute("aria-pressed") != "true" or "Expert" not in switch.inner_text():
+            problems.append("Enter on the switch did not choose Expert")
+        if _tip_shows(page, basic):
+            problems.append("Expert: a basic term still shows its tooltip")
+        if not _tip_shows(page, advanced):
+            problems.append("Expert: an advanced term shows no tooltip")
+        page.goto(site.base_url + (pages[1] if len(pages) > 1 else pages[0]), wait_until="load")
+        page.wait_for_timeout(300)
+        if page.locator(".bn-level-switch").get_attribute("aria-pressed") != "true":
+            problems.append("the Expert choice was not remembered on the next page")
+        if _tip_shows(page, page.locator("article a.bn-level-basic >> visible=true").first):
+            problems.append("Expert, next page: a basic term shows its tooltip")
+    finally:
+        ctx.close()
+    _ok(problems, pages[0])
+
+
+def test_code_fits_the_column_or_scrolls(site: Browser) -> None:
+    """88-character lines fit the desktop column; longer ones scroll in their own box."""
+    path = next((p for p in SITE["chapters"]), None)
+    if path is None:
+        pytest.skip(NO_SITE)
+    page = site.open(path).page
+    state = page.evaluate("""() => Array.from(document.querySelectorAll('.cell_input div.highlight pre'))
+      .slice(0, 40).map(pre => {
+        const probe = document.createElement('span');
+        probe.textContent = 'x'.repeat(88);
+        probe.style.cssText = 'position:absolute;visibility:hidden;white-space:pre';
+        pre.appendChild(probe);
+        const w = probe.getBoundingClientRect().width;
+        probe.remove();
+        return {fits: w <= pre.clientWidth, over: pre.scrollWidth > pre.clientWidth,
+                overflow: getComputedStyle(pre).overflowX, w, col: pre.clientWidth};
+      })""")
+    problems = [
+        f"88 characters take {s['w']:.0f} px in a {s['col']} px code box" for s in state if not s["fits"]
+    ]
+    problems += [
+        "a long code line is cut off (no scroll box)"
+        for s in state
+        if s["over"] and s["overflow"] not in ("auto", "scroll")
+    ]
+    _ok(problems[:5], path)

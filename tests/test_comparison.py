@@ -153,9 +153,15 @@ def test_train_members_adam_matches_torch_optim_adam(data) -> None:
 
 
 def test_overfit_and_run_optimizer_shapes(data) -> None:
-    out = cmp.overfit(data, 40, [0, 1], lr=0.5, steps=3, depth=1, width=8, batch_size=8, ghost_sizes=(4,))
+    out = cmp.overfit(
+        data, 40, [0, 1], lrs=[0.5, 1.0, 2.0], steps=3, depth=1, width=8, batch_size=8, ghost_sizes=(4,)
+    )
     assert list(out) == ["xavier", "lsuv", "ghost4", "bn", "full"]
-    assert all(v["test_acc"].shape == (2,) for v in out.values())
+    assert all(v["test_acc"].shape == (3, 2) for v in out.values())
+    # the first learning rate's runs are those of a run at that learning rate alone
+    one = cmp.overfit(data, 40, [0, 1], lrs=[0.5], steps=3, depth=1, width=8, batch_size=8, ghost_sizes=(4,))
+    for k, v in one.items():
+        np.testing.assert_allclose(v["test_loss"][0], out[k]["test_loss"][0], rtol=1e-5)
     res = cmp.run_optimizer(
         data, ["xavier", "bn"], [0, 1], optimizer="sgd", lr=0.5, steps=3, depth=1, width=8, batch_size=8
     )
@@ -164,3 +170,64 @@ def test_overfit_and_run_optimizer_shapes(data) -> None:
         cmp.train_members(
             BatchedMLP([64, 4, 10], seeds=[0]), data.x_train, data.y_train, 0.1, 1, 4, optimizer="x"
         )
+
+
+def test_output_lsuv_members_start_with_unit_logits_and_others_stay(data) -> None:
+    model = BatchedMLP([64, 16, 16, 10], seeds=[0, 1, 2])
+    before = [p.detach().clone() for p in model.parameters()]
+    x = data.x_train[: cmp.LSUV_BATCH]
+    cmp._apply_lsuv(model, [False, True, "output"], x)
+    for p, old in zip(model.parameters(), before, strict=True):
+        torch.testing.assert_close(p[0], old[0])  # member 0 untouched
+    logits = model.eval()(x.unsqueeze(0).expand(3, -1, -1))
+    sd = logits.std(1, unbiased=False)  # (members, classes)
+    assert sd[2].sub(1).abs().max().item() < 1e-3  # member 2: the output layer too
+    assert sd[1].sub(1).abs().max().item() > 0.1  # member 1: hidden layers only
+    torch.testing.assert_close(model.weights[-1][1], before[len(model.weights) - 1][1])
+
+
+def test_output_lsuv_makes_the_start_independent_of_the_weight_scale(data) -> None:
+    x = data.x_train[: cmp.LSUV_BATCH]
+    outs = []
+    for scale in (0.01, 1.0, 10.0):
+        model = BatchedMLP([64, 8, 8, 10], seeds=[3], init="normal", init_scale=scale, dtype=torch.float64)
+        cmp._apply_lsuv(model, ["output"], x.double())
+        outs.append(model.eval()(data.x_test.double()[None]))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(outs[1], outs[2], rtol=1e-6, atol=1e-6)
+
+
+def test_train_members_with_one_lr_per_member_matches_separate_runs(data) -> None:
+    x, y = data.x_train.double(), data.y_train
+    both = BatchedMLP([64, 8, 10], seeds=[5, 5], batch_norm=True, dtype=torch.float64)
+    loss = cmp.train_members(both, x, y, [0.1, 0.7], 5, 8)
+    for k, lr in enumerate((0.1, 0.7)):
+        alone = BatchedMLP([64, 8, 10], seeds=[5], batch_norm=True, dtype=torch.float64)
+        ref = cmp.train_members(alone, x, y, lr, 5, 8)
+        np.testing.assert_allclose(loss[k], ref[0], rtol=1e-8)
+        torch.testing.assert_close(both.weights[0][k], alone.weights[0][0])
+    with pytest.raises(ValueError, match="one learning rate per member"):
+        cmp.train_members(both, x, y, [0.1], 1, 8)
+
+
+def test_smoothness_measures_the_loss_on_a_fixed_set(data) -> None:
+    res = cmp.smoothness(
+        data, ["lsuv", "bn"], [0.5, 1.0], [0, 1], steps=6, start=3, depth=1, width=8, batch_size=8, n_eval=50
+    )
+    batch_loss, fixed = res["bn"]
+    assert batch_loss.shape == (2, 2, 6) and fixed.shape == (2, 2, 4) and np.isfinite(fixed).all()
+    # after the last step: the loss on the fixed set, batch norm with that set's own statistics
+    model = cmp._members(data, ["bn"], [0, 1, 0, 1], [64, 8, 10], data.x_train[: cmp.LSUV_BATCH])[True][1]
+    cmp.train_members(model, data.x_train, data.y_train, [0.5, 0.5, 1.0, 1.0], 6, 8)
+    xe, ye = data.x_train[:50], data.y_train[:50]
+    logits = cmp.forward_stats(model, xe.expand(4, -1, -1), [(4, 50)])
+    want = F.cross_entropy(logits.reshape(-1, 10), ye.repeat(4), reduction="none").view(4, 50).mean(1)
+    np.testing.assert_allclose(fixed[:, :, -1].reshape(-1), want.detach().numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="start"):
+        cmp.smoothness(data, ["bn"], [0.5], [0], steps=3, start=3, depth=1, width=8, batch_size=8)
+
+
+def test_every_network_has_a_look() -> None:
+    assert set(cmp.LOOKS) == set(cmp.NETS)
+    labels = [cmp.look(k)["label"] for k in cmp.NETS]
+    assert len(set(labels)) == len(labels) and cmp.look("xavier")["label"] == "no BN, Xavier init"

@@ -84,20 +84,20 @@ def test_steps_to_reach_and_censoring() -> None:
     assert rows["no_bn"].reach_diff[0] == pytest.approx(10.0)  # counted at the budget: a lower bound
     assert not rows["xavier"].reach_censored and rows["xavier"].n_reached == 3
     assert rows["xavier"].reach_diff[0] == pytest.approx(20 / 3)
-    assert rows["bn"].reach_diff == (0.0, 0.0)
+    assert rows["bn"].reach_diff.mean == 0.0 and rows["bn"].reach_diff.se == 0.0
+    assert rows["xavier"].reach_diff.n == 3 and rows["xavier"].reach_diff.lo < rows["xavier"].reach_diff.mean
 
 
-def test_paired_difference_and_verdict() -> None:
-    mean, se = demo.paired_difference([3.0, 4.0, 5.0, 6.0, 7.0], [1.0, 1.0, 1.0, 1.0, 1.0])
-    assert mean == pytest.approx(4.0)
-    assert se == pytest.approx(np.std([2, 3, 4, 5, 6], ddof=1) / np.sqrt(5))
-    assert demo.verdict((4.0, 0.5), 5, higher_is_better=True) == "no BN better"
-    assert demo.verdict((4.0, 0.5), 5, higher_is_better=False) == "BN better"
-    assert demo.verdict((1.0, 0.5), 5, higher_is_better=False) == "about the same"  # 2.776 * 0.5 > 1
-    lo, hi = demo.interval95((1.0, 0.5), 5)
-    assert lo == pytest.approx(1 - 2.776 * 0.5) and hi == pytest.approx(1 + 2.776 * 0.5)
-    with pytest.raises(ValueError):
-        demo.paired_difference([1.0], [2.0])
+def test_lsuv_vs_bn_matches_train_controls(digits) -> None:
+    x_train, y_train, x_held, y_held = digits
+    args = (SIZES, [1, 2], 1.0, x_train, y_train, x_held, y_held)
+    both = demo.train_lsuv_vs_bn(*args, steps=20, eval_every=5, lsuv_size=64)
+    full = demo.train_controls(*args, steps=20, eval_every=5, lsuv_size=64)
+    assert set(both.accuracy) == {"lsuv", "bn"} and list(both.steps) == [0, 5, 10, 15, 20]
+    for name in ["lsuv", "bn"]:
+        np.testing.assert_allclose(both.accuracy[name], full.accuracy[name], atol=1.5 / len(y_held))
+    rows = demo.compare_controls(both, 0.5)
+    assert set(rows) == {"lsuv", "bn"} and rows["lsuv"].reach_diff.n == 2
 
 
 def test_plots_use_the_book_wide_series() -> None:
@@ -108,7 +108,7 @@ def test_plots_use_the_book_wide_series() -> None:
     ctrl = demo.InitControl(steps, 2.0, (0, 1), acc, {k: np.zeros(2, bool) for k in acc})
     fig = demo.plot_controls([ctrl, ctrl._replace(lr=0.5)], "title")
     legend = fig.legends[0]
-    assert [t.get_text() for t in legend.get_texts()] == [series(k)["label"] for k in demo.CONTROLS]
+    assert [t.get_text() for t in legend.get_texts()] == [demo._label(k) for k in demo.CONTROLS]
     assert demo._color("BN") == demo._color("bn") == series("bn")["color"]
     with pytest.raises(ValueError):
         demo._color("with BN, maybe")

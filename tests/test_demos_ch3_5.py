@@ -67,3 +67,13 @@ def test_grade_backward_passes_the_reference_and_fails_a_wrong_gradient() -> Non
     bad = gradients.grade_backward(direct_path_only)
     assert not any(c.error < c.bound for c in bad)
     assert "NO" in gradients.checks_table(bad)
+
+
+def test_affine_control_pairs_the_same_seeds_with_and_without_gamma_beta() -> None:
+    runs = scale_shift.affine_control([0, 1], lr=1.0, steps=20, sizes=(64, 16, 10))
+    assert set(runs) == {True, False}
+    for r in runs.values():
+        assert r.shape == (2, 2) and np.isfinite(r).all()
+        assert ((r[:, 0] >= 0) & (r[:, 0] <= 1)).all()
+    again = scale_shift.affine_control([0], lr=1.0, steps=20, sizes=(64, 16, 10))
+    np.testing.assert_array_equal(again[True][0], runs[True][0])  # deterministic per seed

@@ -48,3 +48,43 @@ def test_settling_and_shift_leave_the_network_alone() -> None:
     assert all(v.shape == (2,) for v in out.values())
     for a, b in zip(before, net.buffers(), strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_gradient_gap_is_zero_without_batch_norm_and_splits_bias_from_noise() -> None:
+    x, y, _, _ = _data(64)
+    plain = lim.gradient_gap(x, y, batch_size=8, partitions=3, batch_norm=False)
+    assert max(plain) < 1e-12
+    gap = lim.gradient_gap(x, y, batch_size=8, partitions=4)
+    assert gap.bias <= gap.average + 1e-12 and gap.single > 1e-3 and gap.spread > 0
+    # one partition of gradient_gap is gradient_bias's partition
+    assert lim.gradient_bias(True, x, y, batch_size=8) > 1e-3
+
+
+def test_lsuv_grouped_standardizes_only_the_plain_blocks() -> None:
+    x, _, _, _ = _data(128)
+    net = GroupedMLP(["BatchNorm", "none"], [0, 1])
+    before = [w.detach().clone() for w in net.weights]
+    lim.lsuv_grouped(net, x)
+    c, width = net.copies, net.width
+    torch.testing.assert_close(net.weights[0][:c], before[0][:c])  # batch-norm block untouched
+    torch.testing.assert_close(net.weights[-1], before[-1])  # output layer untouched
+    with torch.no_grad():
+        for i in range(c, 2 * c):  # every plain member: hidden pre-activations have mean 0, std 1 on x
+            member = net.member(i)
+            h = x
+            for layer in list(member)[:-1]:
+                h = layer(h)
+                if isinstance(layer, torch.nn.ReLU):
+                    continue
+                if not isinstance(layer, torch.nn.Linear):  # the learned shift: pre-activation complete
+                    torch.testing.assert_close(h.mean(0), torch.zeros(width), atol=1e-4, rtol=0)
+                    torch.testing.assert_close(h.std(0, unbiased=False), torch.ones(width), atol=1e-4, rtol=0)
+
+
+def test_mlp_control_and_single_class_check_shapes() -> None:
+    x, y, xt, yt = _data()
+    res = lim.mlp_control((x, y, xt, yt, xt, yt), [(4, 3), (8, 2)], [0, 1], [0.1, 0.4], init_batch=32)
+    assert res.val.shape == res.test.shape == (2, 2, 2, 2) and res.methods == ("BatchNorm", "none")
+    sc = lim.single_class_check((x, y, xt, yt), [0, 1, 2], steps=3, batch_size=8, lr=0.2)
+    assert sc.acc.shape == sc.blind.shape == sc.top_share.shape == (3,)
+    assert np.all(sc.blind <= sc.top_share + 1e-12) and np.all((sc.top_share > 0) & (sc.top_share <= 1))

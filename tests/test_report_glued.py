@@ -108,3 +108,66 @@ def test_the_appendix_finds_every_key_it_needs() -> None:
     )
     for chapter, keys in needed.items():
         glued(ROOT / "chapters" / f"{chapter}.ipynb", keys)  # KeyError names what is missing
+
+
+def test_verdict_word_reads_known_words_and_refuses_the_rest() -> None:
+    from bnbook.report import verdict_word
+
+    words = {"BN faster": "better", "BN slower": "worse", "about the same": "about the same"}
+    assert verdict_word("BN faster", words) == "better"
+    assert verdict_word("BN slower", words) == "worse"
+    assert verdict_word("about the same", words, flip=True) == "about the same"
+    assert verdict_word("BN faster", words, flip=True) == "worse"  # a quantity where lower is better
+    # a renamed word stops the reader instead of counting as "not better"
+    with pytest.raises(ValueError, match=r"08, d_reach_v: unknown verdict word 'BN quicker'"):
+        verdict_word("BN quicker", words, where="08, d_reach_v")
+    with pytest.raises(ValueError, match="unknown verdict word 0.5"):
+        verdict_word(0.5, words)
+    with pytest.raises(ValueError, match="must map to"):
+        verdict_word("higher", {"higher": "up"})
+
+
+def _appendix_source() -> str:
+    nb = json.loads((ROOT / "chapters" / "17_reproductions.ipynb").read_text())
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+
+
+def _assigned(source: str, name: str):
+    import ast
+
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == name:
+            return node.value
+    raise AssertionError(f"the appendix assigns no {name}")
+
+
+def test_the_appendix_knows_every_verdict_word_it_reads() -> None:
+    """Each verdict the appendix reads through ``said`` is a word its table for that chapter knows."""
+    import ast
+    import re
+
+    from bnbook.report import VERDICTS
+
+    source = _appendix_source()
+    same = ast.literal_eval(_assigned(source, "SAME"))
+    words_node = _assigned(source, "WORDS")
+    words = {}
+    for key, value in zip(words_node.keys, words_node.values, strict=True):
+        table = {}
+        for k, v in zip(value.keys, value.values, strict=True):
+            table.update(same if k is None else {ast.literal_eval(k): ast.literal_eval(v)})
+        words[ast.literal_eval(key)] = table
+    assert all(set(t.values()) <= set(VERDICTS) for t in words.values())
+    names = {}  # C1 = "01_internal_covariate_shift", ... (assigned as one tuple)
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Tuple):
+            targets = [getattr(t, "id", "") for t in node.targets[0].elts]
+            if all(re.fullmatch(r"C\d+", t) for t in targets):
+                names.update(zip(targets, ast.literal_eval(node.value), strict=True))
+    read = re.findall(r'said\((C\d+), ["\']([^"\']+)["\']', source)
+    assert len(read) >= 20, read
+    for short, key in read:
+        chapter = names[short]
+        stored = glued(ROOT / "chapters" / f"{chapter}.ipynb")
+        if key in stored:  # a missing key is the other test's failure
+            assert stored[key] in words[chapter], (chapter, key, stored[key])

@@ -184,3 +184,50 @@ def test_a_value_that_looks_like_markup_cannot_end_the_script() -> None:
     assert "<!--" not in page
     shown = json.loads(re.search(r"var shown=(\[.*?\]\]);", page).group(1))
     assert shown[0][0] == evil  # the escapes decode to the same string
+
+
+# --- reading the explorer without sight, and in a notebook that has not run -------------------
+def _small_explorer(**kwargs):
+    from matplotlib.figure import Figure  # noqa: F401
+
+    from bnbook.widgets import Explorer
+
+    def draw(fig, step, scale):
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, step * scale])
+
+    grid = {"step": [0, 250, 500], "scale": [1.0, 2.0]}
+    return Explorer(draw, grid, name="t-read", figsize=(2, 1), **kwargs)
+
+
+def test_sliders_read_out_value_and_unit() -> None:
+    ex = _small_explorer(units={"step": "steps"}, initial={"step": 250})
+    page = ex.to_html()
+    assert 'aria-valuetext="250 steps"' in page and 'aria-valuetext="1"' in page
+    assert ex.value_text("step", 500) == "500 steps" and ex.value_text("scale", 2.0) == "2"
+
+
+def test_alt_text_describes_each_frame() -> None:
+    ex = _small_explorer(describe=lambda step, scale: f"The line ends at {step * scale:g}.")
+    page = ex.to_html()
+    assert 'alt="Explorer: step, scale. Shown: step = 0; scale = 1. The line ends at 0."' in page
+    for step in (0, 250, 500):  # one description per frame, carried by the page's script
+        for scale in (1.0, 2.0):
+            assert f"The line ends at {step * scale:g}." in page
+    # without describe, the alt text stays as it was: the description and the values on show
+    plain = _small_explorer().frame_alt(step=250, scale=2.0)
+    assert plain == "Explorer: step, scale. Shown: step = 250; scale = 2."
+
+
+def test_stored_explorer_asks_to_run_the_cell() -> None:
+    page = _small_explorer().to_html()
+    assert "Run this cell to make the sliders live." in page
+    # the page's own script removes the hint: on a page where scripts run, the sliders already work
+    assert "root.querySelector('.bnx-hint')" in page and "hint.remove()" in page
+
+
+def test_units_and_describe_are_checked() -> None:
+    with pytest.raises(ValueError, match="units"):
+        _small_explorer(units={"nope": "s"})
+    with pytest.raises(ValueError, match="describe"):
+        _small_explorer(describe="not callable")

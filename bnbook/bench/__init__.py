@@ -25,7 +25,7 @@ twice: at torch's default thread count, and at one thread, where NumPy's
 single-threaded kernels and torch's compare like for like. A short sweep over
 sizes follows.
 
-The ladder, slowest first: autograd through primitive operations, the NumPy
+The ladder, in decreasing order of passes: autograd through primitive operations, the NumPy
 closed form, ``bnbook.nn``'s analytic Function, ``bnbook.fast``'s fused
 kernels (when they build here), torch's native kernel, and the floor.
 Chapter 16 walks down it, adding ``torch.compile`` (:func:`compiled_entry`),

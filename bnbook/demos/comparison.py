@@ -44,6 +44,7 @@ from bnbook.plots import band, series
 from bnbook.stats import Paired, paired, verdict
 
 __all__ = [
+    "LOOKS",
     "LSUV_BATCH",
     "NETS",
     "Data",
@@ -54,6 +55,7 @@ __all__ = [
     "evaluate_members",
     "forward_stats",
     "largest_trainable",
+    "look",
     "make_explorer_draw",
     "overfit",
     "paired",
@@ -64,6 +66,7 @@ __all__ = [
     "run_nets",
     "run_optimizer",
     "smooth",
+    "smoothness",
     "steps_to_reach",
     "time_batched_vs_loop",
     "train_members",
@@ -77,7 +80,34 @@ NETS: dict[str, dict] = {
     "xavier": dict(batch_norm=False, init="xavier", lsuv=False),
     "lsuv": dict(batch_norm=False, init="default", lsuv=True),
     "bn": dict(batch_norm=True, init="default", lsuv=False),
+    "bn_scaled": dict(batch_norm=True, init="default", lsuv=True),
+    "lsuv_out": dict(batch_norm=False, init="default", lsuv="output"),
 }
+
+#: How each network of :data:`NETS` is drawn and printed: the book-wide look of
+#: :func:`bnbook.plots.series`, with this chapter's labels for the two variants it adds.
+LOOKS: dict[str, dict] = {
+    "no_bn": series("no_bn"),
+    "xavier": series("xavier", label="no BN, Xavier init"),
+    "lsuv": series("lsuv"),
+    "bn": series("bn"),
+    "bn_scaled": series(
+        "bn", label="BN, data-dependent weight scale", color="#56B4E9", marker="P", linestyle=":"
+    ),
+    "lsuv_out": series(
+        "lsuv",
+        label="no BN, data-dependent init with output layer",
+        color="#009E73",
+        marker="X",
+        linestyle=":",
+    ),
+}
+
+
+def look(name: str, **overrides) -> dict:
+    """Plot keywords of network ``name`` (see :data:`LOOKS`)."""
+    return {**LOOKS[name], **overrides}
+
 
 #: How many training images the data-dependent initialization sees (the first ones of the split).
 LSUV_BATCH = 256
@@ -159,16 +189,23 @@ class Sweep(NamedTuple):
         )
 
 
-def _apply_lsuv(model: BatchedMLP, chosen: Sequence[bool], x: torch.Tensor) -> None:
-    """:func:`bnbook.models.lsuv_init` on the ``chosen`` members only; the others keep their weights."""
-    if not any(chosen):
-        return
-    keep = torch.tensor([not c for c in chosen], device=x.device)
-    saved = [p.detach().clone() for p in model.parameters()]
-    lsuv_init(model, x)
-    with torch.no_grad():
-        for p, old in zip(model.parameters(), saved, strict=True):
-            p[keep] = old[keep]
+def _apply_lsuv(model: BatchedMLP, chosen: Sequence[bool | str], x: torch.Tensor) -> None:
+    """:func:`bnbook.models.lsuv_init` on the ``chosen`` members only; the others keep their weights.
+
+    ``chosen[k]`` is False (leave member ``k`` alone), True (rescale its hidden
+    layers) or ``"output"`` (rescale the output layer too, as Mishkin and
+    Matas' LSUV does: ``lsuv_init(..., include_output=True)``).
+    """
+    for kind, include_output in ((True, False), ("output", True)):
+        pick = [c is kind if kind is True else c == kind for c in chosen]
+        if not any(pick):
+            continue
+        keep = torch.tensor([not c for c in pick], device=x.device)
+        saved = [p.detach().clone() for p in model.parameters()]
+        lsuv_init(model, x, include_output=include_output)
+        with torch.no_grad():
+            for p, old in zip(model.parameters(), saved, strict=True):
+                p[keep] = old[keep]
 
 
 def run(
@@ -189,8 +226,10 @@ def run(
 
     Each setting is a mapping with ``lr`` and optionally ``init`` (default
     ``"default"``), ``init_scale`` (default 1) and ``lsuv`` (default False:
-    when True, :func:`bnbook.models.lsuv_init` rescales the member on the first
-    :data:`LSUV_BATCH` training images before training). Seed ``r`` sets both
+    when True, :func:`bnbook.models.lsuv_init` rescales the member's hidden
+    layers on the first :data:`LSUV_BATCH` training images before training;
+    ``"output"`` rescales its output layer too). With ``batch_norm`` the
+    rescaled hidden weights only change the scale that batch norm divides out. Seed ``r`` sets both
     the initial weights and the data order of its member, so the same seed
     gives the same batches in every setting.
 
@@ -395,25 +434,35 @@ def train_members(
     model: BatchedMLP,
     x: torch.Tensor,
     y: torch.Tensor,
-    lr: float,
+    lr: float | Sequence[float],
     steps: int,
     batch_size: int,
     *,
     optimizer: str = "sgd",
     forward: Callable[[BatchedMLP, torch.Tensor], torch.Tensor] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Train every member on its own batches with plain SGD or Adam; returns losses (K, steps).
 
-    Member ``k`` draws its batches from ``torch.Generator().manual_seed(model.seeds[k])``.
+    Member ``k`` draws its batches from ``torch.Generator().manual_seed(model.seeds[k])``
+    and steps with ``lr`` (one float for all, or one per member).
     Adam uses PyTorch's defaults (betas 0.9 and 0.999, eps 1e-8) and is written
     out elementwise, so each member gets exactly the Adam step of its own loss.
     ``forward(model, xb)`` replaces ``model(xb)``, for example a
-    :func:`forward_stats` with ghost batches.
+    :func:`forward_stats` with ghost batches. ``after_step(t)`` is called after
+    the update of step ``t`` (for example to measure the loss on a fixed set).
     """
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
     forward = forward or (lambda m, xb: m(xb))
     params = list(model.parameters())
+    if isinstance(lr, int | float):
+        rates = [float(lr)] * len(params)
+    else:
+        if len(lr) != model.k:
+            raise ValueError(f"need one learning rate per member ({model.k}), got {len(lr)}")
+        lr_k = torch.tensor([float(v) for v in lr], device=x.device)
+        rates = [lr_k.view(-1, *([1] * (p.dim() - 1))).to(p.dtype) for p in params]
     m1 = [torch.zeros_like(p) for p in params]
     m2 = [torch.zeros_like(p) for p in params]
     gens = [torch.Generator().manual_seed(s) for s in model.seeds]
@@ -431,15 +480,22 @@ def train_members(
         per.sum().backward()
         with torch.no_grad():
             losses[t] = per.double()
-            for p, a, v in zip(params, m1, m2, strict=True):
+            for p, a, v, rate in zip(params, m1, m2, rates, strict=True):
                 if optimizer == "sgd":
-                    p.sub_(p.grad, alpha=lr)
+                    if isinstance(rate, float):
+                        p.sub_(p.grad, alpha=rate)
+                    else:
+                        p.sub_(p.grad * rate)
                     continue
                 a.lerp_(p.grad, 0.1)
                 v.mul_(0.999).addcmul_(p.grad, p.grad, value=0.001)
-                step_size = lr / (1 - 0.9 ** (t + 1))
                 denom = (v / (1 - 0.999 ** (t + 1))).sqrt_().add_(1e-8)
-                p.addcdiv_(a, denom, value=-step_size)
+                if isinstance(rate, float):
+                    p.addcdiv_(a, denom, value=-rate / (1 - 0.9 ** (t + 1)))
+                else:
+                    p.sub_(a / denom * (rate / (1 - 0.9 ** (t + 1))))
+        if after_step is not None:
+            after_step(t)
     return losses.T.numpy()
 
 
@@ -521,27 +577,31 @@ def overfit(
     n_train: int,
     seeds: Sequence[int],
     *,
-    lr: float,
+    lrs: Sequence[float],
     steps: int,
     depth: int,
     width: int,
     batch_size: int,
     ghost_sizes: Sequence[int],
+    plain: Sequence[str] = ("xavier", "lsuv"),
 ) -> dict[str, dict[str, np.ndarray]]:
     """Train on the first ``n_train`` training images only, and measure how well each network generalizes.
 
-    The networks: ``"xavier"`` and ``"lsuv"`` (plain), ``"bn"`` (batch norm
+    The networks: the plain networks ``plain`` (names of :data:`NETS`), ``"bn"`` (batch norm
     with the statistics of each batch), ``"ghost<g>"`` for each ``g`` in
     ``ghost_sizes`` (statistics of groups of ``g`` examples, more noise) and
     ``"full"`` (statistics of all ``n_train`` images at every step, no noise).
     Every batch-normalized network is evaluated with the statistics of all
     ``n_train`` training images, so they differ only in how they were trained.
+    Each network is trained at every learning rate of ``lrs`` with every seed.
 
-    Returns ``{name: {"train_acc", "test_acc", "train_loss", "test_loss": (seeds,)}}``.
+    Returns ``{name: {"train_acc", "test_acc", "train_loss", "test_loss": (len(lrs), seeds)}}``.
     """
     xs, ys = data.x_train[:n_train], data.y_train[:n_train]
     sizes = [data.x_train.shape[1]] + [width] * depth + [10]
-    r = len(seeds)
+    r = len(seeds) * len(lrs)
+    runs = [s for _ in lrs for s in seeds]  # learning rate outer, seed inner
+    rates = [lr for lr in lrs for _ in seeds]
     out: dict[str, dict[str, np.ndarray]] = {}
 
     def record(names: list[str], model: BatchedMLP, fwd=None) -> None:
@@ -549,25 +609,92 @@ def overfit(
         lte, ate = evaluate_members(model, data.x_test, data.y_test, fwd)
         for i, n in enumerate(names):
             s = slice(i * r, (i + 1) * r)
-            out[n] = dict(train_acc=atr[s], test_acc=ate[s], train_loss=ltr[s], test_loss=lte[s])
+            out[n] = {
+                key: v[s].reshape(len(lrs), len(seeds))
+                for key, v in (("train_acc", atr), ("test_acc", ate), ("train_loss", ltr), ("test_loss", lte))
+            }
 
-    group, plain = _members(data, ["xavier", "lsuv"], seeds, sizes, xs)[False]
-    train_members(plain, xs, ys, lr, steps, batch_size)
-    record(group, plain)
+    if plain:
+        group, model = _members(data, list(plain), runs, sizes, xs)[False]
+        train_members(model, xs, ys, rates * len(group), steps, batch_size)
+        record(group, model)
     stats: list[tuple[str, int | None]] = [(f"ghost{g}", g) for g in ghost_sizes]
     stats += [("bn", batch_size), ("full", None)]
-    bn = BatchedMLP(sizes, seeds=[s for _ in stats for s in seeds], batch_norm=True, device=xs.device)
+    bn = BatchedMLP(sizes, seeds=[s for _ in stats for s in runs], batch_norm=True, device=xs.device)
     groups = [(r, g) for _, g in stats]
-    train_members(bn, xs, ys, lr, steps, batch_size, forward=lambda m, xb: forward_stats(m, xb, groups, xs))
+    fwd = lambda m, xb: forward_stats(m, xb, groups, xs)  # noqa: E731
+    train_members(bn, xs, ys, rates * len(stats), steps, batch_size, forward=fwd)
     record([n for n, _ in stats], bn, lambda m, xb: forward_stats(m, xb, [(m.k, None)], xs))
     return out
+
+
+def smoothness(
+    data: Data,
+    names: Sequence[str],
+    lrs: Sequence[float],
+    seeds: Sequence[int],
+    *,
+    steps: int,
+    start: int,
+    depth: int,
+    width: int,
+    batch_size: int,
+    n_eval: int | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Train the networks ``names`` of :data:`NETS` with SGD and record the loss on a fixed set.
+
+    After every update from step ``start - 1`` on, each member's cross-entropy
+    on the first ``n_eval`` training images (default: all of them) is
+    measured; batch norm normalizes them with their own statistics, so the
+    measurement carries no batch noise. Every network sees the same batches
+    for the same seed.
+
+    Returns ``{name: (mini-batch losses (len(lrs), seeds, steps),
+    whole-set losses (len(lrs), seeds, steps - start + 1))}``; entry ``j`` of
+    the second is the loss after step ``start - 1 + j``, so its consecutive
+    differences are the changes made by steps ``start`` to ``steps - 1``.
+    """
+    if not 0 < start < steps:
+        raise ValueError(f"start must lie strictly between 0 and steps ({steps}), got {start}")
+    sizes = [data.x_train.shape[1]] + [width] * depth + [10]
+    runs = [s for _ in lrs for s in seeds]
+    rates = [lr for lr in lrs for _ in seeds]
+    xs, ys = data.x_train, data.y_train
+    xe, ye = xs[:n_eval], ys[:n_eval]
+    shape = (len(lrs), len(seeds))
+    res: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for group, model in _members(data, names, runs, sizes, data.x_train[:LSUV_BATCH]).values():
+        x3 = xe.unsqueeze(0).expand(model.k, -1, -1)
+        whole = np.empty((model.k, steps - start + 1))
+
+        @torch.no_grad()
+        def measure(t: int, model=model, x3=x3, whole=whole) -> None:
+            if t >= start - 1:
+                logits = _forward_own_stats(model, x3)
+                k, n, c = logits.shape
+                per = F.cross_entropy(logits.reshape(k * n, c), ye.repeat(k), reduction="none")
+                whole[:, t - start + 1] = per.view(k, n).mean(1).double().cpu().numpy()
+
+        loss = train_members(model, xs, ys, rates * len(group), steps, batch_size, after_step=measure)
+        r = len(runs)
+        for i, n in enumerate(group):
+            s = slice(i * r, (i + 1) * r)
+            res[n] = (loss[s].reshape(*shape, -1), whole[s].reshape(*shape, -1))
+    return {n: res[n] for n in names}
+
+
+def _forward_own_stats(model: BatchedMLP, x3: torch.Tensor) -> torch.Tensor:
+    """Logits with batch norm normalizing ``x3`` (K, N, D) by its own statistics (running ones untouched)."""
+    if not model.batch_norm:
+        return model(x3)
+    return forward_stats(model, x3, [(model.k, x3.shape[1])])
 
 
 # --- figures ------------------------------------------------------------------------------------
 def plot_curves(ax: Axes, x: np.ndarray, curves: Mapping[str, np.ndarray]) -> None:
     """One band per network of :data:`NETS` (``curves[name]`` has shape (seeds, len(x)))."""
     for name, runs in curves.items():
-        band(ax, x, runs, **series(name))
+        band(ax, x, runs, **look(name))
 
 
 def plot_sweep(
@@ -582,8 +709,8 @@ def plot_sweep(
     """Mean and min-max band over seeds (last axis of each ``values[name]``) against a swept setting."""
     labels = labels or {}
     for name, v in values.items():
-        look = series(name, **({"label": labels[name]} if name in labels else {}))
-        band(ax, np.asarray(x, float), np.asarray(v, float).T, **look)
+        kw = look(name, **({"label": labels[name]} if name in labels else {}))
+        band(ax, np.asarray(x, float), np.asarray(v, float).T, **kw)
     if logx:
         ax.set_xscale("log")
     if threshold is not None:
@@ -604,7 +731,7 @@ def make_explorer_draw(
         runs = curves[lr, depth]
         for name, loss in runs.items():
             x, sm = smooth(np.where(np.isfinite(loss), loss, np.nan), window)
-            band(ax, x, np.minimum(sm, y_max), **series(name))
+            band(ax, x, np.minimum(sm, y_max), **look(name))
         ax.set_ylim(0, y_max)
         ax.set_xlabel("training step")
         ax.set_ylabel(f"training loss (mean of {window} steps)")

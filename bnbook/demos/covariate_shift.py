@@ -44,6 +44,7 @@ from bnbook import nn as bnn
 from bnbook.batched import BatchedMLP, train_batched
 from bnbook.models import accuracy, lsuv_init, mlp, train_classifier
 from bnbook.plots import COLORS, SERIES, band, histogram, series
+from bnbook.stats import Paired, paired
 
 __all__ = [
     "CONTROLS",
@@ -64,17 +65,15 @@ __all__ = [
     "matched_pair",
     "median_drift",
     "nudge_first_layer",
-    "paired_difference",
     "plot_accuracy",
     "plot_controls",
     "plot_layer_shift",
     "plot_percentiles",
-    "interval95",
     "record_training",
     "stack_shifts",
     "steps_to_reach",
     "train_controls",
-    "verdict",
+    "train_lsuv_vs_bn",
     "xavier_init_",
 ]
 
@@ -138,6 +137,12 @@ def _key(name: str) -> str:
         if look["label"] == name:
             return key
     raise ValueError(f"{name!r} is neither a series of bnbook.plots.SERIES nor one of their labels")
+
+
+def _label(name: str) -> str:
+    """The label of a series in this chapter's figures (only Xavier's initialization is used here)."""
+    key = _key(name)
+    return "no BN, Xavier init" if key == "xavier" else series(key)["label"]
 
 
 def _color(name: str) -> str:
@@ -670,6 +675,47 @@ def train_controls(
     return InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged)
 
 
+def train_lsuv_vs_bn(
+    sizes: Sequence[int],
+    seeds: Sequence[int],
+    lr: float,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_held: torch.Tensor,
+    y_held: torch.Tensor,
+    *,
+    steps: int,
+    eval_every: int = 5,
+    batch_size: int = 60,
+    lsuv_size: int = 256,
+    activation: str = "sigmoid",
+) -> InitControl:
+    """Only the data-dependent network and batch norm of :func:`train_controls`, for a closer look.
+
+    Member ``k`` of each starts exactly like the ``"lsuv"`` and ``"bn"``
+    members of :func:`train_controls` for ``seeds[k]`` and draws the same
+    mini-batches, so the two functions agree on these networks; leaving out
+    the two slow networks makes many seeds and a fine reading cheap. The
+    result's ``accuracy`` has the keys ``"lsuv"`` and ``"bn"``.
+    """
+    seeds = tuple(int(s) for s in seeds)
+    plain = BatchedMLP(sizes, seeds, activation)
+    bn = BatchedMLP(sizes, seeds, activation, batch_norm=True)
+    with torch.no_grad():
+        for w, w_plain in zip(bn.weights, plain.weights, strict=True):
+            w.copy_(w_plain)
+        bn.biases[0].copy_(plain.biases[-1])  # the output layer, the only one with a bias
+    lsuv_init(plain, torch.stack([lsuv_batch(x_train, s, lsuv_size) for s in seeds]))
+    plain, bn = plain.to(x_train.device), bn.to(x_train.device)
+    common = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every}
+    with _one_cpu_thread(x_train.device):
+        h_plain = train_batched(plain, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
+        h_bn = train_batched(bn, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
+    accuracy = {"lsuv": h_plain.eval_acc, "bn": h_bn.eval_acc}
+    diverged = {"lsuv": h_plain.diverged, "bn": h_bn.diverged}
+    return InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged)
+
+
 def steps_to_reach(steps: np.ndarray, accuracy_curves: np.ndarray, level: float = 0.9) -> np.ndarray:
     """First checkpoint step at which each accuracy curve reaches ``level``; NaN if it never does.
 
@@ -690,47 +736,13 @@ def steps_to_reach(steps: np.ndarray, accuracy_curves: np.ndarray, level: float 
     return np.where(hit.any(axis=-1), first, np.nan)
 
 
-def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error of the per-seed differences ``a - b`` (both of shape (S,), S >= 2)."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    if d.ndim != 1 or d.size < 2:
-        raise ValueError(f"need two paired vectors of at least 2 seeds, got shape {d.shape}")
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
-
-
-#: Two-sided 95 % quantiles of Student's t distribution, by degrees of freedom (seeds - 1).
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def interval95(diff: tuple[float, float], n: int) -> tuple[float, float]:
-    """The 95 % interval of a paired mean difference ``(mean, se)`` over ``n`` seeds (Student's t)."""
-    if n < 2:
-        raise ValueError(f"need at least 2 seeds, got {n}")
-    mean, se = diff
-    t = _T975.get(n - 1, 1.96 if n > 30 else 2.2)
-    return mean - t * se, mean + t * se
-
-
-def verdict(diff: tuple[float, float], n: int, higher_is_better: bool) -> str:
-    """``"BN better"``, ``"no BN better"`` or ``"about the same"`` for a paired difference control - BN.
-
-    The control is a network without batch norm.
-
-    "Better" only where the 95 % interval of :func:`interval95` excludes 0.
-    """
-    lo, hi = interval95(diff, n)
-    if lo <= 0 <= hi:
-        return "about the same"
-    control_higher = lo > 0
-    return "no BN better" if control_higher == higher_is_better else "BN better"
-
-
 class ControlRow(NamedTuple):
     """One network at one learning rate, against batch norm (see :func:`compare_controls`).
 
     ``reach`` holds the step at which each seed first reached the target (NaN:
-    not within the budget). ``reach_diff`` is the mean and standard error of the
-    paired differences (this network minus batch norm) in steps to the target,
+    not within the budget). ``reach_diff`` is the paired difference
+    (:func:`bnbook.stats.paired`: mean, standard error, exact Student-t 95 %
+    interval; this network minus batch norm) in steps to the target,
     counting a seed that never reached it as reaching it at the budget; then
     the mean is only a lower bound and ``reach_censored`` is True.
     ``final_diff`` is the same for the accuracy at the end of the budget.
@@ -738,10 +750,10 @@ class ControlRow(NamedTuple):
 
     reach: np.ndarray
     n_reached: int
-    reach_diff: tuple[float, float]
+    reach_diff: Paired
     reach_censored: bool
     final: np.ndarray
-    final_diff: tuple[float, float]
+    final_diff: Paired
 
 
 def compare_controls(ctrl: InitControl, level: float = 0.9) -> dict[str, ControlRow]:
@@ -749,7 +761,7 @@ def compare_controls(ctrl: InitControl, level: float = 0.9) -> dict[str, Control
     bn_reach = steps_to_reach(ctrl.steps, ctrl.accuracy["bn"], level)
     bn_final = ctrl.accuracy["bn"][:, -1]
     rows = {}
-    for name in CONTROLS:
+    for name in ctrl.accuracy:
         acc = ctrl.accuracy[name]
         reach = steps_to_reach(ctrl.steps, acc, level)
         censored = bool(np.isnan(reach).any() or np.isnan(bn_reach).any())
@@ -757,10 +769,10 @@ def compare_controls(ctrl: InitControl, level: float = 0.9) -> dict[str, Control
         rows[name] = ControlRow(
             reach,
             int(np.isfinite(reach).sum()),
-            paired_difference(*at_budget),
+            paired(*at_budget),
             censored,
             acc[:, -1],
-            paired_difference(acc[:, -1], bn_final),
+            paired(acc[:, -1], bn_final),
         )
     return rows
 
@@ -786,7 +798,7 @@ def plot_controls(ctrls: Sequence[InitControl], title: str, level: float = 0.9) 
         for name in CONTROLS:
             st = series(name)
             runs = ctrl.accuracy[name][:, ctrl.steps > 0]
-            band(ax, steps, runs, st["color"], st["label"], ls=st["linestyle"])
+            band(ax, steps, runs, st["color"], _label(name), ls=st["linestyle"])
             ax.plot(steps[marks], runs.mean(axis=0)[marks], ls="none", marker=st["marker"], color=st["color"])
         ax.axhline(level, color=COLORS["truth"], lw=0.8, ls=":")
         ax.text(steps[0], level + 0.015, f"{level:.0%}", fontsize=8.5, color=COLORS["truth"])
@@ -796,8 +808,8 @@ def plot_controls(ctrls: Sequence[InitControl], title: str, level: float = 0.9) 
         ax.set_ylim(0, 1.02)
     axes[0].set_ylabel("held-out accuracy")
     handles = [
-        Line2D([], [], color=st["color"], ls=st["linestyle"], marker=st["marker"], label=st["label"])
-        for st in map(series, CONTROLS)
+        Line2D([], [], color=st["color"], ls=st["linestyle"], marker=st["marker"], label=_label(name))
+        for name, st in zip(CONTROLS, map(series, CONTROLS), strict=True)
     ]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=9, title="mean and min-max band")
     fig.suptitle(title)
@@ -825,6 +837,10 @@ class LayerShift(NamedTuple):
         ``|std_after - std_before| / std_before`` per unit, averaged.
     distance : ndarray, shape (D,)
         Wasserstein-1 distance divided by ``std_before``, averaged over units.
+    shape_distance : ndarray, shape (D,)
+        Wasserstein-1 distance between the unit's values before and after,
+        each standardized by its own mean and std: the change of *shape* alone,
+        with any move of the mean or the scale taken out.
     """
 
     spread: np.ndarray
@@ -833,6 +849,7 @@ class LayerShift(NamedTuple):
     mean_shift: np.ndarray
     std_change: np.ndarray
     distance: np.ndarray
+    shape_distance: np.ndarray
 
 
 def distribution_shift(before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> LayerShift:
@@ -861,6 +878,9 @@ def distribution_shift(before: Sequence[np.ndarray], after: Sequence[np.ndarray]
         spread = a.std(axis=0)
         shift = np.abs(b.mean(axis=0) - a.mean(axis=0))
         w1 = np.abs(np.sort(b, axis=0) - np.sort(a, axis=0)).mean(axis=0)
+        a_std = (a - a.mean(axis=0)) / spread
+        b_std = (b - b.mean(axis=0)) / b.std(axis=0)
+        w1_shape = np.abs(np.sort(b_std, axis=0) - np.sort(a_std, axis=0)).mean(axis=0)
         rows.append(
             (
                 spread.mean(),
@@ -869,6 +889,7 @@ def distribution_shift(before: Sequence[np.ndarray], after: Sequence[np.ndarray]
                 np.mean(shift / spread),
                 np.mean(np.abs(b.std(axis=0) - spread) / spread),
                 np.mean(w1 / spread),
+                w1_shape.mean(),
             )
         )
     return LayerShift(*(np.array(col) for col in zip(*rows, strict=True)))
@@ -979,7 +1000,7 @@ def plot_layer_shift(shifts: Mapping[str, LayerShift], title: str) -> Figure:
             st = series(_key(name))
             runs = getattr(s, field)
             layers = np.arange(1, runs.shape[1] + 1)
-            line = band(ax, layers, runs, st["color"], st["label"], marker=st["marker"], ls=st["linestyle"])
+            line = band(ax, layers, runs, st["color"], _label(name), marker=st["marker"], ls=st["linestyle"])
             if field == "distance":
                 handles.append(line)
         ax.set_yscale("log")

@@ -16,8 +16,14 @@ experiments and figures:
 * :func:`shift_accuracies` and :func:`settling` evaluate batch-norm networks with
   stale, re-estimated or batch statistics;
 * :func:`gradient_bias` measures how far the mean of minibatch gradients lies from
-  the full-batch gradient, with and without batch norm;
-* :func:`composition_grid` trains on batches that hold few classes;
+  the full-batch gradient, with and without batch norm, and :func:`gradient_gap` splits
+  that distance into a bias and the scatter from one random partition to the next;
+* :func:`composition_grid` trains on batches that hold few classes, and
+  :func:`single_class_check` compares single-class-trained networks with a predictor
+  that ignores its input;
+* :func:`lsuv_grouped` gives the plain networks of :class:`bnbook.grouped.GroupedMLP` a
+  data-dependent initialization, and :func:`mlp_control` compares batch norm with that
+  control at learning rates picked on validation data;
 * :func:`interleaved_times` times several callables round-robin;
 * :func:`make_batch_size_draw` feeds the chapter's explorer.
 """
@@ -56,15 +62,19 @@ __all__ = [
     "composition_grid",
     "draw_norm_axes",
     "gradient_bias",
+    "gradient_gap",
     "interleaved_times",
     "look",
     "make_batch_size_draw",
+    "lsuv_grouped",
     "make_mlp",
+    "mlp_control",
     "norm_grid",
     "plot_norm_grid",
     "plot_stat_spread",
     "settling",
     "shift_accuracies",
+    "single_class_check",
 ]
 
 #: The normalizations of the CNN comparison, in display order (``PositionBatchNorm``: the control
@@ -338,31 +348,95 @@ def settling(
 
 
 # --- samples that depend on each other -----------------------------------------------------------------
-def gradient_bias(
-    batch_norm: bool, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int = 0
-) -> float:
-    """Relative distance between the mean of the minibatch gradients over a pass and the full-batch gradient.
+def _mean_gradients(
+    batch_norm: bool, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int, partitions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-batch gradient and, per random partition into batches, the mean of the batch gradients.
 
-    An MLP ``64 -> 32 -> 10`` (ReLU; with ``bnbook.nn.BatchNorm1d`` if ``batch_norm``) in float64 and
-    training mode. The data are cut into ``len(x) // batch_size`` batches (a random partition);
-    without batch norm the mean of their gradients *is* the full-batch gradient, up to rounding.
+    An MLP ``64 -> 32 -> 10`` (ReLU; with ``bnbook.nn.BatchNorm1d`` if ``batch_norm``), initial weights
+    from ``seed``, float64, training mode. Each partition drops the same ``len(x) % batch_size`` images
+    at random; the full-batch gradient is that of all ``len(x)`` images in one batch.
+    Returns ``(full, means)`` with shapes ``(P,)`` and ``(partitions, P)``, ``P`` the parameter count.
     """
     torch.manual_seed(seed)
     net = mlp([x.shape[1], 32, 10], activation="relu", batch_norm=batch_norm).double().train()
+    xd = x.double()
     n = (len(x) // batch_size) * batch_size
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    xs, ys = x[perm].double(), y[perm]
 
     def grad(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         net.zero_grad()
         F.cross_entropy(net(xb), yb).backward()
         return torch.cat([p.grad.reshape(-1) for p in net.parameters()])
 
-    full = grad(xs, ys)
-    mean = torch.stack(
-        [grad(xb, yb) for xb, yb in zip(xs.split(batch_size), ys.split(batch_size), strict=True)]
-    )
-    return float((mean.mean(0) - full).norm() / full.norm())
+    means = []
+    for p in range(partitions):
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1000 * p))[:n]
+        xs, ys = xd[perm], y[perm]
+        if p == 0:
+            full = grad(xs, ys)  # the set the first partition covers, as gradient_bias measures it
+        means.append(
+            torch.stack(
+                [grad(xb, yb) for xb, yb in zip(xs.split(batch_size), ys.split(batch_size), strict=True)]
+            ).mean(0)
+        )
+    return full, torch.stack(means)
+
+
+def gradient_bias(
+    batch_norm: bool, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int = 0
+) -> float:
+    """Relative distance between the mean of the minibatch gradients over a pass and the full-batch gradient.
+
+    One random partition of the data into ``len(x) // batch_size`` batches (see :func:`gradient_gap`
+    for several). Without batch norm the mean of the batch gradients *is* the full-batch gradient,
+    up to rounding; with it, the distance mixes a bias with the scatter between partitions.
+    """
+    full, means = _mean_gradients(batch_norm, x, y, batch_size, seed, 1)
+    return float((means[0] - full).norm() / full.norm())
+
+
+class GradientGap(NamedTuple):
+    """:func:`gradient_gap`'s distances, each relative to the norm of the full-batch gradient.
+
+    Attributes
+    ----------
+    single : float
+        Distance of one partition's mean gradient from the full-batch gradient, averaged over partitions.
+    average : float
+        Distance of the mean over all partitions.
+    bias : float
+        The distance of the *expected* minibatch gradient from the full-batch gradient, estimated by
+        removing the sampling error of the average: ``sqrt(max(0, average**2 - spread**2 / partitions))``.
+    spread : float
+        Root-mean-square distance of one partition's mean from the mean over all partitions
+        (sample version, divided by ``partitions - 1``).
+    """
+
+    single: float
+    average: float
+    bias: float
+    spread: float
+
+
+def gradient_gap(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, partitions: int, seed: int = 0, batch_norm: bool = True
+) -> GradientGap:
+    """Split the gap between minibatch and full-batch gradients into a bias and partition scatter.
+
+    Averaging over random partitions estimates :math:`E_B[\\nabla L(B)]`, the gradient of the expected
+    batch loss, which is what SGD follows in expectation. Its distance from the full-batch gradient is
+    the bias; the scatter between partitions is noise that more passes average away.
+    """
+    if partitions < 2:
+        raise ValueError(f"need at least 2 partitions, got {partitions}")
+    full, means = _mean_gradients(batch_norm, x, y, batch_size, seed, partitions)
+    scale = full.norm()
+    avg = means.mean(0)
+    single = float(((means - full).norm(dim=1) / scale).mean())
+    average = float((avg - full).norm() / scale)
+    spread2 = float(((means - avg).norm(dim=1) ** 2).sum() / (partitions - 1) / scale**2)
+    bias = float(np.sqrt(max(0.0, average**2 - spread2 / partitions)))
+    return GradientGap(single, average, bias, float(np.sqrt(spread2)))
 
 
 def composition_grid(
@@ -391,6 +465,131 @@ def composition_grid(
         train_grouped(net, x_tr, y_tr, order, lr)
         out[i] = grouped_accuracy(net, x_te, y_te)
     return out
+
+
+class SingleClass(NamedTuple):
+    """:func:`single_class_check`'s measurements, one entry per seed.
+
+    Attributes
+    ----------
+    acc : ndarray
+        Test accuracy in eval mode (running statistics).
+    blind : ndarray
+        Accuracy of a predictor that ignores the input but predicts each class as often as the network
+        does: :math:`\\sum_c h_c f_c`, with :math:`h_c` the network's share of predictions of class
+        :math:`c` and :math:`f_c` the class's share of the test set.
+    top_share : ndarray
+        Share of the test images given the network's most frequent prediction.
+    """
+
+    acc: np.ndarray
+    blind: np.ndarray
+    top_share: np.ndarray
+
+
+@torch.no_grad()
+def _predictions(net: GroupedMLP, x: torch.Tensor) -> torch.Tensor:
+    was = net.training
+    net.eval()
+    pred = net(x).argmax(-1)  # (N, n_nets)
+    net.train(was)
+    return pred
+
+
+def single_class_check(
+    data: Sequence[torch.Tensor], seeds: Sequence[int], steps: int, batch_size: int, lr: float
+) -> SingleClass:
+    """Batch-norm MLPs trained on single-class batches, against an input-blind predictor.
+
+    The runs of :func:`composition_grid` with one class per batch (same data orders for the same
+    seeds), for batch norm only; see :class:`SingleClass`.
+    """
+    x_tr, y_tr, x_te, y_te = data
+    order = class_sorted_order(y_tr, steps, batch_size, [2000 + s for s in seeds], classes_per_batch=1)
+    net = GroupedMLP(["BatchNorm"], seeds).to(x_tr.device)
+    train_grouped(net, x_tr, y_tr, order, lr)
+    pred = _predictions(net, x_te).cpu()
+    y = y_te.cpu()
+    k = int(max(int(y.max()), int(pred.max())) + 1)
+    freq = torch.bincount(y, minlength=k).double() / len(y)
+    acc, blind, top = [], [], []
+    for c in range(pred.shape[1]):
+        share = torch.bincount(pred[:, c], minlength=k).double() / len(y)
+        acc.append(float((pred[:, c] == y).double().mean()))
+        blind.append(float((share * freq).sum()))
+        top.append(float(share.max()))
+    return SingleClass(np.array(acc), np.array(blind), np.array(top))
+
+
+# --- the plain MLP with a data-dependent initialization ------------------------------------------------
+@torch.no_grad()
+def lsuv_grouped(net: GroupedMLP, x: torch.Tensor, eps: float = 1e-8) -> GroupedMLP:
+    """LSUV-style initialization of every ``"none"`` block of a :class:`bnbook.grouped.GroupedMLP`.
+
+    What :func:`bnbook.models.lsuv_init` does for an ``nn.Sequential``, network by network: layer by
+    layer from the input, each hidden unit's weights are divided by the standard deviation of its
+    pre-activation on the batch ``x``, and the learned shift that stands in for the norm's
+    :math:`\\beta` is set to minus the (rescaled) mean, so that every hidden pre-activation has mean 0
+    and standard deviation 1 on ``x``. The output layer is left as it is. Blocks with another
+    normalization are not touched. Returns ``net``.
+    """
+    if "none" not in net.norms:
+        raise ValueError("the network has no 'none' block to initialize")
+    was = net.training
+    net.eval()
+    c, width = net.copies, net.width
+    h = net._shared_input(x.reshape(-1, *net.in_shape))  # (B, n_nets, D)
+    b = h.shape[0]
+    for w, norms in zip(net.weights[:-1], net.norm_layers, strict=True):
+        z = torch.bmm(h.transpose(0, 1), w)  # (n_nets, B, width)
+        for k, kind in enumerate(net.norms):
+            if kind != "none":
+                continue
+            part = slice(k * c, (k + 1) * c)
+            zk = z[part].double()
+            mean, std = zk.mean(1), zk.std(1, unbiased=False)  # (C, width)
+            scale = torch.where(std > eps, 1.0 / std, torch.ones_like(std))
+            w[part] *= scale.unsqueeze(1).to(w.dtype)
+            norms[k].bias.copy_((-mean * scale).reshape(-1).to(w.dtype))
+        z = torch.bmm(h.transpose(0, 1), w).transpose(0, 1).reshape(b, -1)
+        h = net._normalize(z, norms).relu().reshape(b, net.n_nets, width)
+    net.train(was)
+    return net
+
+
+def mlp_control(
+    data: Sequence[torch.Tensor],
+    runs: Sequence[tuple[int, int]],
+    seeds: Sequence[int],
+    lrs: Sequence[float],
+    momentum: float = 0.1,
+    init_batch: int = 512,
+):
+    """Batch norm against the plain MLP with :func:`lsuv_grouped`'s initialization, both at tuned rates.
+
+    ``data`` is ``(x_train, y_train, x_val, y_val, x_test, y_test)``; ``runs`` lists
+    ``(batch size, steps)``. Every run trains batch norm (default initialization) and the plain
+    network (LSUV-style initialization on the first ``init_batch`` training images) at every rate of
+    ``lrs`` per 32 samples, scaled with the batch, from the same initial weights and on the same
+    batches. Returns a :class:`bnbook.demos.small_batches.Sweep` (methods ``"BatchNorm"``,
+    ``"none"``) whose settings are the ``runs``: pick each method's rate with ``best_lr`` on validation.
+    """
+    from bnbook.demos.small_batches import Sweep  # the sweep's result type, shared with chapter 13
+
+    x_tr, y_tr, x_val, y_val, x_te, y_te = data
+    methods = ("BatchNorm", "none")
+    copies = [s for _ in lrs for s in seeds]
+    val = np.zeros((len(runs), 2, len(lrs), len(seeds)))
+    test = np.zeros_like(val)
+    for i, (bs, steps) in enumerate(runs):
+        net = GroupedMLP(methods, copies, momentum=momentum).to(x_tr.device)
+        lsuv_grouped(net, x_tr[:init_batch])
+        order = shuffled_order(len(x_tr), steps, bs, [1000 + s for s in copies])
+        lr = torch.tensor([lr * bs / 32 for lr in lrs for _ in seeds]).repeat(2).to(x_tr.device)
+        train_grouped(net, x_tr, y_tr, order, lr)
+        val[i] = grouped_accuracy(net, x_val, y_val).reshape(2, len(lrs), len(seeds))
+        test[i] = grouped_accuracy(net, x_te, y_te).reshape(2, len(lrs), len(seeds))
+    return Sweep(tuple(runs), methods, np.asarray(lrs, float), tuple(s for _, s in runs), val, test)
 
 
 def make_mlp(kind: str, seed: int, sizes: Sequence[int] = (64, 64, 64, 10)) -> nn.Module:

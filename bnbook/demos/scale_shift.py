@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 __all__ = [
+    "affine_control",
     "ScaleShiftHistory",
     "identity_gap",
     "make_gamma_beta_draw",
@@ -471,3 +472,51 @@ def plot_scale_shift_history(
         ax.set_title(f"{name} moves only where the task needs it")
     axes[0].legend(loc="center right", fontsize=8)
     return fig
+
+
+def affine_control(
+    seeds: Sequence[int],
+    lr: float = 2.0,
+    steps: int = 1000,
+    sizes: Sequence[int] = (64, 100, 100, 100, 10),
+    data_seed: int = 3,
+) -> dict[bool, np.ndarray]:
+    """Train the digit classifier with and without γ and β, same seeds, and grade both.
+
+    For every seed, two sigmoid MLPs from :func:`bnbook.models.mlp` with
+    :class:`bnbook.nn.BatchNorm1d` are built from the same ``torch.manual_seed(seed)``:
+    one with learnable γ, β (``affine=True``), one without them
+    (``affine=False``: every sigmoid input is held at mean 0, std 1 over the
+    batch). Both train with plain SGD on the same mini-batches
+    (:func:`bnbook.models.train_classifier`).
+
+    Returns
+    -------
+    dict
+        ``affine -> ndarray of shape (len(seeds), 2)``: per seed the held-out
+        accuracy (evaluation mode) and the mean training loss of the last 100 steps.
+    """
+    import functools
+
+    import torch
+
+    from bnbook import nn as bnn
+    from bnbook.data import load_digits
+    from bnbook.models import accuracy, mlp, train_classifier
+
+    x_train, y_train, x_held, y_held = (torch.from_numpy(a) for a in load_digits(seed=data_seed))
+    out: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is faster, and the result does not depend on it
+    try:
+        for seed in seeds:
+            for affine in (True, False):
+                torch.manual_seed(seed)
+                layer = functools.partial(bnn.BatchNorm1d, affine=affine)
+                net = mlp(list(sizes), "sigmoid", batch_norm=True, norm_layer=layer)
+                hist = train_classifier(net, x_train, y_train, steps=steps, lr=lr, batch_size=60, seed=seed)
+                net.eval()
+                out[affine].append((accuracy(net, x_held, y_held), float(np.mean(hist.loss[-100:]))))
+    finally:
+        torch.set_num_threads(before)
+    return {k: np.array(v) for k, v in out.items()}

@@ -95,6 +95,15 @@ class Explorer:
         (default: "Explorer: " and the slider captions). The static form's
         image reads this followed by the values it currently shows, and
         updates it as a slider moves.
+    describe : callable, optional
+        ``describe(**values) -> str``: what the picture at these values shows,
+        in a sentence or two ("The histogram has drifted to mean 1.3 by step
+        250."). When given, each frame's alt text is ``alt`` followed by this
+        description, so a screen reader hears what the current frame shows,
+        not only which values it has.
+    units : mapping of str to str, optional
+        The unit of each parameter ("steps", "%"), read out with its value
+        (the sliders' ``aria-valuetext``).
     """
 
     def __init__(
@@ -110,6 +119,8 @@ class Explorer:
         max_frames: int = 80,
         layout: str | None = "constrained",
         alt: str | None = None,
+        describe: Callable[..., str] | None = None,
+        units: Mapping[str, str] | None = None,
     ) -> None:
         if not callable(draw):
             raise ValueError("draw must be a callable draw(fig, **values)")
@@ -126,7 +137,9 @@ class Explorer:
             n *= len(values)
         if n > max_frames:
             raise ValueError(f"{n} frames exceed max_frames={max_frames}; use fewer values per parameter")
-        for what, given in (("labels", labels), ("initial", initial)):
+        if describe is not None and not callable(describe):
+            raise ValueError("describe must be a callable describe(**values) -> str")
+        for what, given in (("labels", labels), ("initial", initial), ("units", units)):
             unknown = sorted(set(given or {}) - set(self.params))
             if unknown:
                 raise ValueError(
@@ -145,6 +158,8 @@ class Explorer:
         self.dpi = dpi
         self.layout = layout
         self.alt = alt or "Explorer: " + ", ".join(self.labels.values())
+        self.describe_frame = describe
+        self.units = {k: (units or {}).get(k, "") for k in self.params}
         self._frames: dict[tuple[int, ...], bytes] = {}
         self._live: dict[tuple[int, ...], bytes] = {}
         self.last_redraw_ms: float | None = None
@@ -201,52 +216,73 @@ class Explorer:
             f"{len(set(frames))} distinct, {kb:.0f} KB embedded"
         )
 
+    def value_text(self, key: str, value: Any) -> str:
+        """How a slider reads its value out: the value and its unit ("250 steps")."""
+        unit = self.units.get(key, "")
+        return f"{_fmt(value)} {unit}".strip()
+
+    def frame_alt(self, **values: Any) -> str:
+        """The alt text of the picture at these values: what it shows, then the values."""
+        now = "; ".join(f"{self.labels[k]} = {self.value_text(k, values[k])}" for k in self.params)
+        text = f"{self.alt.rstrip('. ')}. Shown: {now}."
+        if self.describe_frame is not None:
+            text += " " + str(self.describe_frame(**values)).strip()
+        return text
+
     # --- static form ------------------------------------------------------------
     def _repr_html_(self) -> str:
         return self.to_html()
 
     def to_html(self) -> str:
-        """A self-contained HTML slider over the precomputed frames; no kernel needed."""
+        """A self-contained HTML slider over the precomputed frames; no kernel needed.
+
+        Until its script runs (JupyterLab does not run the scripts of a stored
+        output), the explorer says to run the cell; the script removes that hint.
+        """
+        indices = list(itertools.product(*(range(n) for n in self.shape)))
         frames = [base64.b64encode(f).decode("ascii") for f in self.frames()]
+        alts = [self.frame_alt(**self.values_at(idx)) for idx in indices]
         uid = f"bnx-{self.name}"
         start = list(self.initial.values())
-        first = frames[self._flat(start)]
+        first = self._flat(start)
         rows = []
         for d, (key, values) in enumerate(self.params.items()):
+            label = html.escape(self.labels[key])
             rows.append(
                 f'<label class="bnx-row">'
-                f'<span class="bnx-name">{html.escape(self.labels[key])}</span>'
+                f'<span class="bnx-name">{label}</span>'
                 f'<input type="range" class="bnx-slider" data-dim="{d}" min="0" max="{len(values) - 1}" '
-                f'step="1" value="{start[d]}" aria-label="{html.escape(self.labels[key])}">'
+                f'step="1" value="{start[d]}" aria-label="{label}" '
+                f'aria-valuetext="{html.escape(self.value_text(key, values[start[d]]))}">'
                 f'<output class="bnx-value">{html.escape(_fmt(values[start[d]]))}</output></label>'
             )
         shown = [[_fmt(v) for v in values] for values in self.params.values()]
-        # the alt text: the description, then the values on show (the script keeps them current)
-        now = "; ".join(f"{self.labels[k]} = {shown[d][start[d]]}" for d, k in enumerate(self.params))
-        alt = f"{self.alt.rstrip('. ')}. Shown: {now}."
+        spoken = [[self.value_text(k, v) for v in values] for k, values in self.params.items()]
         return (
             f'<div class="bnbook-explorer" id="{uid}" style="max-width:100%">'
+            '<p class="bnx-hint"><strong>Run this cell to make the sliders live.</strong> '
+            "This is the stored picture; the sliders move once the cell has run.</p>"
             f'<div class="bnx-controls" style="display:grid;gap:0.2em 0;margin-bottom:0.4em">'
             + "".join(rows)
             + "</div>"
-            f'<img class="bnx-frame" style="max-width:100%;height:auto" alt="{html.escape(alt)}" '
-            f'data-alt="{html.escape(self.alt.rstrip(". "))}" '
-            f'src="data:image/png;base64,{first}">'
+            f'<div class="bnx-figure"><img class="bnx-frame" style="max-width:100%;height:auto" '
+            f'alt="{html.escape(alts[first])}" src="data:image/png;base64,{frames[first]}"></div>'
             "</div>\n"
             "<style>.bnx-row{display:flex;align-items:center;gap:0.6em;font-size:0.9em}"
-            ".bnx-name{min-width:11em}.bnx-slider{flex:0 1 16em}"
+            ".bnx-name{min-width:11em}.bnx-slider{flex:0 1 16em;min-height:24px}"
             ".bnx-value{min-width:4em;font-family:monospace}</style>\n"
             "<script>(function(){"
             f"var root=document.getElementById({_script_json(uid)});"
             f"var frames={_script_json(frames)};var shown={_script_json(shown)};"
+            f"var spoken={_script_json(spoken)};var alts={_script_json(alts)};"
             f"var shape={_script_json(list(self.shape))};"
+            "var hint=root.querySelector('.bnx-hint');if(hint){hint.remove();}"
             "var sliders=root.querySelectorAll('.bnx-slider');var outs=root.querySelectorAll('.bnx-value');"
-            "var img=root.querySelector('.bnx-frame');var names=root.querySelectorAll('.bnx-name');"
-            "function update(){var k=0,now=[];for(var d=0;d<sliders.length;d++){var i=+sliders[d].value;"
+            "var img=root.querySelector('.bnx-frame');"
+            "function update(){var k=0;for(var d=0;d<sliders.length;d++){var i=+sliders[d].value;"
             "k=k*shape[d]+i;outs[d].textContent=shown[d][i];"
-            "now.push(names[d].textContent+' = '+shown[d][i]);}"
-            "img.src='data:image/png;base64,'+frames[k];"
-            "img.alt=img.getAttribute('data-alt')+'. Shown: '+now.join('; ')+'.';}"
+            "sliders[d].setAttribute('aria-valuetext',spoken[d][i]);}"
+            "img.src='data:image/png;base64,'+frames[k];img.alt=alts[k];}"
             "for(var d=0;d<sliders.length;d++){sliders[d].addEventListener('input',update);}"
             "})();</script>"
         )

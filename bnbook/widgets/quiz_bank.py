@@ -1,4 +1,4 @@
-"""The book's quiz: questions over chapters 1 to 16, with feedback for every wrong option.
+"""The book's quiz: questions over chapters 1 to 16 (11 excepted), with feedback for every wrong option.
 
 Chapter 11 shows it with ``book_quiz()``, so the notebook holds no answer key above the quiz.
 The numbers in the questions are computed here from closed forms with NumPy;
@@ -146,26 +146,34 @@ def _book_questions() -> tuple[Question, ...]:
             chapter="01_internal_covariate_shift",
         ),
         Choice(
-            prompt="Chapter 1 also trains the plain network with a data-dependent (LSUV) initialization, "
-            "which gives every hidden unit pre-activations of mean 0 and standard deviation 1 at the start. "
-            "How fast did it reach 90% held-out accuracy, compared with the batch-normalized network?",
+            prompt="Chapter 1 compares the batch-normalized network not only with the plain network at "
+            "PyTorch's default initialization but also with a plain network given a data-dependent (LSUV) "
+            "initialization, which starts every hidden unit with pre-activations of mean 0 and standard "
+            "deviation 1. What does the second comparison test?",
             options=[
-                "About as fast: the paired difference over the seeds was within their noise.",
-                "Much slower, like the plain network with the default initialization.",
-                "It never reached 90% within the budget.",
-                "Much faster than the batch-normalized network.",
+                "Whether batch norm does more than fix the scale of the signal at the start: the control "
+                "fixes that scale once, and batch norm keeps fixing it at every step.",
+                "Whether batch norm still helps when the data are standardized before they enter the "
+                "network.",
+                "Whether batch norm's running statistics are better than statistics computed once at the "
+                "start.",
+                "Whether the sigmoid units can be replaced by ReLUs without losing accuracy.",
             ],
             answer=0,
             feedback=[
                 "",
-                "The default initialization is slow because its sigmoid layers shrink the signal from layer "
-                "to layer; LSUV fixes exactly that scale before training starts.",
-                "It passed 90% on every seed.",
-                "It was not faster: the two reached 90% at about the same step.",
+                "Both networks receive the same standardized digits; the control acts on the hidden layers, "
+                "whose pre-activations shrink from layer to layer under the default initialization.",
+                "In training both sides work without running statistics: batch norm uses the batch, and the "
+                "control has no normalization at all after its initialization.",
+                "Every network in the comparison keeps the same sigmoid units; only the normalization and "
+                "the starting weights differ.",
             ],
-            explanation="Fixing the scale at initialization recovered almost all of batch norm's head start "
-            "in this miniature. A fair test of batch norm needs such a control, not only the default "
-            "initialization.",
+            explanation="The default initialization shrinks the signal from layer to layer, so part of batch "
+            "norm's lead over it is only the starting scale. A data-dependent initialization fixes that "
+            "scale once, before training; whatever batch norm still gains over it, at each learning rate and "
+            "budget, belongs to normalizing at every step. Chapter 1 measures that gain at several learning "
+            "rates, each with a stated budget.",
             chapter="01_internal_covariate_shift",
         ),
         # 2 -----------------------------------------------------------------------------------------
@@ -247,8 +255,8 @@ def _book_questions() -> tuple[Question, ...]:
             ],
             explanation="$\\gamma$ and $\\beta$ are parameters with gradients, one pair per feature, and "
             "with fixed statistics they can recover the identity. In training mode each batch has its own "
-            "statistics, so the identity holds only on average. `momentum` concerns the running statistics "
-            "alone.",
+            "statistics, so fixed $\\gamma$ and $\\beta$ undo the normalization only approximately, with a "
+            "miss that shrinks like $1/\\sqrt{m}$. `momentum` concerns the running statistics alone.",
             chapter="03_scale_and_shift",
         ),
         Choice(
@@ -327,30 +335,6 @@ def _book_questions() -> tuple[Question, ...]:
             ],
             explanation="In training mode the layer normalizes with the statistics of the current batch, so "
             "each prediction depends on the batch mates (and the running statistics are updated, too).",
-            chapter="04_training_vs_inference",
-        ),
-        Choice(
-            prompt="Batch norm is said to act as a mild **regularizer**. Where does that effect come from?",
-            options=[
-                "From the noise of the batch statistics: each example is normalized with the mean and "
-                "variance of companions drawn at random.",
-                "From a penalty on $\\gamma$ and $\\beta$ that the layer adds to the loss.",
-                "From the running statistics, which average the noise of the batches away.",
-                "From $\\epsilon$, which shrinks every feature a little towards zero.",
-            ],
-            answer=0,
-            feedback=[
-                "",
-                "The layer adds nothing to the loss; weight decay on $\\gamma$ and $\\beta$ is a separate "
-                "choice of the optimizer.",
-                "The running statistics are used at inference, where there is no noise left to regularize "
-                "with.",
-                "With the default $\\epsilon = 10^{-5}$ the shrinkage is negligible for any channel with a "
-                "reasonable variance.",
-            ],
-            explanation="In training, an example's output depends on the random other examples of its "
-            "batch, a noise that the network must tolerate, much like dropout's. It is weaker with larger "
-            "batches and absent at inference.",
             chapter="04_training_vs_inference",
         ),
         # 5 -----------------------------------------------------------------------------------------
@@ -479,27 +463,62 @@ def _book_questions() -> tuple[Question, ...]:
             chapter="07_pytorch_in_practice",
         ),
         # 8 -----------------------------------------------------------------------------------------
-        MultiChoice(
-            prompt="In Chapter 8's miniature, each network at its own best learning rate, what did batch "
-            "norm still do better than a plain network with a data-dependent (LSUV) initialization? Tick "
-            "all that apply.",
+        Choice(
+            prompt="Chapter 8 finds that batch norm trains over a wider range of learning rates than a plain "
+            "network with a data-dependent initialization. It adds a control: a batch-normalized network "
+            "whose weights start at the data-dependent initialization's scale instead of PyTorch's small "
+            "default. Suppose this control's range starts at the same small learning rate as the plain "
+            "network's, but keeps batch norm's top end. What follows?",
             options=[
-                "It reached 90% test accuracy in fewer steps.",
-                "It trained over a wider range of learning rates.",
-                "It ended with a clearly higher final test accuracy.",
-                "It allowed learning rates orders of magnitude higher.",
+                "The extension at the small end comes from the starting weight scale; the extension at the "
+                "top end belongs to batch norm itself.",
+                "Both ends come from batch norm itself, since the control still normalizes at every step.",
+                "Both ends come from the starting weight scale, so batch norm adds nothing to the range.",
+                "The small end belongs to batch norm, the top end to the weight scale.",
             ],
-            answers=[0, 1],
+            answer=0,
             feedback=[
                 "",
-                "",
-                "Against the LSUV control the final accuracies were about the same: the paired interval "
-                "over the seeds included 0.",
-                "The largest learning rate that still trained moved up only by a small factor.",
+                "The control normalizes at every step too, yet loses the small end: what it changed, the "
+                "starting weight scale, is what carried that end.",
+                "The control keeps the top end although its weights start at the plain network's scale, so "
+                "the scale cannot be what carries the top end.",
+                "It is the other way round: changing only the weight scale moved the small end and left the "
+                "top end in place.",
             ],
-            explanation="Against a strong initialization, batch norm's lasting advantages were speed and a "
-            "wider range of workable learning rates; the final accuracy and the highest usable learning "
-            "rate moved little.",
+            explanation="Changing one thing at a time separates the causes: the control differs from batch "
+            "norm only in its starting weights, and from the plain network only in its normalization. Small "
+            "default weights get large effective steps under batch norm, which helps at small learning "
+            "rates; at large ones, normalizing at every step keeps the pre-activations out of the flat "
+            "parts of the "
+            "sigmoid. Chapter 8 also checks each end with a longer budget, since a range of workable "
+            "learning rates depends on how long the network trains.",
+            chapter="08_with_and_without",
+        ),
+        Choice(
+            prompt="Batch norm is said to **regularize** through the noise of its batch statistics. Which "
+            "comparison in Chapter 8 isolates that noise?",
+            options=[
+                "The same batch-normalized network trained with batch statistics and with statistics of the "
+                "whole training set, on the same seeds.",
+                "The batch-normalized network against a plain network with a data-dependent initialization.",
+                "The batch-normalized network's training accuracy against its test accuracy.",
+                "Batches of 32 against ghost batches of 4.",
+            ],
+            answer=0,
+            feedback=[
+                "",
+                "That compares everything batch norm does, its effect on optimization included, not the "
+                "noise alone.",
+                "A gap between training and test accuracy shows overfitting, not what causes it or what "
+                "reduces it.",
+                "Both sides have batch noise; this asks whether *more* noise helps further, not whether the "
+                "noise helps at all.",
+            ],
+            explanation="With full-set statistics the layer still normalizes at every step, but an example's "
+            "output no longer depends on its random batch mates: the one difference is the noise. Chapter 8 "
+            "runs this comparison on a small training set, where overfitting is possible, at three learning "
+            "rates, and adds ghost batches to ask whether more noise helps more.",
             chapter="08_with_and_without",
         ),
         # 9 -----------------------------------------------------------------------------------------
@@ -524,26 +543,18 @@ def _book_questions() -> tuple[Question, ...]:
             "which is why Chapter 9 recalibrates them.",
             chapter="09_limitations",
         ),
-        Choice(
-            prompt="Wu and He found batch norm's ImageNet error rising sharply at 2 images per GPU. Chapter "
-            "9's small CNN on 8×8 digits did not degrade at a batch of 2. Why is its batch norm spared?",
-            options=[
-                "Each channel's statistics pool over the image positions as well, so 2 images still give "
-                "many values per statistic.",
-                "The digits are too easy for any normalization to matter.",
-                "Its learning rate was scaled down with the batch size.",
-                "At a batch of 2 the network used group norm instead.",
-            ],
-            answer=0,
-            feedback=[
-                "",
-                "The same digits ruin an MLP's batch norm at a batch of 2, so the task alone does not "
-                "explain it.",
-                "The MLP had the same scaled learning rates and still failed at a batch of 2.",
-                "Every normalization was trained at every batch size; batch norm itself did well.",
-            ],
-            explanation="What counts is $m$, the number of values per statistic: the batch size times the "
-            "positions in a convolutional layer, the batch size alone in a fully connected one.",
+        Numeric(
+            prompt="The second convolution of Chapter 9's small CNN produces feature maps of 4×4 positions. "
+            "With 2 images in a batch, how many values does each of its batch-norm statistics pool?",
+            answer=32,
+            tol=0.5,
+            hint="A convolutional batch norm pools every image of the batch and every position of the "
+            "channel.",
+            explanation="$2 \\times 4 \\times 4 = 32$ values per channel. A 7×7 layer of ResNet-50 pools $2 "
+            "\\times 7 \\times 7 = 98$ at the same batch, more than this CNN does, yet ResNet-50 is the one "
+            "whose error rose at small batches (Wu and He). So the count of values alone cannot explain the "
+            "difference; Chapter 9's control with one statistic per position shows that pooling spares the "
+            "degenerate collapse to $\\pm 1$ at $m = 2$, and no more.",
             chapter="09_limitations",
         ),
         # 10 ----------------------------------------------------------------------------------------
@@ -630,7 +641,7 @@ def _book_questions() -> tuple[Question, ...]:
             explanation="With the running statistics fixed, $y = \\gamma (x - "
             "\\hat\\mu)/\\sqrt{\\hat\\sigma^2 + \\epsilon} + \\beta$ is a per-feature scale and shift, "
             "which is also why it can be folded into the layer before it.",
-            chapter="11_summary_and_quiz",
+            chapter="15_at_inference",
         ),
         # 12 ----------------------------------------------------------------------------------------
         Choice(
@@ -648,8 +659,8 @@ def _book_questions() -> tuple[Question, ...]:
                 "The noisy networks trained fine, which is exactly why the finding questioned the original "
                 "explanation.",
                 "",
-                "The noisy network matched plain batch norm's test accuracy, no more; its training loss was "
-                "even higher.",
+                "In the paper the noisy networks matched ordinary batch norm's accuracy; they did not beat "
+                "it.",
                 "The noise is redrawn at every step, so nothing can cancel it: the measured input moments "
                 "jumped at every step.",
             ],
@@ -718,7 +729,8 @@ def _book_questions() -> tuple[Question, ...]:
         Choice(
             prompt="How does batch renormalization treat its corrections $r$ and $d$ in the backward pass?",
             options=[
-                "As constants: no gradient flows through them, so the gradient is that of batch norm.",
+                "As constants: no gradient flows through them, so the gradient is batch norm's, scaled by "
+                "$r$.",
                 "Like $\\mu_\\mathcal{B}$ and $\\sigma_\\mathcal{B}$: the gradient flows through them.",
                 "As learned parameters, updated by the optimizer like $\\gamma$ and $\\beta$.",
                 "They are used only at inference, so the backward pass never sees them.",
@@ -726,41 +738,51 @@ def _book_questions() -> tuple[Question, ...]:
             answer=0,
             feedback=[
                 "",
-                "Backpropagating through $r$ and $d$ would cancel the correction's effect on the gradient; "
-                "the method stops the gradient there on purpose.",
+                "When nothing is clipped, the output equals $(x - \\hat\\mu)/\\hat\\sigma$ scaled and "
+                "shifted, so a gradient through $r$ and $d$ would be that of a fixed affine map and would "
+                "lose the "
+                "batch-statistic terms of batch norm's gradient; the method stops it there on purpose.",
                 "$r$ and $d$ are computed from the batch and the running statistics at every step; nothing "
                 "about them is learned.",
                 "They act in training; at inference batch renorm is ordinary batch norm with running "
                 "statistics.",
             ],
             explanation="$r = \\sigma_\\mathcal{B}/\\hat\\sigma$ and $d = (\\mu_\\mathcal{B} - "
-            "\\hat\\mu)/\\hat\\sigma$, clipped, make the training output equal to the inference output, and "
-            "they enter the gradient as constants.",
+            "\\hat\\mu)/\\hat\\sigma$ make the training output equal to the inference output as long as "
+            "neither is clipped; clipped to $[1/r_{max}, r_{max}]$ and $[-d_{max}, d_{max}]$, they only "
+            "pull the two closer. Either way they enter the gradient as constants.",
             chapter="13_small_batches",
         ),
         Choice(
-            prompt="You fine-tune a pretrained CNN on a new task, and memory allows only 2 images per "
-            "batch. What is the safest way to treat its batch-norm layers?",
+            prompt="You fine-tune a pretrained network whose batch-norm layers follow fully connected "
+            "layers, on new data whose inputs are shifted, and memory allows only 2 examples per batch. "
+            "What does "
+            "Chapter 13 recommend for the batch-norm layers?",
             options=[
-                "Keep them in eval mode (running statistics frozen), while $\\gamma$ and $\\beta$ still "
-                "learn.",
-                "Leave them in training mode, so the statistics follow the new data.",
+                "Re-estimate their running statistics on the new inputs, then keep them in eval mode "
+                "(frozen) while the weights, $\\gamma$ and $\\beta$ learn.",
+                "Leave them in training mode at the usual learning rate, so the statistics follow the new "
+                "data.",
                 "Remove them, and let the following layers adapt.",
-                "Set `momentum=1.0`, so the running statistics always hold the latest batch.",
+                "Leave them in training mode with `momentum=1.0`, so the running statistics always hold the "
+                "latest batch.",
             ],
             answer=0,
             feedback=[
                 "",
-                "With 2 values per statistic the batch statistics are very noisy (in a fully connected "
-                "layer just $\\pm 1$), and the pretrained statistics, drawn from many images, are thrown "
-                "away.",
+                "With 2 values per statistic, a fully connected batch norm maps every feature to $\\pm 1$ in "
+                "training: the layers learn from the sign of a difference between two examples, and the "
+                "pretrained statistics are thrown away.",
                 "The layers after them were trained on normalized inputs; removing the normalization "
                 "changes what they receive.",
-                "Then the running statistics describe just the last pair of images, the noisiest estimate "
-                "possible.",
+                "Then the running statistics describe just the last pair of examples, the noisiest estimate "
+                "possible, and training still sees the $\\pm 1$ collapse.",
             ],
-            explanation="Frozen batch norm normalizes with the pretrained statistics, which come from many "
-            "images, and turns the layer into a learnable per-channel affine map.",
+            explanation="Frozen batch norm normalizes with fixed statistics, so the batch size no longer "
+            "matters and the layer becomes a learnable per-feature affine map. Re-estimating those "
+            "statistics on the "
+            "new inputs first (a pass in training mode without optimizer steps) adapts them to the shift; "
+            "Chapter 13 measures how much that adds and how much fine-tuning adds on top.",
             chapter="13_small_batches",
         ),
         # 14 ----------------------------------------------------------------------------------------
@@ -858,5 +880,5 @@ def _book_questions() -> tuple[Question, ...]:
 
 
 def book_quiz() -> Quiz:
-    """The quiz of Chapter 11: at least one question per chapter, 1 to 16."""
+    """The quiz of Chapter 11: at least one question per chapter, 1 to 16 (11 itself excepted)."""
     return Quiz(book_questions(), name=QUIZ_NAME, title="Batch normalization quiz")
