@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from bnbook.bench._ladder import (
+    CHILD_PRELUDE,
     COMPILED,
     COPY,
     ENTRIES,
@@ -100,6 +101,7 @@ from bnbook.bench._table import (
 )
 
 __all__ = [
+    "CHILD_PRELUDE",
     "CONFIGS",
     "COMPILED",
     "COPY",

@@ -20,6 +20,7 @@ from bnbook import scratch
 __all__ = [
     "AllocRow",
     "COMPILED",
+    "CHILD_PRELUDE",
     "COPY",
     "ENTRIES",
     "FLOOR",
@@ -401,7 +402,9 @@ def fresh_vs_refill(
     return out
 
 
-_CHILD = """
+#: The start of a child process's script: with argv[2] == "control", glibc keeps freed memory for
+#: reuse (no fresh pages), or the child prints null and stops; then torch with argv[3] threads.
+CHILD_PRELUDE = """
 import ctypes, json, sys
 if sys.argv[2] == "control":
     libc = ctypes.CDLL("libc.so.6")
@@ -411,7 +414,9 @@ if sys.argv[2] == "control":
         sys.exit()
 import torch
 torch.set_num_threads(int(sys.argv[3]))
-from bnbook.bench import fresh_vs_refill
+"""
+
+_CHILD = CHILD_PRELUDE + """from bnbook.bench import fresh_vs_refill
 copy_mib, native_mib, rounds = json.loads(sys.argv[1])
 fresh_vs_refill([max(copy_mib + native_mib)], 1, "copy", warmup=2)  # the heap grows once, before timing
 print(json.dumps({

@@ -289,17 +289,7 @@ def measured_passes(
     return out
 
 
-_MEMORY_CHILD = """
-import ctypes, json, sys
-if sys.argv[2] == "control":
-    libc = ctypes.CDLL("libc.so.6")
-    # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1: big blocks from the heap, freed memory kept for reuse
-    if libc.mallopt(-3, ctypes.c_int(1 << 30)) != 1 or libc.mallopt(-1, ctypes.c_int(2**31 - 1)) != 1:
-        print(json.dumps(None))
-        sys.exit()
-import torch
-torch.set_num_threads(int(sys.argv[3]))
-from bnbook import bench
+_MEMORY_CHILD = bench.CHILD_PRELUDE + """from bnbook import bench
 from bnbook.demos.speed import measured_passes
 passes_mib, copy_mib, native_mib, rounds = json.loads(sys.argv[1])
 passes = measured_passes(passes_mib, rounds, warmup=2) if bench._fast_available() else None
