@@ -80,6 +80,7 @@ from bnbook.bench._ladder import (
     ladder,
     rows_from_times,
     run,
+    run_child,
     shape_for_mib,
     sweep,
 )
@@ -138,6 +139,7 @@ __all__ = [
     "print_overhead",
     "rows_from_times",
     "run",
+    "run_child",
     "shape_for_mib",
     "sweep",
     "table_from_json",

@@ -40,6 +40,7 @@ __all__ = [
     "fresh_vs_refill",
     "ladder",
     "rows_from_times",
+    "run_child",
     "run",
     "shape_for_mib",
     "sweep",
@@ -416,6 +417,25 @@ import torch
 torch.set_num_threads(int(sys.argv[3]))
 """
 
+def run_child(script: str, args: str, kind: str, timeout_s: float) -> object:
+    """Run ``script`` (which starts with :data:`CHILD_PRELUDE`) in a fresh Python with ``args`` and ``kind``.
+
+    Returns the JSON value the child printed last, or None if it failed,
+    timed out or printed nothing readable.
+    """
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script, args, kind, str(torch.get_num_threads())],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=True,
+        )
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
+        return None
+
+
 _CHILD = CHILD_PRELUDE + """from bnbook.bench import fresh_vs_refill
 copy_mib, native_mib, rounds = json.loads(sys.argv[1])
 fresh_vs_refill([max(copy_mib + native_mib)], 1, "copy", warmup=2)  # the heap grows once, before timing
@@ -452,24 +472,7 @@ def allocation_study(
     if not sys.platform.startswith("linux"):
         return None
     args = json.dumps([list(copy_mib), list(native_mib), int(rounds)])
-    try:
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _CHILD,
-                args,
-                "control" if control else "plain",
-                str(torch.get_num_threads()),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=True,
-        )
-        found = json.loads(done.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, OSError, ValueError, IndexError):
-        return None
+    found = run_child(_CHILD, args, "control" if control else "plain", timeout_s)
     if found is None:
         return None
     return {k: sorted(AllocRow(float(m), tuple(r)) for m, r in v) for k, v in found.items()}

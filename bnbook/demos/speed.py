@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -327,20 +326,9 @@ def memory_study(
     """
     out: dict[str, dict | None] = {}
     args = json.dumps([passes_mib, list(copy_mib), list(native_mib), int(rounds)])
+    linux = sys.platform.startswith("linux")
     for kind in ("plain", "control"):
-        found = None
-        if sys.platform.startswith("linux"):
-            try:
-                done = subprocess.run(
-                    [sys.executable, "-c", _MEMORY_CHILD, args, kind, str(torch.get_num_threads())],
-                    capture_output=True,
-                    text=True,
-                    timeout=timeout_s,
-                    check=True,
-                )
-                found = json.loads(done.stdout.strip().splitlines()[-1])
-            except (subprocess.SubprocessError, OSError, ValueError, IndexError):
-                found = None
+        found = bench.run_child(_MEMORY_CHILD, args, kind, timeout_s) if linux else None
         if found is not None:
             if found["passes"] is not None:
                 found["passes"] = {k: tuple(v) for k, v in found["passes"].items()}
