@@ -469,3 +469,86 @@ def test_one_value_per_channel_in_training(shape) -> None:
 def test_scratch_rejects_bad_eps_at_construction(eps) -> None:
     with pytest.raises(ValueError, match="eps"):
         scratch.BatchNorm(3, eps=eps)
+
+
+# --- the short path for (N, C) training --------------------------------------------
+
+
+def _rows_pair(dtype=torch.float64, c=7, seed=0):
+    torch.manual_seed(seed)
+    ref, ours = torch.nn.BatchNorm1d(c, dtype=dtype), bnn.BatchNorm1d(c, dtype=dtype)
+    with torch.no_grad():
+        for layer in (ref, ours):
+            layer.weight.copy_(torch.linspace(-1.5, 2.0, c, dtype=dtype))
+            layer.bias.copy_(torch.linspace(0.5, -0.5, c, dtype=dtype))
+    return ref, ours
+
+
+def test_rows_training_takes_the_short_path_and_others_do_not() -> None:
+    x = torch.randn(16, 5, requires_grad=True)
+    bn = bnn.BatchNorm1d(5)
+    assert type(bn(x).grad_fn).__name__ == "_TrainRowsFunctionBackward"
+    assert type(bn(x.detach()).grad_fn).__name__ == "_TrainRowsFunctionBackward"  # weight needs grad
+    general = "BatchNormFunctionBackward"
+    assert type(bn(torch.randn(16, 5, 3)).grad_fn).__name__ == general
+    assert type(bnn.BatchNorm1d(5, affine=False)(x).grad_fn).__name__ == general
+    assert type(bnn.BatchNorm1d(5, track_running_stats=False)(x).grad_fn).__name__ == general
+    assert type(bn.half()(x.half()).grad_fn).__name__ == general
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("x_grad", [True, False])
+@pytest.mark.parametrize("momentum", [0.1, None, 1.5])
+def test_rows_short_path_matches_torch_over_steps(dtype, x_grad, momentum) -> None:
+    ref, ours = _rows_pair(dtype)
+    ref.momentum = ours.momentum = momentum
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    for step in range(3):
+        x = (torch.randn(12, 7, dtype=dtype) * 3 + step).requires_grad_(x_grad)
+        dy = torch.randn(12, 7, dtype=dtype)
+        outs = []
+        for layer in (ref, ours):
+            xi = x.detach().clone().requires_grad_(x_grad)
+            y = layer(xi)
+            y.backward(dy)
+            outs.append((y.detach(), xi.grad, layer.weight.grad.clone(), layer.bias.grad.clone()))
+            layer.weight.grad = layer.bias.grad = None
+        (y0, dx0, dw0, db0), (y1, dx1, dw1, db1) = outs
+        torch.testing.assert_close(y1, y0, **tol)
+        if x_grad:
+            torch.testing.assert_close(dx1, dx0, **tol)
+        else:
+            assert dx0 is None and dx1 is None
+        torch.testing.assert_close(dw1, dw0, **tol)
+        torch.testing.assert_close(db1, db0, **tol)
+        torch.testing.assert_close(ours.running_mean, ref.running_mean, **tol)
+        torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
+        assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == step + 1
+
+
+def test_rows_short_path_double_backward_matches_torch() -> None:
+    """A gradient penalty differentiates the backward pass: it must match torch's exactly."""
+    ref, ours = _rows_pair()
+    x = torch.randn(10, 7, dtype=torch.float64)
+    grads = []
+    for layer in (ref, ours):
+        xi = x.clone().requires_grad_(True)
+        (gx,) = torch.autograd.grad(layer(xi).pow(3).sum(), xi, create_graph=True)
+        penalty = gx.pow(2).sum()
+        grads.append(torch.autograd.grad(penalty, (xi, layer.weight, layer.bias)))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-10)
+    assert grads[1][0].abs().max() > 0
+
+
+def test_rows_short_path_under_checkpointing_matches_torch() -> None:
+    ref, ours = _rows_pair()
+    x = torch.randn(10, 7, dtype=torch.float64)
+    results = []
+    for layer in (ref, ours):
+        xi = x.clone().requires_grad_(True)
+        y = torch.utils.checkpoint.checkpoint(lambda t, layer=layer: layer(t).tanh(), xi, use_reentrant=False)
+        y.sum().backward()
+        results.append((xi.grad, layer.weight.grad, layer.running_mean.clone(), layer.num_batches_tracked))
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)

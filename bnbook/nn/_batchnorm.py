@@ -365,6 +365,84 @@ def _backward_differentiable(
     return dx, dgamma, dbeta
 
 
+class _TrainRowsFunction(torch.autograd.Function):
+    r"""The plain training call on ``(N, C)`` input, with as few tensor operations as the maths allows.
+
+    ``apply(x, weight, bias, running_mean, running_var, eps, momentum) -> y``
+    computes what :class:`BatchNormFunction` computes for this case (batch
+    statistics, running buffers updated in place, affine output) and the same
+    closed-form backward. It exists for speed alone: on a small batch every
+    tensor operation costs about a microsecond whatever its size, so the
+    per-channel algebra is arranged to need fewer of them (9 in the forward
+    pass, 9 in the backward pass, against about 25 for the general path).
+
+    Only :meth:`_BatchNorm.forward` calls it, and only for a float32 or
+    float64 input with weight, bias and running buffers, outside every
+    functorch transform, forward-mode AD and compiler; everything else takes
+    :class:`BatchNormFunction`. Under ``create_graph=True`` the backward pass
+    is the differentiable one that :class:`BatchNormFunction` uses.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                running_var: Tensor, eps: float, momentum: float) -> Tensor:
+        n = x.shape[0]
+        mean = x.sum(0).mul_(_const(1.0 / n, x))
+        xc = x - mean
+        sumsq = torch.linalg.vecdot(xc, xc, dim=0)
+        invstd = torch.add(_const(eps, x), sumsq, alpha=1.0 / n).rsqrt_()  # 1 / sqrt(var + eps)
+        torch._foreach_lerp_((running_mean, running_var), (mean, sumsq * _const(1.0 / (n - 1), x)), momentum)
+        k = invstd * weight
+        ctx.save_for_backward(x, weight, mean, invstd, k)
+        ctx.eps = eps
+        return torch.addcmul(bias, xc, k, out=xc)
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor):
+        x, weight, mean, invstd, k = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: a backward pass that can be differentiated
+            ctx.batch_stats = True
+            dx, dw, db = _backward_differentiable(ctx, dy, x, weight, mean, None)
+        else:
+            xc = x - mean
+            db = dy.sum(0)
+            dot = torch.linalg.vecdot(dy, xc, dim=0)
+            if need_x:
+                # dx = k * (dy - dbeta / n - x_hat * dgamma / n), with x_hat = xc * invstd
+                k_n = k * _const(-1.0 / x.shape[0], k)
+                dw, c0, c1 = torch._foreach_mul((dot, db, dot), (invstd, k_n, (k_n * invstd).mul_(invstd)))
+                dx = torch.addcmul(c0, dy, k).addcmul_(xc, c1)
+            else:
+                dw, dx = dot.mul_(invstd), None
+        return (dx if need_x else None, dw if need_w else None, db if need_b else None,
+                None, None, None, None)
+
+
+_TRAIN_ROWS = super(torch.autograd.Function, _TrainRowsFunction).apply  # no per-call signature binding
+_FULL_DTYPES = (torch.float32, torch.float64)
+
+
+def _rows_fast_path(input: Tensor, weight: Tensor | None, bias: Tensor | None,
+                    running_mean: Tensor | None, running_var: Tensor | None) -> bool:
+    """Whether a training call on ``(N, C)`` input may take :class:`_TrainRowsFunction`."""
+    return (
+        weight is not None
+        and bias is not None
+        and running_mean is not None
+        and running_var is not None
+        and input.dtype in _FULL_DTYPES
+        and input.shape[0] > 1
+        and torch.is_grad_enabled()
+        and (input.requires_grad or weight.requires_grad or bias.requires_grad)
+        and _forward_ad._current_level < 0
+        and not torch._C._are_functorch_transforms_active()
+        and not torch.compiler.is_compiling()
+        and type(input) is Tensor
+        and not _is_wrapped(input)
+    )
+
+
 def batch_norm(
     input: Tensor,
     running_mean: Tensor | None,
@@ -577,9 +655,16 @@ class _BatchNorm(_torch_bn._BatchNorm):
                 factor = 1.0 / float(tracked)
         if training and not self.track_running_stats:  # like torch: no buffers when training untracked
             running_mean = running_var = None
+        function = self._function_for(input)
+        if (
+            use_batch_stats
+            and input.dim() == 2
+            and function is BatchNormFunction
+            and _rows_fast_path(input, weight, bias, running_mean, running_var)
+        ):
+            return _TRAIN_ROWS(input, weight, bias, running_mean, running_var, eps, float(factor))
         return _dispatch(
-            input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps,
-            self._function_for(input),
+            input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps, function
         )
 
 
