@@ -58,11 +58,20 @@ def glue(name: str, value: Any, digits: int = 3) -> Any:
 
     Strings and integers are glued unchanged. Use ``{glue:text}`name``` in
     the prose, with a format such as ``:.2f`` when the trailing zeros matter.
+
+    The output is the one ``myst_nb.glue`` writes (its four lines are repeated
+    here): importing ``myst_nb.ext.glue`` pulls in ``nbformat`` and
+    ``jsonschema``, which cost a kernel about a second of CPU time, once per
+    chapter, for a display call. ``tests/test_quick_imports.py`` checks that both
+    write the same output.
     """
-    from myst_nb import glue as _glue
+    from IPython.core.formatters import format_display_data
+    from IPython.display import display
 
     stored = value if isinstance(value, str) else sig(value, digits)
-    _glue(name, stored, display=False)
+    bundle, metadata = format_display_data(stored)
+    metadata["scrapbook"] = {"name": name, "mime_prefix": RECORD_PREFIX}
+    display({RECORD_PREFIX + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
     return stored
 
 
