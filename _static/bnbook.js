@@ -13,6 +13,14 @@
       for the column: it scrolls sideways, and a keyboard user must be able to reach it to scroll.
    3. The whole book as a PDF, when `make pdf` has made one: a link in the download menu and
       in the introduction (window.BNBOOK_PDF, from _static/bnbook-pdf.js).
+   6. Paper (a browser's Print, and tools/make_pdf.py, which calls window.bnbookPreparePrint):
+      each explorer gets a strip of the frames its data-print-frames names (older stored
+      explorers: the rule of bnbook.widgets._explorer.default_print_frames), each with its
+      slider values; each quiz gets a key of its answers after its last question; the quiz's
+      number box asks for a written answer; and a block too tall to keep on one page (a long
+      code cell, the quiz) is marked "bn-print-long", so that it may break across pages rather
+      than leave most of a page blank (and a code cell of more than a few lines "bn-print-alone":
+      its output may go overleaf). All of it is hidden on screen (_static/bnbook.css).
 */
 (function () {
   "use strict";
@@ -131,6 +139,167 @@
     if (pending) return;
     pending = window.setTimeout(function () { pending = null; wideFormulas(); }, 150);
   }
+
+  // --- 6. Paper ---------------------------------------------------------------------------
+  // Frames to print, as grid indices: the explorer's own list, or the default rule.
+  function printFrames(root, shape, start) {
+    try {
+      var named = JSON.parse(root.getAttribute("data-print-frames") || "null");
+      if (Array.isArray(named) && named.length) return named;
+    } catch (e) { /* a broken list: the default */ }
+    var n = shape[0], picks = [], i, k;
+    if (n <= 6) {
+      for (i = 0; i < n; i++) picks.push(i);
+    } else {
+      k = [5, 4, 6].filter(function (c) { return (n - 1) % (c - 1) === 0; })[0] || 5;
+      for (i = 0; i < k; i++) {
+        var p = Math.floor(i * (n - 1) / (k - 1) + 0.5);
+        if (picks.indexOf(p) < 0) picks.push(p);
+      }
+    }
+    return picks.map(function (p) { return [p].concat(start.slice(1)); });
+  }
+
+  function explorerStrip(root) {
+    if (root.querySelector(".bnx-print")) return;
+    var sliders = Array.prototype.slice.call(root.querySelectorAll(".bnx-slider"));
+    var outs = root.querySelectorAll(".bnx-value"), names = root.querySelectorAll(".bnx-name");
+    var img = root.querySelector("img.bnx-frame");
+    if (!sliders.length || !img || outs.length !== sliders.length) return;
+    var start = sliders.map(function (s) { return +s.value; });
+    var shape = sliders.map(function (s) { return +s.max + 1; });
+    var picks = printFrames(root, shape, start).filter(function (idx) {
+      return idx.length === shape.length && idx.every(function (v, d) { return v >= 0 && v < shape[d]; });
+    });
+    if (!picks.length) return;
+    var label = function (d) { return names[d] ? names[d].textContent.trim() : "value " + (d + 1); };
+    var value = function (d) {
+      // the spoken value carries the unit ("250 steps"); an older stored explorer updates it late
+      var shown = outs[d].textContent.trim(), spoken = sliders[d].getAttribute("aria-valuetext") || "";
+      return spoken.indexOf(shown) === 0 ? spoken : shown;
+    };
+    var show = function (idx) {
+      sliders.forEach(function (s, d) { s.value = String(idx[d]); });
+      sliders[0].dispatchEvent(new Event("input", { bubbles: true }));
+    };
+    var varies = shape.map(function (_, d) {
+      return picks.some(function (idx) { return idx[d] !== picks[0][d]; });
+    });
+    if (!varies.some(Boolean)) varies = varies.map(function () { return true; });
+    var strip = document.createElement("div");
+    strip.className = "bnx-print";
+    var figures = picks.map(function (idx) {
+      show(idx);
+      var fig = document.createElement("figure");
+      fig.className = "bnx-print-frame";
+      var cap = document.createElement("figcaption");
+      shape.forEach(function (_, d) {
+        if (!varies[d]) return;
+        var line = document.createElement("span");
+        line.textContent = label(d) + " = " + value(d);
+        cap.appendChild(line);
+      });
+      var pic = document.createElement("img");
+      pic.src = img.src;
+      pic.alt = img.alt;
+      fig.append(cap, pic);
+      return fig;
+    });
+    var fixed = [];
+    show(picks[0]);
+    shape.forEach(function (_, d) { if (!varies[d]) fixed.push(label(d) + " = " + value(d)); });
+    var total = shape.reduce(function (a, b) { return a * b; }, 1);
+    var note = document.createElement("p");
+    note.className = "bnx-print-note";
+    note.textContent = (picks.length === total ? "All " + total : picks.length + " of the " + total) +
+      " pictures of this explorer" + (fixed.length ? ", with " + fixed.join(" and ") : "") +
+      ". In the HTML edition of the book " + (sliders.length === 1 ? "a slider steps" : "sliders step") +
+      " through " + (picks.length === total ? "them." : "all of them.");
+    // the note and the first frame share a page: a note at a page's foot would say nothing
+    var head = document.createElement("div");
+    head.className = "bnx-print-head";
+    head.append(note, figures[0]);
+    strip.appendChild(head);
+    figures.slice(1).forEach(function (f) { strip.appendChild(f); });
+    show(start);
+    root.appendChild(strip);
+  }
+
+  // The quiz on paper: a key of its answers after the questions (copies: the screen's stay).
+  function quizKey(quiz) {
+    var next = quiz.nextElementSibling;
+    if (next && next.classList.contains("bnq-print-key")) return;
+    var key = document.createElement("section");
+    key.className = "bnq-print-key";
+    key.setAttribute("aria-label", "Answers to the quiz");
+    key.innerHTML = '<p class="bnq-print-key-title"><strong>Answers to the quiz</strong></p>';
+    var n = 0;
+    quiz.querySelectorAll("fieldset.bnq-question").forEach(function (q, i) {
+      var details = q.querySelector("details.bnq-explain");
+      if (!details) return;
+      var item = document.createElement("div");
+      item.className = "bnq-print-answer";
+      var head = document.createElement("p");
+      head.innerHTML = "<strong></strong>";
+      head.firstChild.textContent = "Question " + (i + 1) + ".";
+      item.appendChild(head);
+      details.querySelectorAll(":scope > p").forEach(function (p) { item.appendChild(p.cloneNode(true)); });
+      key.appendChild(item);
+      n += 1;
+    });
+    quiz.querySelectorAll('.bnq-question[data-kind="numeric"] .bnq-hint').forEach(function (hint) {
+      if (hint.querySelector(".bn-print-only")) return;
+      var screen = document.createElement("span");
+      screen.className = "bn-screen-only";
+      while (hint.firstChild) screen.appendChild(hint.firstChild);
+      var paper = document.createElement("span");
+      paper.className = "bn-print-only";
+      paper.textContent = "Write a number in the box.";
+      hint.append(screen, paper);
+    });
+    if (n) quiz.after(key);
+  }
+
+  // Blocks taller than a share of the page may break across pages; shorter ones stay whole.
+  var TALL = "div.cell_input, div.cell_output, .bnbook-explorer, .bnbook-quiz, .bnq-print-key, " +
+    "div.highlight, div.highlight pre, .cell_output .output, .cell_output pre, div.math, table";
+  var pagePx = 1100;  // a page's height in CSS pixels, about A4 at a browser's default margins
+  function markTall(pageHeight) {
+    if (pageHeight) pagePx = pageHeight;  // tools/make_pdf.py knows it exactly; keep it for later calls
+    var n = 0;
+    var height = function (el) { return Math.max(el.scrollHeight, el.getBoundingClientRect().height); };
+    document.querySelectorAll(TALL).forEach(function (el) {
+      var tall = height(el) > 0.45 * pagePx;
+      el.classList.toggle("bn-print-long", tall);
+      n += tall ? 1 : 0;
+    });
+    // a short code cell stays with its output; a longer one may end a page, its output overleaf
+    document.querySelectorAll("div.cell_input").forEach(function (el) {
+      el.classList.toggle("bn-print-alone", height(el) > 0.2 * pagePx);
+    });
+    return n;
+  }
+
+  // Everything above; safe to call again (the strips and keys are made once, the marks anew).
+  function preparePrint(options) {
+    var done = { frames: 0, explorers: 0, answers: 0, tall: 0 };
+    document.querySelectorAll(".bnbook-explorer").forEach(function (root) {
+      explorerStrip(root);
+      done.frames += root.querySelectorAll(".bnx-print-frame").length;
+      done.explorers += root.querySelector(".bnx-print") ? 1 : 0;
+    });
+    document.querySelectorAll(".bnbook-quiz").forEach(function (quiz) {
+      quizKey(quiz);
+      var key = quiz.nextElementSibling;
+      if (key && key.classList.contains("bnq-print-key")) {
+        done.answers += key.querySelectorAll(".bnq-print-answer").length;
+      }
+    });
+    done.tall = markTall(options && options.pageHeight);
+    return done;
+  }
+  window.bnbookPreparePrint = preparePrint;
+  window.addEventListener("beforeprint", function () { preparePrint(); });
 
   document.addEventListener("DOMContentLoaded", function () {
     // MathJax typesets formulas as they scroll into view: check each new one

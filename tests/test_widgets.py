@@ -231,3 +231,60 @@ def test_units_and_describe_are_checked() -> None:
         _small_explorer(units={"nope": "s"})
     with pytest.raises(ValueError, match="describe"):
         _small_explorer(describe="not callable")
+
+
+# --- on paper: the frames a printed page shows ---------------------------------------------
+def _printed(page: str) -> list[list[int]]:
+    import html
+    import json
+
+    return json.loads(html.unescape(re.search(r'data-print-frames="([^"]*)"', page).group(1)))
+
+
+def test_print_frames_default_to_the_first_slider_at_the_other_initial_values() -> None:
+    ex = _explorer(initial={"size": 16})
+    assert ex.print_frames == [(0, 1), (1, 1), (2, 1)]
+    assert _printed(ex.to_html()) == [[0, 1], [1, 1], [2, 1]]
+
+
+def test_default_print_frames_space_a_long_slider_evenly() -> None:
+    from bnbook.widgets._explorer import default_print_frames
+
+    assert default_print_frames((6, 2), (0, 1)) == [(i, 1) for i in range(6)]  # six or fewer: all
+    assert [i for (i,) in default_print_frames((9,), (0,))] == [0, 2, 4, 6, 8]  # 8 steps: five frames
+    assert [i for (i,) in default_print_frames((7,), (3,))] == [0, 2, 4, 6]  # 6 steps: four frames
+    for n in range(7, 41):  # both ends, four to six frames, in order, none twice
+        picks = [i for (i,) in default_print_frames((n,), (0,))]
+        assert picks[0] == 0 and picks[-1] == n - 1 and 4 <= len(picks) <= 6
+        assert picks == sorted(set(picks))
+
+
+def test_print_frames_named_by_the_chapter() -> None:
+    frames = ["blue", {"color": "red", "size": 8}, {"color": "green"}]
+    ex = _explorer(initial={"size": 16}, print_frames=frames)
+    # a bare value is one of the first parameter; a parameter left out keeps its initial value;
+    # the order is the chapter's
+    assert ex.print_frames == [(2, 1), (0, 0), (1, 1)]
+    assert _printed(ex.to_html()) == [[2, 1], [0, 0], [1, 1]]
+    # the screen is unchanged: the first picture is still the initial one
+    first = base64.b64encode(ex.render(color="red", size=16)).decode("ascii")
+    assert f'src="data:image/png;base64,{first}"' in ex.to_html()
+
+
+@pytest.mark.parametrize(
+    ("frames", "message"),
+    [
+        ([], "1 to"),
+        (["red"] * 9, "1 to"),
+        ("red", "list of frames"),
+        ({"color": "red"}, "list of frames"),
+        (["purple"], "not among the values"),
+        ([{"colour": "red"}], "unknown parameters"),
+        ([{"size": 12}], "not among the values"),
+        (["red", {"color": "red", "size": 8}], "twice"),
+    ],
+    ids=["none", "too-many", "a-string", "a-dict", "unknown-value", "unknown-name", "bad-second", "twice"],
+)
+def test_bad_print_frames_are_refused_with_a_reason(frames, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        _explorer(print_frames=frames)

@@ -18,6 +18,20 @@ an empty matplotlib figure, and lists a few values per parameter:
 
 Both forms call the same ``draw``; precompute anything expensive before
 building the explorer, so that one frame renders well under 150 ms.
+
+On paper (a browser's Print, and the PDF of ``make pdf``) a slider cannot
+move, so the static form names the frames a printed page shows, in its
+``data-print-frames`` attribute, and the book's ``_static/bnbook.js`` prints
+them as a strip, each under its slider values. By default these are the
+values of the first slider (an evenly spaced few of them when it has more
+than six), the other sliders at their initial values
+(:func:`default_print_frames`); ``print_frames=`` names the frames that the
+chapter's text talks about instead:
+
+>>> ex = Explorer(draw, {"step": [0, 250, 500, 750, 1000]}, name="steps",
+...               print_frames=[0, 500, 1000])  # doctest: +SKIP
+>>> Explorer(draw, {"gamma": [0.5, 1, 2], "beta": [-1, 0, 1]}, name="gb",
+...          print_frames=[{"gamma": 2}, {"gamma": 2, "beta": 1}])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -35,10 +49,12 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["STATIC_ENV", "Explorer", "static_mode"]
+__all__ = ["MAX_PRINT_FRAMES", "STATIC_ENV", "Explorer", "default_print_frames", "static_mode"]
 
 #: Environment variable that selects the static form in :meth:`Explorer.show`.
 STATIC_ENV = "BNBOOK_STATIC"
+#: The most frames a printed explorer shows: a strip longer than about a page says no more.
+MAX_PRINT_FRAMES = 8
 
 
 def static_mode() -> bool:
@@ -56,6 +72,30 @@ def _compress_png(png: bytes) -> bytes:
         out, format="PNG", optimize=True
     )
     return out.getvalue()
+
+
+def default_print_frames(shape: Sequence[int], initial: Sequence[int]) -> list[tuple[int, ...]]:
+    """The frames a printed explorer shows when the chapter names none, as grid indices.
+
+    Every value of the first slider when it has at most six, else an evenly
+    spaced five (or four or six, whichever divides its range evenly), both ends
+    included; the other sliders stay at their initial values. ``_static/bnbook.js``
+    applies the same rule to an explorer stored before ``data-print-frames``
+    existed.
+
+    >>> default_print_frames((9, 3), (0, 1))
+    [(0, 1), (2, 1), (4, 1), (6, 1), (8, 1)]
+    >>> default_print_frames((4,), (2,))
+    [(0,), (1,), (2,), (3,)]
+    """
+    n = shape[0]
+    if n <= 6:
+        picks = list(range(n))
+    else:
+        k = next((k for k in (5, 4, 6) if (n - 1) % (k - 1) == 0), 5)
+        # int(x + 0.5): the rounding of JavaScript's Math.floor(x + 0.5), the same in both
+        picks = sorted({int(i * (n - 1) / (k - 1) + 0.5) for i in range(k)})
+    return [(i, *initial[1:]) for i in picks]
 
 
 def _fmt(value: Any) -> str:
@@ -104,6 +144,12 @@ class Explorer:
     units : mapping of str to str, optional
         The unit of each parameter ("steps", "%"), read out with its value
         (the sliders' ``aria-valuetext``).
+    print_frames : sequence, optional
+        The frames a printed page shows, in order (at most
+        :data:`MAX_PRINT_FRAMES`): those the text discusses. Each item is a
+        mapping of parameter values (a parameter left out keeps its initial
+        value) or, as a shorthand, a value of the first parameter. Default:
+        :func:`default_print_frames`.
     """
 
     def __init__(
@@ -121,6 +167,7 @@ class Explorer:
         alt: str | None = None,
         describe: Callable[..., str] | None = None,
         units: Mapping[str, str] | None = None,
+        print_frames: Sequence[Mapping[str, Any] | Any] | None = None,
     ) -> None:
         if not callable(draw):
             raise ValueError("draw must be a callable draw(fig, **values)")
@@ -160,9 +207,46 @@ class Explorer:
         self.alt = alt or "Explorer: " + ", ".join(self.labels.values())
         self.describe_frame = describe
         self.units = {k: (units or {}).get(k, "") for k in self.params}
+        self.print_frames = self._print_indices(print_frames)
         self._frames: dict[tuple[int, ...], bytes] = {}
         self._live: dict[tuple[int, ...], bytes] = {}
         self.last_redraw_ms: float | None = None
+
+    def _print_indices(self, frames: Sequence[Mapping[str, Any] | Any] | None) -> list[tuple[int, ...]]:
+        """Grid indices of the printed frames: ``frames`` checked, or the default."""
+        start = tuple(self.initial.values())
+        if frames is None:
+            return default_print_frames(self.shape, start)
+        if isinstance(frames, (str, bytes, Mapping)) or not isinstance(frames, Sequence):
+            raise ValueError(
+                "print_frames must be a list of frames, each a dict of parameter values or a value of "
+                f"{next(iter(self.params))!r}, got {frames!r}"
+            )
+        if not 1 <= len(frames) <= MAX_PRINT_FRAMES:
+            raise ValueError(f"print_frames names {len(frames)} frames; give 1 to {MAX_PRINT_FRAMES}")
+        first = next(iter(self.params))
+        picked: list[tuple[int, ...]] = []
+        for item in frames:
+            given = dict(item) if isinstance(item, Mapping) else {first: item}
+            unknown = sorted(set(given) - set(self.params), key=str)
+            if unknown:
+                raise ValueError(
+                    f"print_frames item {item!r} names unknown parameters {unknown}; "
+                    f"parameters are {list(self.params)}"
+                )
+            index = list(start)
+            for d, (key, values) in enumerate(self.params.items()):
+                if key in given:
+                    if given[key] not in values:
+                        raise ValueError(
+                            f"print_frames item {item!r}: {given[key]!r} is not among the values "
+                            f"{values} of {key!r}"
+                        )
+                    index[d] = values.index(given[key])
+            if tuple(index) in picked:
+                raise ValueError(f"print_frames names the frame {self.values_at(index)} twice")
+            picked.append(tuple(index))
+        return picked
 
     # --- frames ---------------------------------------------------------------
     @property
@@ -238,6 +322,8 @@ class Explorer:
 
         Until its script runs (JupyterLab does not run the scripts of a stored
         output), the explorer says to run the cell; the script removes that hint.
+        The ``data-print-frames`` attribute lists the grid indices of the frames
+        a printed page shows (``print_frames``), for ``_static/bnbook.js``.
         """
         indices = list(itertools.product(*(range(n) for n in self.shape)))
         frames = [base64.b64encode(f).decode("ascii") for f in self.frames()]
@@ -258,8 +344,9 @@ class Explorer:
             )
         shown = [[_fmt(v) for v in values] for values in self.params.values()]
         spoken = [[self.value_text(k, v) for v in values] for k, values in self.params.items()]
+        printed = html.escape(json.dumps([list(i) for i in self.print_frames], separators=(",", ":")))
         return (
-            f'<div class="bnbook-explorer" id="{uid}" style="max-width:100%">'
+            f'<div class="bnbook-explorer" id="{uid}" style="max-width:100%" data-print-frames="{printed}">'
             '<p class="bnx-hint"><strong>Run this cell to make the sliders live.</strong> '
             "This is the stored picture; the sliders move once the cell has run.</p>"
             f'<div class="bnx-controls" style="display:grid;gap:0.2em 0;margin-bottom:0.4em">'
