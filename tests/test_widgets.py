@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
+import numpy as np
 import pytest
 
 from bnbook import widgets
@@ -288,3 +289,21 @@ def test_print_frames_named_by_the_chapter() -> None:
 def test_bad_print_frames_are_refused_with_a_reason(frames, message) -> None:
     with pytest.raises(ValueError, match=message):
         _explorer(print_frames=frames)
+
+
+def test_static_frame_drawn_to_pixels_equals_the_compressed_live_png() -> None:
+    """A static frame skips the PNG round trip; its bytes must be those the round trip gives."""
+    from bnbook.plots import use_style
+    from bnbook.widgets._explorer import _compress_png
+
+    use_style()
+
+    def draw(fig, a):
+        left, right = fig.subplots(1, 2)
+        left.plot(np.sin(np.linspace(0, a, 50)))
+        left.set_title(f"a = {a}")
+        right.hist(np.random.default_rng(0).normal(size=200) * a, bins=20)
+
+    ex = Explorer(draw, {"a": [1, 2, 3]}, name="pixels")
+    for i in range(3):
+        assert ex._frame((i,)) == _compress_png(ex._live_frame((i,)))

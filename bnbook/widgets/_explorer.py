@@ -66,7 +66,13 @@ def _compress_png(png: bytes) -> bytes:
     """Re-encode a PNG with a 256-colour palette: a third of the size, same look."""
     from PIL import Image
 
-    img = Image.open(io.BytesIO(png)).convert("RGB")
+    return _palette_png(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _palette_png(img: Any) -> bytes:
+    """A PIL RGB image as a PNG with a 256-colour palette: a third of the size, same look."""
+    from PIL import Image
+
     out = io.BytesIO()
     img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
         out, format="PNG", optimize=True
@@ -274,10 +280,31 @@ class Explorer:
         fig.savefig(buf, format="png", dpi=self.dpi, metadata={"Software": None})
         return buf.getvalue()
 
+    def _draw_rgb(self, index: tuple[int, ...]) -> Any:
+        """The picture at ``index`` as a PIL RGB image: the pixels ``_draw_png`` would encode."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from PIL import Image
+
+        fig = Figure(figsize=self.figsize, layout=self.layout, dpi=self.dpi)
+        self.draw(fig, **self.values_at(index))
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        return Image.frombuffer(
+            "RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1
+        ).convert("RGB")
+
     def _frame(self, index: tuple[int, ...]) -> bytes:
-        """A frame for the page: palette-compressed, since every frame is embedded."""
+        """A frame for the page: palette-compressed, since every frame is embedded.
+
+        Drawn straight to pixels and compressed from them: the same bytes as
+        compressing the live frame's PNG, without encoding and decoding a PNG
+        in between (a third of the time of a static frame).
+        """
         if index not in self._frames:
-            self._frames[index] = _compress_png(self._live_frame(index))
+            if index in self._live:
+                self._frames[index] = _compress_png(self._live[index])
+            else:
+                self._frames[index] = _palette_png(self._draw_rgb(index))
         return self._frames[index]
 
     def _live_frame(self, index: tuple[int, ...]) -> bytes:
