@@ -274,6 +274,34 @@ def _glossary() -> dict[str, tuple[str, str]]:
 _VISIBLE_TIP = "[data-tippy-root] .tippy-box[data-state='visible']"
 
 
+def test_citations_preview_their_reference_on_hover(site: Browser) -> None:
+    """Hovering an author-year citation shows the bibliography entry it links to, with its URL."""
+    visit = site.open("chapters/01_internal_covariate_shift.html")
+    page = visit.page
+    links = page.locator("article a.reference.internal[href*='bibliography.html#']")
+    assert links.count() >= 3, "chapter 1 cites fewer than 3 works"
+    problems = []
+    for i in range(3):
+        link = links.nth(i)
+        cited = " ".join(link.inner_text().split())  # e.g. "Ioffe and Szegedy, 2015"
+        author, year = re.split(r"[ ,]", cited)[0], cited[-4:]
+        link.scroll_into_view_if_needed()
+        link.hover()
+        tip = page.locator(_VISIBLE_TIP)
+        try:
+            tip.first.wait_for(state="visible", timeout=4000)
+        except Exception:
+            problems.append(f"hovering the citation {cited!r} shows no preview")
+            page.mouse.move(0, 0)
+            continue
+        text = " ".join((tip.first.inner_text() or "").split())
+        if author not in text or year not in text or "http" not in text:
+            problems.append(f"the preview of {cited!r} is not its reference: {text[:120]!r}")
+        page.mouse.move(0, 0)
+        tip.first.wait_for(state="hidden", timeout=4000)
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("path", _params("terms", "glossary term links"))
 def test_glossary_terms_show_definition_on_hover(site: Browser, path: str) -> None:
     visit = site.open(path)
