@@ -295,8 +295,8 @@ def test_citations_preview_their_reference_on_hover(site: Browser) -> None:
             page.mouse.move(0, 0)
             continue
         text = " ".join((tip.first.inner_text() or "").split())
-        if author not in text or year not in text or "http" not in text:
-            problems.append(f"the preview of {cited!r} is not its reference: {text[:120]!r}")
+        if author not in text or year not in text or "URL" not in text:
+            problems.append(f"the preview of {cited!r} is not its reference: {text[:300]!r}")
         page.mouse.move(0, 0)
         tip.first.wait_for(state="hidden", timeout=4000)
     assert not problems, "\n".join(problems)
