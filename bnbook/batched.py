@@ -15,8 +15,11 @@ independent networks ("members") along a leading dimension:
   of its own batch), with per-member ``gamma``, ``beta`` and running
   statistics of shape ``(K, C)``;
 * :func:`train_batched` takes a plain SGD step with a per-member learning
-  rate. The loss is the *sum* of the members' mean losses, so autograd gives
-  every member exactly the gradient of its own loss.
+  rate. The loss is the *sum* of the members' mean losses, so every member
+  gets exactly the gradient of its own loss. The step writes the backward
+  pass out, each operation's derivative as autograd computes it, in
+  autograd's order: the same numbers, bit for bit, without the engine's
+  bookkeeping (``tests/test_batched.py`` compares the two with ``torch.equal``).
 
 Nothing couples the members: member ``k`` trained here follows the same
 trajectory, up to floating-point rounding, as a ``torch.nn.Sequential`` of
@@ -24,13 +27,21 @@ trajectory, up to floating-point rounding, as a ``torch.nn.Sequential`` of
 initial weights, the same batches and plain SGD (``tests/test_batched.py``
 checks this). A member whose loss becomes NaN or infinite is marked as
 diverged; its NaNs stay inside its own slices of the tensors.
+
+Three tools keep the cost of a study down without changing a single number:
+``train_batched(record=...)`` calls a function of yours every
+``record_every`` steps (to measure the members while they train, instead of
+training them again to measure them), ``evaluate_batched(members=...)``
+evaluates only the members you name, and :meth:`BatchedMLP.select` takes
+some members out as a model of their own, to train them on. A member's
+numbers never depend on which other members share its model.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -324,6 +335,37 @@ class BatchedMLP(nn.Module):
                 layers.append(_MODULES[self.activation]())
         return nn.Sequential(*layers).train(self.training)
 
+    def select(self, members: Sequence[int]) -> BatchedMLP:
+        """A new batched model of the chosen members only, in that order (copies, in this model's mode).
+
+        Each member keeps its seed, weights, batch-norm parameters and running
+        statistics, so training the selection goes on exactly as training
+        those members inside this model would: members never interact. Use it
+        to continue some runs of a study for longer without training the
+        others.
+        """
+        idx = [int(m) for m in members]
+        if not idx or any(not 0 <= m < self.k for m in idx):
+            raise ValueError(f"members must be indices in [0, {self.k}), at least one, got {list(members)}")
+        p = self.weights[0]
+        out = BatchedMLP(
+            self.sizes,
+            [self.seeds[m] for m in idx],
+            self.activation,
+            self.batch_norm,
+            [self.inits[m] for m in idx],
+            [self.init_scales[m] for m in idx],
+            self.momentum,
+            self.eps,
+            device=p.device,
+            dtype=p.dtype,
+        )
+        pick = torch.tensor(idx, device=p.device)
+        with torch.no_grad():
+            for mine, theirs in zip(self.state_dict().values(), out.state_dict().values(), strict=True):
+                theirs.copy_(mine.index_select(0, pick))
+        return out.train(self.training)
+
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}, k={self.k}, activation={self.activation!r}, batch_norm={self.batch_norm}"
 
@@ -344,6 +386,8 @@ class BatchedHistory(NamedTuple):
         ``1 / classes`` (chance) from the evaluation at which it had diverged.
     diverged : ndarray of bool, shape (K,)
         Whether the member's loss became NaN or infinite.
+    records : list
+        What ``record(step, model)`` returned, in order (empty without ``record``).
     """
 
     loss: np.ndarray
@@ -351,10 +395,50 @@ class BatchedHistory(NamedTuple):
     eval_loss: np.ndarray
     eval_acc: np.ndarray
     diverged: np.ndarray
+    records: Sequence[Any] = ()
+
+
+def _member_index(model: BatchedMLP, members: Sequence[int] | None) -> torch.Tensor | None:
+    """``members`` as an index tensor on the model's device, checked; None for all members."""
+    if members is None:
+        return None
+    idx = [int(m) for m in members]
+    if not idx or any(not 0 <= m < model.k for m in idx):
+        raise ValueError(f"members must be indices in [0, {model.k}), at least one, got {list(members)}")
+    return torch.tensor(idx, device=model.weights[0].device)
+
+
+def _eval_logits(model: BatchedMLP, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """:meth:`BatchedMLP.forward` in eval mode for the members ``idx`` only, on one shared batch ``x`` (N, D).
+
+    The same operations on the members' slices of the parameters, so every
+    member's logits are bit for bit those of the whole model: (len(idx), N, classes).
+    """
+    act = ACTIVATIONS[model.activation]
+    h = x.unsqueeze(0).expand(len(idx), -1, -1)
+    b, last = 0, len(model.weights) - 1
+    for i, w in enumerate(model.weights):
+        w = w.index_select(0, idx)
+        if model._has_bias[i]:
+            h = torch.baddbmm(model.biases[b].index_select(0, idx).unsqueeze(1), h, w)
+            b += 1
+        else:
+            h = torch.bmm(h, w)
+        if i < last:
+            if model.batch_norm:
+                gamma = model.gammas[i].index_select(0, idx).unsqueeze(1)
+                beta = model.betas[i].index_select(0, idx).unsqueeze(1)
+                centred = h - model.running_means[i].index_select(0, idx).unsqueeze(1)
+                var = model.running_vars[i].index_select(0, idx).unsqueeze(1)
+                h = torch.addcmul(beta, centred * torch.rsqrt(var + model.eps), gamma)
+            h = act(h)
+    return h
 
 
 @torch.no_grad()
-def evaluate_batched(model: BatchedMLP, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def evaluate_batched(
+    model: BatchedMLP, x: torch.Tensor, y: torch.Tensor, members: Sequence[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Loss and accuracy of every member on ``(x, y)`` in eval mode (chapter 8).
 
     Parameters
@@ -362,27 +446,138 @@ def evaluate_batched(model: BatchedMLP, x: torch.Tensor, y: torch.Tensor) -> tup
     model : BatchedMLP
     x : Tensor, shape (N, D)
     y : Tensor of int, shape (N,)
+    members : sequence of int, optional
+        Evaluate only these members (in this order), for example the runs of
+        a study that still need a reading; the others cost nothing. Default:
+        all of them.
 
     Returns
     -------
-    loss, acc : ndarray, shape (K,)
+    loss, acc : ndarray, shape (K,) or (len(members),)
         Mean cross-entropy (NaN where it is not finite) and accuracy; a member
         whose loss is not finite gets the chance accuracy ``1 / classes``.
-        The model's mode is restored afterwards.
+        The model's mode is restored afterwards. A member's numbers do not
+        depend on which other members are evaluated with it.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        logits = model(x)
-    finally:
-        model.train(was_training)
+    idx = _member_index(model, members)
+    if idx is not None:
+        if x.dim() != 2 or x.shape[1] != model.sizes[0]:
+            raise ValueError(f"with members, x must have shape (N, {model.sizes[0]}), got {tuple(x.shape)}")
+        logits = _eval_logits(model, x, idx)
+    else:
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(x)
+        finally:
+            model.train(was_training)
     k, n, c = logits.shape
-    loss = F.cross_entropy(logits.reshape(k * n, c), y.repeat(k), reduction="none").view(k, n).mean(1)
+    # The softmax runs along the N axis of the transposed logits: on a CPU that is many times
+    # faster than along a last axis of only `classes` entries.
+    loss = F.cross_entropy(logits.transpose(1, 2).contiguous(), y.expand(k, -1), reduction="none").mean(1)
     acc = (logits.argmax(dim=2) == y).to(torch.float64).mean(1)
     ok = torch.isfinite(loss)
     loss = torch.where(ok, loss, torch.full_like(loss, float("nan")))
     acc = torch.where(ok, acc, torch.full_like(acc, 1.0 / c))
     return loss.double().cpu().numpy(), acc.cpu().numpy()
+
+
+#: Each activation's derivative, from its output, as autograd computes it.
+_ACT_BACKWARD = {
+    "sigmoid": lambda grad, out: torch.ops.aten.sigmoid_backward(grad, out),  # grad * (1 - out) * out
+    "tanh": lambda grad, out: torch.ops.aten.tanh_backward(grad, out),  # grad * (1 - out**2)
+    "relu": lambda grad, out: torch.ops.aten.threshold_backward(grad, out, 0),  # grad where out > 0
+}
+
+
+def _sum_to_row(g: torch.Tensor) -> torch.Tensor:
+    """The gradient of a (K, 1, C) tensor broadcast over B, from ``g`` (K, B, C), as autograd sums it."""
+    return g.sum([1], keepdim=True)
+
+
+@torch.no_grad()
+def _sgd_step(model: BatchedMLP, xb: torch.Tensor, yb: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    """One plain SGD step of every member on its batch; returns each member's loss before it, (K,).
+
+    ``xb`` (K, B, D), ``yb`` (K, B), ``lr`` (K,). This is, bit for bit, the
+    step that ``loss.sum().backward()`` on :meth:`BatchedMLP.forward` followed
+    by ``p -= lr * p.grad`` takes (``tests/test_batched.py`` compares them
+    with ``torch.equal``): the same forward operations, then each node's
+    backward formula from PyTorch's ``derivatives.yaml``, evaluated with the
+    same ATen kernels and summed in the order the autograd engine sums them.
+    Writing the chain rule out skips the engine's bookkeeping (graph nodes,
+    saved-tensor checks, gradient buffers), which for networks this small
+    costs more than the arithmetic; it also never creates a ``.grad``.
+    """
+    k, b, _ = xb.shape
+    ws = list(model.weights)
+    last = len(ws) - 1
+    act, act_backward = ACTIVATIONS[model.activation], _ACT_BACKWARD[model.activation]
+    inputs, saved = [], []
+    h = xb
+    for i in range(last):
+        inputs.append(h)
+        if model.batch_norm:  # BatchedMLP._norm in training mode
+            z = torch.bmm(h, ws[i])
+            mean = z.mean(dim=1, keepdim=True)
+            centred = z - mean
+            var = (centred * centred).mean(dim=1, keepdim=True)
+            model.running_means[i].lerp_(mean.squeeze(1), model.momentum)
+            model.running_vars[i].lerp_(var.squeeze(1) * (b / (b - 1)), model.momentum)
+            rstd = torch.rsqrt(var + model.eps)
+            normed = centred * rstd
+            a = act(torch.addcmul(model.betas[i].unsqueeze(1), normed, model.gammas[i].unsqueeze(1)))
+            saved.append((a, centred, rstd, normed))
+        else:
+            a = act(torch.baddbmm(model.biases[i].unsqueeze(1), h, ws[i]))
+            saved.append((a,))
+        h = a
+    logits = torch.baddbmm(model.biases[-1].unsqueeze(1), h, ws[last])
+    c = logits.shape[2]
+    log_p = torch.log_softmax(logits.reshape(k * b, c), 1)  # F.cross_entropy: log_softmax, then nll_loss
+    target = yb.reshape(-1)
+    per, total_weight = torch.ops.aten.nll_loss_forward(log_p, target, None, 0, -100)
+    loss = per.view(k, b).mean(1)
+
+    grads = {}  # parameter -> gradient
+    # SumBackward, MeanBackward, NllLossBackward, LogSoftmaxBackward
+    g = torch.ones(k, dtype=loss.dtype, device=loss.device).unsqueeze(1).expand(k, b) / b
+    g = torch.ops.aten.nll_loss_backward(g.reshape(k * b), log_p, target, None, 0, -100, total_weight)
+    g = torch.ops.aten._log_softmax_backward_data(g, log_p, 1, log_p.dtype).view(k, b, c)
+    # BaddbmmBackward of the output layer
+    grads[model.biases[-1]] = _sum_to_row(g).squeeze(1)
+    grads[ws[last]] = h.transpose(1, 2).bmm(g)
+    dh = g.bmm(ws[last].transpose(1, 2))
+    for i in reversed(range(last)):
+        a = saved[i][0]
+        g = act_backward(dh, a)
+        if model.batch_norm:
+            _, centred, rstd, normed = saved[i]
+            gamma = model.gammas[i].unsqueeze(1)
+            # AddcmulBackward: beta, normed, gamma
+            grads[model.betas[i]] = _sum_to_row(g).squeeze(1)
+            g_normed = g * (gamma * 1)
+            grads[model.gammas[i]] = _sum_to_row(g * (normed * 1)).squeeze(1)
+            # MulBackward (centred * rstd), then RsqrtBackward, AddBackward, MeanBackward (of the variance)
+            g_centred = g_normed * rstd
+            g_rstd = _sum_to_row(g_normed * centred)
+            g_var = -0.5 * g_rstd * rstd.pow(3)
+            g_sq = g_var.expand(k, b, -1) / b
+            # MulBackward (centred * centred): two contributions, added to the first in this order
+            g_centred = g_centred + g_sq * centred
+            g_centred = g_centred + g_sq * centred
+            # SubBackward (z - mean), then MeanBackward (of z)
+            g_mean = _sum_to_row(-g_centred)
+            g = g_centred + g_mean.expand(k, b, -1) / b
+        else:
+            grads[model.biases[i]] = _sum_to_row(g).squeeze(1)
+        grads[ws[i]] = inputs[i].transpose(1, 2).bmm(g)
+        if i > 0:
+            dh = g.bmm(ws[i].transpose(1, 2))
+    params = list(grads)
+    lrs = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
+    torch._foreach_sub_(params, torch._foreach_mul([grads[p] for p in params], lrs))  # p -= lr * grad
+    return loss
 
 
 def train_batched(
@@ -396,6 +591,8 @@ def train_batched(
     eval_every: int = 0,
     x_eval: torch.Tensor | None = None,
     y_eval: torch.Tensor | None = None,
+    record: Callable[[int, BatchedMLP], Any] | None = None,
+    record_every: int = 1,
 ) -> BatchedHistory:
     """Train every member of ``model`` with plain SGD on cross-entropy (chapter 8).
 
@@ -403,8 +600,10 @@ def train_batched(
     replacement from ``torch.Generator().manual_seed(seeds[k])`` (the same
     draws as ``torch.randint(0, N, (batch_size,), generator=g)`` once per
     step), computes its mean loss, and updates every parameter ``p`` as
-    ``p -= lrs[k] * grad``. All members run as one batched computation; the
-    summed loss gives each member the gradient of its own loss.
+    ``p -= lrs[k] * grad``. All members run as one batched computation. The
+    backward pass is written out (see :func:`_sgd_step`): autograd's numbers,
+    faster, with no ``.grad`` created, and training also runs inside
+    ``torch.no_grad()``.
 
     Parameters
     ----------
@@ -427,6 +626,15 @@ def train_batched(
     x_eval, y_eval : Tensor, optional
         Evaluation set (for example validation or test data); when omitted the
         evaluation columns of the result are empty.
+    record : callable, optional
+        ``record(step, model)`` is called before the first step (step 0) and
+        after every ``record_every`` steps, with the model in training mode
+        (it must leave the parameters alone; a measurement in training mode
+        should put back any running statistics it changes). Its return
+        values are collected in :attr:`BatchedHistory.records`. Use it to
+        measure the members while they train rather than training them twice.
+    record_every : int
+        Steps between calls of ``record`` (>= 1).
 
     Returns
     -------
@@ -443,6 +651,10 @@ def train_batched(
         raise ValueError(f"batch_size must be at least {2 if model.batch_norm else 1}, got {batch_size}")
     if eval_every < 0:
         raise ValueError(f"eval_every must be >= 0, got {eval_every}")
+    if record is not None and not callable(record):
+        raise ValueError("record must be a callable record(step, model)")
+    if not isinstance(record_every, (int, np.integer)) or record_every < 1:
+        raise ValueError(f"record_every must be a positive integer, got {record_every!r}")
     seeds = model.seeds if seeds is None else [int(s) for s in seeds]
     if len(seeds) != k:
         raise ValueError(f"seeds must have one entry per member ({k}), got {len(seeds)}")
@@ -455,9 +667,7 @@ def train_batched(
         raise ValueError("give both x_eval and y_eval, or neither")
 
     device = model.weights[0].device
-    params = [p for p in model.parameters() if p.requires_grad]
     lr_t = torch.tensor(lr_list, device=device, dtype=model.weights[0].dtype)
-    lr_views = [lr_t.view(-1, *([1] * (p.dim() - 1))) for p in params]
     n, c = x.shape[0], model.sizes[-1]
     # Every member's batch indices for all steps, drawn once per member (one CPU generator each).
     gens = [torch.Generator().manual_seed(s) for s in seeds]
@@ -466,34 +676,31 @@ def train_batched(
     eval_at.add(steps)
     eval_steps = sorted(eval_at) if x_eval is not None else []
     losses = torch.empty(steps, k, device=device, dtype=model.weights[0].dtype)
-    ev_loss, ev_acc = [], []
+    ev_loss, ev_acc, records = [], [], []
     model.train()
     if 0 in eval_steps:
         lo, ac = evaluate_batched(model, x_eval, y_eval)
         ev_loss.append(lo)
         ev_acc.append(ac)
+    if record is not None:
+        records.append(record(0, model))
+        model.train()
     for start in range(0, steps, chunk):
         m = min(chunk, steps - start)
         idx = torch.stack([torch.randint(0, n, (m, batch_size), generator=g) for g in gens], dim=1)
         idx = idx.to(device)  # (m, K, B)
         for j in range(m):
             step = start + j + 1
-            ij = idx[j]
-            xb, yb = x[ij], y[ij]  # (K, B, D), (K, B)
-            logits = model(xb)
-            per = F.cross_entropy(logits.reshape(k * batch_size, c), yb.reshape(-1), reduction="none")
-            loss_k = per.view(k, batch_size).mean(1)
-            for p in params:
-                p.grad = None
-            loss_k.sum().backward()
-            with torch.no_grad():
-                for p, lr in zip(params, lr_views, strict=True):
-                    p.sub_(p.grad * lr)
-                losses[step - 1] = loss_k
+            ij = idx[j].view(-1)  # index_select: a faster gather than x[idx] for a 2-D index
+            xb = x.index_select(0, ij).view(k, batch_size, -1)
+            losses[step - 1] = _sgd_step(model, xb, y.index_select(0, ij).view(k, batch_size), lr_t)
             if step in eval_at and x_eval is not None:
                 lo, ac = evaluate_batched(model, x_eval, y_eval)
                 ev_loss.append(lo)
                 ev_acc.append(ac)
+            if record is not None and step % record_every == 0:
+                records.append(record(step, model))
+                model.train()
     loss = losses.T.double().cpu().numpy()
     bad = ~np.isfinite(loss)
     diverged = bad.any(axis=1)
@@ -508,4 +715,4 @@ def train_batched(
         diverged |= ~np.isfinite(e_loss[:, -1])
     else:
         e_loss = e_acc = np.zeros((k, 0))
-    return BatchedHistory(loss, es, e_loss, e_acc, diverged)
+    return BatchedHistory(loss, es, e_loss, e_acc, diverged, records)

@@ -257,3 +257,88 @@ def test_bad_input_shapes_raise_value_error() -> None:
         train_batched(model, torch.zeros(10, 5), torch.zeros(10, dtype=torch.long), 0.1, 1)
     with pytest.raises(ValueError):
         model.member(2)
+
+
+def _autograd_steps(model: BatchedMLP, x, y, lrs, steps, batch_size):
+    """The step train_batched documents, taken by autograd on BatchedMLP.forward: the reference."""
+    k = model.k
+    gens = [torch.Generator().manual_seed(s) for s in model.seeds]
+    lr = torch.tensor(lrs, dtype=model.weights[0].dtype)
+    params = list(model.parameters())
+    model.train()
+    for _ in range(steps):
+        idx = torch.stack([torch.randint(0, x.shape[0], (batch_size,), generator=g) for g in gens])
+        logits = model(x[idx])
+        per = F.cross_entropy(logits.reshape(k * batch_size, -1), y[idx].reshape(-1), reduction="none")
+        for p in params:
+            p.grad = None
+        per.view(k, batch_size).mean(1).sum().backward()
+        with torch.no_grad():
+            for p in params:
+                p.sub_(p.grad * lr.view(-1, *([1] * (p.dim() - 1))))
+
+
+@pytest.mark.parametrize("cfg", CASES)
+def test_the_written_out_step_is_autograds_bit_for_bit_and_needs_no_graph(cfg) -> None:
+    """train_batched writes the backward pass out: autograd's numbers, no .grad, and it runs under no_grad."""
+    x, y = _data()
+    lrs = [0.05, 0.5, 3.0]
+    ours = BatchedMLP([6, 8, 7, 4], seeds=[3, 11, 5], **cfg)
+    ref = BatchedMLP([6, 8, 7, 4], seeds=[3, 11, 5], **cfg)
+    with torch.no_grad():  # autograd cannot train in here; the written-out step can
+        train_batched(ours, x, y, lrs, steps=20, batch_size=10)
+    _autograd_steps(ref, x, y, lrs, steps=20, batch_size=10)
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert all(p.grad is None for p in ours.parameters())
+
+
+def test_record_is_called_every_record_every_steps_and_collected() -> None:
+    x, y = _data()
+    model = BatchedMLP([6, 8, 4], seeds=[0, 1], batch_norm=True)
+    seen = []
+
+    def record(step, m):
+        assert m is model and m.training
+        seen.append(step)
+        return step, m.weights[0].detach().clone()
+
+    hist = train_batched(model, x, y, 0.1, steps=10, batch_size=8, record=record, record_every=4)
+    assert seen == [0, 4, 8] and [r[0] for r in hist.records] == [0, 4, 8]
+    assert not torch.equal(hist.records[0][1], hist.records[-1][1])  # recorded while training
+    assert train_batched(model, x, y, 0.1, steps=2, batch_size=8).records == []
+    with pytest.raises(ValueError):
+        train_batched(model, x, y, 0.1, steps=2, batch_size=8, record=record, record_every=0)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+def test_evaluate_some_members_gives_their_numbers_of_the_whole(batch_norm) -> None:
+    x, y = _data()
+    model = BatchedMLP([6, 8, 8, 4], seeds=[0, 1, 2, 3], batch_norm=batch_norm)
+    train_batched(model, x, y, [0.1, 0.5, 1.0, 2.0], steps=15, batch_size=8)
+    loss, acc = evaluate_batched(model, x, y)
+    some_loss, some_acc = evaluate_batched(model, x, y, members=[3, 1])
+    np.testing.assert_array_equal(some_acc, acc[[3, 1]])
+    np.testing.assert_array_equal(some_loss, loss[[3, 1]])
+    assert model.training
+    for bad in ([], [4], [-1]):
+        with pytest.raises(ValueError):
+            evaluate_batched(model, x, y, members=bad)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "bn"])
+def test_selected_members_train_on_exactly_as_inside_the_whole_model(batch_norm) -> None:
+    x, y = _data()
+    inits = ["default", "xavier"] * 2
+    model = BatchedMLP([6, 8, 8, 4], seeds=[0, 1, 2, 3], batch_norm=batch_norm, init=inits)
+    train_batched(model, x, y, [0.1, 0.5, 1.0, 2.0], steps=10, batch_size=8)
+    part = model.select([2, 0])
+    assert part.seeds == [2, 0] and part.inits == ["default", "default"] and part.training
+    for a, b in zip(part.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b[[2, 0]])
+    train_batched(model, x, y, [0.1, 0.5, 1.0, 2.0], steps=10, batch_size=8)
+    train_batched(part, x, y, [1.0, 0.1], steps=10, batch_size=8)
+    for a, b in zip(part.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b[[2, 0]])
+    with pytest.raises(ValueError):
+        model.select([4])

@@ -231,3 +231,65 @@ def test_every_network_has_a_look() -> None:
     assert set(cmp.LOOKS) == set(cmp.NETS)
     labels = [cmp.look(k)["label"] for k in cmp.NETS]
     assert len(set(labels)) == len(labels) and cmp.look("xavier")["label"] == "no BN, Xavier init"
+
+
+def test_a_fixed_set_measured_during_a_sweep_is_what_smoothness_measures(data) -> None:
+    """Measuring some runs of a sweep while they train gives smoothness()'s numbers, bit for bit."""
+    net = dict(depth=2, width=8, batch_size=8)
+    fs = cmp.FixedSet(names=["lsuv", "bn"], lrs=[0.5, 2.0], start=4, n_eval=50)
+    sweep = cmp.run_nets(
+        data,
+        ["no_bn", "lsuv", "bn"],
+        [dict(lr=lr) for lr in (0.1, 0.5, 2.0)],
+        [0, 1],
+        steps=9,
+        eval_every=3,
+        fixed_set=fs,
+        **net,
+    )
+    assert sweep["no_bn"].fixed_loss.shape == (3, 2, 6) and np.isnan(sweep["no_bn"].fixed_loss).all()
+    got = cmp.smoothness_of(sweep, fs)
+    want = cmp.smoothness(data, ["lsuv", "bn"], [0.5, 2.0], [0, 1], steps=9, start=4, n_eval=50, **net)
+    for name in ("lsuv", "bn"):
+        np.testing.assert_array_equal(got[name][0], want[name][0])
+        np.testing.assert_array_equal(got[name][1], want[name][1])
+    with pytest.raises(ValueError, match="fixed set"):
+        cmp.run_nets(
+            data, ["bn"], [dict(lr=0.5)], [0], steps=9, eval_every=0, stages=(3,), fixed_set=fs, **net
+        )
+
+
+def test_continue_runs_is_a_staged_run_of_those_runs(data) -> None:
+    """Going on from a sweep equals training the chosen runs in two stages from the start, bit for bit."""
+    net = dict(depth=2, width=8, batch_size=8)
+    lrs = (0.05, 0.5, 2.0)
+    sweep = cmp.run_nets(
+        data, ["lsuv", "bn", "bn_scaled"], [dict(lr=lr) for lr in lrs], [3, 4], steps=6, eval_every=2, **net
+    )
+    picks = {"lsuv": [2.0, 0.05], "bn": [0.5], "bn_scaled": [0.5, 2.0]}
+    got = cmp.continue_runs(data, sweep, picks, steps=15, batch_size=8)
+    for name, chosen in picks.items():
+        want = cmp.run_nets(
+            data, [name], [dict(lr=lr) for lr in chosen], [3, 4], steps=15, stages=(6,), eval_every=0, **net
+        )[name]
+        assert [s["lr"] for s in got[name].settings] == chosen
+        for field in ("loss", "val_at", "test_at", "diverged"):
+            np.testing.assert_array_equal(getattr(got[name], field), getattr(want, field), err_msg=field)
+    with pytest.raises(ValueError, match="exceed"):
+        cmp.continue_runs(data, sweep, picks, steps=6, batch_size=8)
+
+
+def test_the_explorer_describes_the_curves_it_draws() -> None:
+    rng = np.random.default_rng(0)
+    curves = {
+        (1.0, 2): {
+            "xavier": 2.3 + 0 * rng.random((5, 100)),
+            "lsuv": np.full((5, 100), 0.4),
+            "bn": np.linspace(1.0, 0.2, 100)[None].repeat(5, 0),
+        }
+    }
+    text = cmp.make_explorer_describe(curves, window=10)(lr=1.0, depth=2)
+    bn_end = np.linspace(1.0, 0.2, 100)[90:].mean()
+    assert "last 10 of 100 steps" in text and "no BN, Xavier init: 2.30" in text
+    assert f"BN: {bn_end:.2f}" in text and "no BN, data-dependent init: 0.40" in text
+    assert text.endswith("Lowest: BN.")

@@ -112,3 +112,78 @@ def test_plots_use_the_book_wide_series() -> None:
     assert demo._color("BN") == demo._color("bn") == series("bn")["color"]
     with pytest.raises(ValueError):
         demo._color("with BN, maybe")
+
+
+def test_batched_hidden_input_is_last_hidden_input_of_each_member(digits) -> None:
+    x_train, _, x_held, _ = digits
+    plain, bn = demo.batched_controls(SIZES, [4, 5], x_train, lsuv_size=64)
+    for model in (plain, bn):
+        before = [b.clone() for b in model.buffers()]
+        got = demo.batched_hidden_input(model, x_held, [1, 0])
+        for row, k in enumerate([1, 0]):
+            want = demo.last_hidden_input(model.member(k), x_held)
+            torch.testing.assert_close(got[row], want, rtol=1e-5, atol=1e-5)
+        assert all(torch.equal(a, b) for a, b in zip(model.buffers(), before, strict=True))
+
+
+def test_train_controls_watches_a_unit_as_record_training_does(digits) -> None:
+    x_train, y_train, x_held, y_held = digits
+    args = (SIZES, [1, 2, 3], 0.5, x_train, y_train, x_held, y_held)
+    plain = demo.train_controls(*args, steps=20, eval_every=10, lsuv_size=64)
+    watched = demo.train_controls(
+        *args, steps=20, eval_every=10, lsuv_size=64, watch_unit=3, watch_seeds=2, watch_every=5
+    )
+    for name in demo.CONTROLS:  # watching changes nothing the control measures
+        np.testing.assert_array_equal(plain.accuracy[name], watched.accuracy[name])
+    assert set(watched.records) == set(demo.CONTROLS) and plain.records == {}
+    for name in ["no_bn", "bn"]:  # seed 1 trained alone as nn.Sequential, watched the same way
+        rec = watched.records[name][0]
+        assert len(watched.records[name]) == 2 and list(rec.steps) == [0, 5, 10, 15, 20]
+        ref = demo.record_training(
+            demo.control_networks(SIZES, 1)[name],
+            x_train,
+            y_train,
+            x_held,
+            y_held,
+            steps=20,
+            lr=0.5,
+            unit=3,
+            record_every=5,
+            seed=1,
+        )
+        np.testing.assert_allclose(rec.unit_inputs, ref.unit_inputs, atol=1e-4)
+        np.testing.assert_allclose(rec.layer_medians, ref.layer_medians, atol=1e-4)
+        np.testing.assert_allclose(rec.test_accuracy, ref.test_accuracy, atol=1.5 / len(y_held))
+        np.testing.assert_allclose(rec.loss, ref.loss, atol=1e-5)
+
+
+def test_reading_until_a_level_keeps_the_steps_to_it_and_the_final_accuracy(digits) -> None:
+    x_train, y_train, x_held, y_held = digits
+    args = (SIZES, [1, 2, 3], 2.0, x_train, y_train, x_held, y_held)
+    every = demo.train_lsuv_vs_bn(*args, steps=60, eval_every=5, lsuv_size=64)
+    until = demo.train_lsuv_vs_bn(*args, steps=60, eval_every=5, lsuv_size=64, until=0.5)
+    np.testing.assert_array_equal(until.steps, every.steps)
+    full, part = demo.compare_controls(every, 0.5), demo.compare_controls(until, 0.5)
+    for name in ["lsuv", "bn"]:
+        np.testing.assert_array_equal(part[name].reach, full[name].reach)
+        np.testing.assert_array_equal(part[name].final, full[name].final)
+        read = ~np.isnan(until.accuracy[name])
+        np.testing.assert_array_equal(until.accuracy[name][read], every.accuracy[name][read])
+        assert read[:, -1].all() and not read.all()  # the end is always read, the rest only until 0.5
+    with pytest.raises(ValueError, match="divide"):
+        demo.train_lsuv_vs_bn(*args, steps=12, eval_every=5, until=0.5)
+
+
+def test_the_histogram_explorer_says_what_each_frame_shows(digits) -> None:
+    x_train, y_train, x_held, y_held = digits
+    records = {
+        name: demo.record_training(net, x_train, y_train, x_held, y_held, steps=10, lr=1.0, record_every=5)
+        for name, net in zip(["no BN, default init", "BN"], demo.matched_pair(SIZES, seed=0), strict=True)
+    }
+    text = demo.make_histogram_describe(records, [0, 10])(step=10)
+    for name, rec in records.items():
+        assert f"median {np.median(rec.unit_inputs[-1]) + 0.0:.2f} (15th to 85th percentile" in text
+        assert f"for {name}" in text
+    assert text.startswith("At step 10 the unit's input has median")
+    with pytest.raises(ValueError):
+        demo.make_histogram_describe(records, [7])

@@ -252,3 +252,23 @@ def test_fixed_norm_holds_the_hidden_weight_norms_and_changes_no_function() -> N
             if isinstance(m, nn.Linear) and m is not scaled[-1]:
                 m.weight.mul_(5)
         assert (net(x) - scaled(x)).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("placement", ["before", "after"])
+def test_stack_in_eval_mode_gives_each_members_numbers_bit_for_bit(placement: str) -> None:
+    """Without autograd, eval-mode batch norm runs in the stack's own layout: the layer's numbers exactly."""
+    torch.manual_seed(0)
+    nets = [pl.placement_mlp([8, 6, 6, 3], placement).double() for _ in range(3)]
+    stack = pl.PlacementStack(nets)
+    x = torch.randn(40, 8, dtype=torch.float64)
+    pl.train_stack(stack, x, torch.randint(0, 3, (40,)), [0.5, 1.0, 2.0], [1, 2, 3], steps=5, batch_size=8)
+    stack.eval()
+    xs = torch.randn(10, 8, dtype=torch.float64)
+    with torch.no_grad():
+        fast = stack(xs)
+    with torch.enable_grad():  # the layer's own path, through the transposed layout
+        slow = stack(xs).detach()
+    assert torch.equal(fast, slow)
+    for k, net in enumerate(stack.unstack()):
+        with torch.no_grad():
+            torch.testing.assert_close(fast[k], net.eval()(xs), rtol=1e-12, atol=1e-12)

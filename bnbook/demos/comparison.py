@@ -9,7 +9,10 @@ Every experiment here trains many small networks at once with
 * :func:`digits_splits` cuts the digits into training, validation and test tensors;
 * :func:`run` trains one batched model over a list of settings times seeds,
   optionally in stages with a validation and test evaluation after each, and
-  :func:`run_nets` does it for several of the four networks at once;
+  :func:`run_nets` does it for several of the four networks at once; with a
+  :class:`FixedSet` they also measure some runs on a fixed set of images
+  after every step (:func:`smoothness_of` reads it), and
+  :func:`continue_runs` trains some runs of a finished sweep for longer;
 * :func:`paired` and :func:`verdict` turn per-seed numbers into a paired
   difference, its standard error, a 95% interval and a verdict;
 * :func:`steps_to_reach`, :func:`largest_trainable`, :func:`best_by_validation`
@@ -49,13 +52,16 @@ __all__ = [
     "NETS",
     "Data",
     "Paired",
+    "FixedSet",
     "Sweep",
     "best_by_validation",
+    "continue_runs",
     "digits_splits",
     "evaluate_members",
     "forward_stats",
     "largest_trainable",
     "look",
+    "make_explorer_describe",
     "make_explorer_draw",
     "overfit",
     "paired",
@@ -67,6 +73,7 @@ __all__ = [
     "run_optimizer",
     "smooth",
     "smoothness",
+    "smoothness_of",
     "steps_to_reach",
     "time_batched_vs_loop",
     "train_members",
@@ -154,6 +161,9 @@ class Sweep(NamedTuple):
         The trained model, shared by every :meth:`take` of the sweep.
     offset : int
         Index in ``model`` of this sweep's first setting; see :meth:`member_index`.
+    fixed_loss : ndarray (S, R, steps - start + 1) or None
+        With a :class:`FixedSet`: the loss on the fixed set after steps
+        ``start`` to ``steps`` (NaN for settings not measured).
     """
 
     settings: list
@@ -167,6 +177,7 @@ class Sweep(NamedTuple):
     test_at: np.ndarray
     model: BatchedMLP
     offset: int = 0
+    fixed_loss: np.ndarray | None = None
 
     def member_index(self, setting: int, seed: int) -> int:
         """Index in :attr:`model` of the member with ``settings[setting]`` and seed number ``seed``."""
@@ -186,6 +197,7 @@ class Sweep(NamedTuple):
             diverged=self.diverged[idx],
             val_at=self.val_at[idx],
             test_at=self.test_at[idx],
+            fixed_loss=None if self.fixed_loss is None else self.fixed_loss[idx],
         )
 
 
@@ -208,6 +220,58 @@ def _apply_lsuv(model: BatchedMLP, chosen: Sequence[bool | str], x: torch.Tensor
                 p[keep] = old[keep]
 
 
+class FixedSet(NamedTuple):
+    """Which runs of a sweep to measure on a fixed set of training images, and from when (chapter 8).
+
+    The runs of networks ``names`` at learning rates ``lrs`` are measured after
+    every step from step ``start`` on, on the first ``n_eval`` training images
+    (all of them when None); batch norm normalizes them with their own
+    statistics, so the measurement carries no batch noise.
+    """
+
+    names: Sequence[str]
+    lrs: Sequence[float]
+    start: int
+    n_eval: int | None = None
+
+
+@torch.no_grad()
+def _fixed_set_loss(
+    model: BatchedMLP, x: torch.Tensor, y: torch.Tensor, members: Sequence[int]
+) -> np.ndarray:
+    """Cross-entropy of the ``members`` on ``(x, y)``, batch norm with the statistics of ``x`` itself.
+
+    The operations of ``forward_stats(model, x3, [(k, N)])`` (of ``model(x3)``
+    without batch norm) on the members' slices of the parameters, so each
+    member's number does not depend on which others are measured with it.
+    Running statistics are not touched. Returns shape (len(members),).
+    """
+    idx = torch.tensor(list(members), device=x.device)
+    act = ACTIVATIONS[model.activation]
+    n = x.shape[0]
+    h = x.unsqueeze(0).expand(len(idx), -1, -1)
+    b, last = 0, len(model.weights) - 1
+    for i, w in enumerate(model.weights):
+        w = w.index_select(0, idx)
+        if model._has_bias[i]:
+            h = torch.baddbmm(model.biases[b].index_select(0, idx).unsqueeze(1), h, w)
+            b += 1
+        else:
+            h = torch.bmm(h, w)
+        if i == last:
+            break
+        if model.batch_norm:
+            zg = h.reshape(len(idx), 1, n, -1)
+            mean, var = zg.mean(2, keepdim=True), zg.var(2, unbiased=False, keepdim=True)
+            h = ((zg - mean) * torch.rsqrt(var + model.eps)).reshape(len(idx), n, -1)
+            gamma, beta = model.gammas[i].index_select(0, idx), model.betas[i].index_select(0, idx)
+            h = h * gamma.unsqueeze(1) + beta.unsqueeze(1)
+        h = act(h)
+    k, _, c = h.shape
+    per = F.cross_entropy(h.reshape(k * n, c), y.repeat(k), reduction="none").view(k, n).mean(1)
+    return per.double().cpu().numpy()
+
+
 def run(
     data: Data,
     settings: Sequence[Mapping],
@@ -221,6 +285,7 @@ def run(
     eval_every: int,
     activation: str = "sigmoid",
     stages: Sequence[int] = (),
+    fixed: tuple[Sequence[bool], FixedSet] | None = None,
 ) -> Sweep:
     """Train ``len(settings) * len(seeds)`` networks as one :class:`BatchedMLP`.
 
@@ -238,6 +303,11 @@ def run(
     the end. Part ``j`` draws its batches with the seeds shifted by
     ``1000 * j``, so the batches after a stage boundary differ from those at
     the start.
+
+    ``fixed = (chosen, fixed_set)`` measures the runs of the settings where
+    ``chosen`` is True on the fixed set after every step from
+    ``fixed_set.start`` on (training in one part only), while they train;
+    the result's ``fixed_loss`` holds it.
     """
     settings = [{"init": "default", "init_scale": 1.0, "lsuv": False, **s} for s in settings]
     members = [(s, r) for s in settings for r in seeds]
@@ -258,6 +328,18 @@ def run(
     _apply_lsuv(model, [s["lsuv"] for s, _ in members], data.x_train[:LSUV_BATCH])
     lrs = [s["lr"] for s, _ in members]
     losses, evals, accs, vals, tests, div = [], [], [], [], [], []
+    watch: dict = {}
+    if fixed is not None:
+        chosen, fs = fixed
+        if len(bounds) > 1 or not 0 < fs.start < steps:
+            raise ValueError(f"a fixed set needs one part and 0 < start < steps ({steps}), got {fs.start}")
+        watched = [m for m in range(len(members)) if chosen[m // len(seeds)]]
+        xe, ye = data.x_train[: fs.n_eval], data.y_train[: fs.n_eval]
+
+        def measure(t: int, model: BatchedMLP) -> np.ndarray | None:
+            return _fixed_set_loss(model, xe, ye, watched) if t >= fs.start else None
+
+        watch = {"record": measure}
     done = 0
     for j, end in enumerate(bounds):
         hist = train_batched(
@@ -271,6 +353,7 @@ def run(
             eval_every=eval_every,
             x_eval=data.x_test,
             y_eval=data.y_test,
+            **watch,
         )
         first = 0 if j == 0 else 1  # step 0 of a later part repeats the previous part's last evaluation
         losses.append(hist.loss)
@@ -287,6 +370,12 @@ def run(
     val_at = np.where(diverged[:, None], 0.1, np.stack(vals, axis=1))
     test_at = np.where(diverged[:, None], 0.1, np.stack(tests, axis=1))
     loss = np.concatenate(losses, axis=1)
+    fixed_loss = None
+    if watch:
+        measured = np.stack([r for r in hist.records if r is not None], axis=1)
+        fixed_loss = np.full((len(members), measured.shape[1]), np.nan)
+        fixed_loss[watched] = measured
+        fixed_loss = fixed_loss.reshape(*shape, -1)
     return Sweep(
         settings,
         loss.reshape(*shape, -1),
@@ -298,17 +387,25 @@ def run(
         val_at.reshape(*shape, -1),
         test_at.reshape(*shape, -1),
         model,
+        fixed_loss=fixed_loss,
     )
 
 
 def run_nets(
-    data: Data, names: Sequence[str], settings: Sequence[Mapping], seeds: Sequence[int], **kw
+    data: Data,
+    names: Sequence[str],
+    settings: Sequence[Mapping],
+    seeds: Sequence[int],
+    fixed_set: FixedSet | None = None,
+    **kw,
 ) -> dict[str, Sweep]:
     """:func:`run` for each network of :data:`NETS` in ``names`` over the same ``settings``.
 
     The plain networks share one batched model, batch norm gets its own. A
     setting's ``init`` (for example ``"normal"`` with an ``init_scale``)
-    overrides the network's own; ``lsuv`` stays the network's.
+    overrides the network's own; ``lsuv`` stays the network's. With a
+    :class:`FixedSet`, its runs are also measured on the fixed set while
+    they train (see :func:`smoothness_of`).
     """
     out: dict[str, Sweep] = {}
     for bn in (False, True):
@@ -316,10 +413,102 @@ def run_nets(
         if not group:
             continue
         rows = [{"init": NETS[n]["init"], **s, "lsuv": NETS[n]["lsuv"]} for n in group for s in settings]
+        if fixed_set is not None:
+            chosen = [n in fixed_set.names and s["lr"] in fixed_set.lrs for n in group for s in settings]
+            kw["fixed"] = (chosen, fixed_set) if any(chosen) else None
         res = run(data, rows, seeds, batch_norm=bn, **kw)
         for i, n in enumerate(group):
             out[n] = res.take(slice(i * len(settings), (i + 1) * len(settings)))
     return {n: out[n] for n in names}
+
+
+def smoothness_of(
+    sweeps: Mapping[str, Sweep], fixed_set: FixedSet
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The runs of a sweep measured with ``fixed_set`` (:func:`run_nets`), as :func:`smoothness` gives them.
+
+    Returns ``{name: (mini-batch losses (len(lrs), seeds, steps), fixed-set
+    losses (len(lrs), seeds, steps - start + 1))}``; entry ``j`` of the second
+    is the loss after ``start + j`` steps, so its consecutive differences are
+    the changes made by the steps after step ``start``.
+    """
+    out = {}
+    for name in fixed_set.names:
+        sw = sweeps[name]
+        if sw.fixed_loss is None:
+            raise ValueError(f"the sweep of {name!r} was not run with this fixed set")
+        rows = [next(j for j, s in enumerate(sw.settings) if s["lr"] == lr) for lr in fixed_set.lrs]
+        out[name] = (sw.loss[rows], sw.fixed_loss[rows])
+    return out
+
+
+def continue_runs(
+    data: Data,
+    sweeps: Mapping[str, Sweep],
+    lrs: Mapping[str, Sequence[float]],
+    *,
+    steps: int,
+    batch_size: int,
+) -> dict[str, Sweep]:
+    """Train some runs of a finished sweep on, to ``steps`` steps in all, instead of training them again.
+
+    ``lrs[name]`` picks the runs of network ``name`` (every seed) at those
+    learning rates. The sweep's training is the first part and its last
+    reading the first stage: the result is what :func:`run_nets` with the
+    sweep's settings, ``steps`` and ``stages=(sweep steps,)`` returns, bit
+    for bit, since the second part draws its batches with the seeds shifted
+    by 1000 and the members never interact. ``val_at`` and ``test_at`` hold
+    the two stages; ``model`` is the continued selection.
+    """
+    first = {name: sweeps[name] for name in lrs}
+    start = int(next(iter(first.values())).loss.shape[2])
+    if not start < steps:
+        raise ValueError(f"steps must exceed the sweep's {start} steps, got {steps}")
+    models: dict[int, list[tuple[str, list[int]]]] = {}  # the runs to go on with, per batched model
+    for name, sw in first.items():
+        rows = [next(j for j, s in enumerate(sw.settings) if s["lr"] == lr) for lr in lrs[name]]
+        models.setdefault(id(sw.model), []).append((name, rows))
+    out: dict[str, Sweep] = {}
+    for picks in models.values():
+        runs = [(first[n], j, r) for n, rows in picks for j in rows for r in range(first[n].loss.shape[1])]
+        sel = first[picks[0][0]].model.select([sw.member_index(j, r) for sw, j, r in runs])
+        hist = train_batched(
+            sel,
+            data.x_train,
+            data.y_train,
+            lrs=[sw.settings[j]["lr"] for sw, j, _ in runs],
+            steps=steps - start,
+            batch_size=batch_size,
+            seeds=[s + 1000 for s in sel.seeds],
+            x_eval=data.x_test,
+            y_eval=data.y_test,
+        )
+        _, va = evaluate_batched(sel, data.x_val, data.y_val)
+        _, te = evaluate_batched(sel, data.x_test, data.y_test)
+        done = 0
+        for n, rows in picks:
+            sw, r = first[n], first[n].loss.shape[1]
+            part = slice(done, done + len(rows) * r)
+            done += len(rows) * r
+            shape = (len(rows), r)
+            diverged = sw.diverged[rows] | hist.diverged[part].reshape(shape)
+            val_at = np.stack([sw.val_at[rows, :, -1], va[part].reshape(shape)], axis=2)
+            test_at = np.stack([sw.test_at[rows, :, -1], te[part].reshape(shape)], axis=2)
+            val_at = np.where(diverged[..., None], 0.1, val_at)
+            test_at = np.where(diverged[..., None], 0.1, test_at)
+            out[n] = Sweep(
+                [sw.settings[j] for j in rows],
+                np.concatenate([sw.loss[rows], hist.loss[part].reshape(*shape, -1)], axis=2),
+                np.array([start, steps]),
+                test_at,
+                val_at[:, :, -1],
+                diverged,
+                (start, steps),
+                val_at,
+                test_at,
+                sel,
+            )
+    return {n: out[n] for n in lrs}
 
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -616,7 +805,7 @@ def overfit(
 
     if plain:
         group, model = _members(data, list(plain), runs, sizes, xs)[False]
-        train_members(model, xs, ys, rates * len(group), steps, batch_size)
+        train_batched(model, xs, ys, rates * len(group), steps, batch_size)  # what train_members does, faster
         record(group, model)
     stats: list[tuple[str, int | None]] = [(f"ghost{g}", g) for g in ghost_sizes]
     stats += [("bn", batch_size), ("full", None)]
@@ -715,6 +904,31 @@ def plot_sweep(
         ax.set_xscale("log")
     if threshold is not None:
         ax.axhline(threshold, color="#222222", lw=1, ls=":", label=f"threshold {threshold:g}")
+
+
+def make_explorer_describe(
+    curves: Mapping[tuple[float, int], Mapping[str, np.ndarray]], window: int
+) -> Callable[..., str]:
+    """A ``describe(lr, depth)`` for :class:`bnbook.widgets.Explorer`, saying what a frame shows.
+
+    For the frame that :func:`make_explorer_draw` draws from the same
+    ``curves``: each network's training loss in the last window (the mean
+    over seeds of the smoothed curve the frame draws) and which network is
+    lowest there, for a reader who cannot see the picture.
+    """
+
+    def describe(lr: float, depth: int) -> str:
+        ends = {}
+        for name, loss in curves[lr, depth].items():
+            x, sm = smooth(np.where(np.isfinite(loss), loss, np.nan), window)
+            ends[name] = float(np.nanmean(sm[:, -1]))
+        steps = int(x[-1] + window / 2)
+        text = "; ".join(f"{look(n)['label']}: {v:.2f}" for n, v in ends.items())
+        lowest = look(min(ends, key=ends.get))["label"]
+        head = f"Training loss in the last {window} of {steps} steps, mean of the seeds"
+        return f"{head}: {text}. Lowest: {lowest}."
+
+    return describe
 
 
 def make_explorer_draw(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from types import MappingProxyType
 from typing import NamedTuple
 
 import matplotlib.pyplot as plt
@@ -41,7 +42,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from bnbook import nn as bnn
-from bnbook.batched import BatchedMLP, train_batched
+from bnbook.batched import ACTIVATIONS, BatchedMLP, evaluate_batched, train_batched
 from bnbook.models import accuracy, lsuv_init, mlp, train_classifier
 from bnbook.plots import COLORS, SERIES, band, histogram, series
 from bnbook.stats import Paired, paired
@@ -54,6 +55,7 @@ __all__ = [
     "LayerShift",
     "TrainingRecord",
     "batched_controls",
+    "batched_hidden_input",
     "compare_controls",
     "control_networks",
     "distribution_shift",
@@ -61,6 +63,7 @@ __all__ = [
     "last_hidden_input",
     "layer_shift_experiment",
     "lsuv_batch",
+    "make_histogram_describe",
     "make_histogram_draw",
     "matched_pair",
     "median_drift",
@@ -490,6 +493,34 @@ def make_histogram_draw(
     return draw
 
 
+def make_histogram_describe(
+    records: Mapping[str, TrainingRecord], checkpoints: Sequence[int]
+) -> Callable[..., str]:
+    """The explorer's ``describe(step)``: what the frame of :func:`make_histogram_draw` shows, in words.
+
+    For each run, from the same recorded inputs the frame draws: the median
+    of the watched unit's input at that step and the range of its 15th to
+    85th percentile, for a reader who cannot see the histograms.
+    """
+    for _, rec in records.items():
+        missing = set(checkpoints) - set(rec.steps.tolist())
+        if missing:
+            raise ValueError(f"steps {sorted(missing)} were not recorded")
+
+    def num(v: float) -> str:
+        return f"{round(float(v), 2) + 0.0:.2f}"  # + 0.0: no "-0.00"
+
+    def describe(step: int) -> str:
+        parts = []
+        for name, rec in records.items():
+            z = rec.unit_inputs[int(np.flatnonzero(rec.steps == step)[0])]
+            lo, mid, hi = np.percentile(z, PERCENTILES)
+            parts.append(f"median {num(mid)} (15th to 85th percentile {num(lo)} to {num(hi)}) for {name}")
+        return f"At step {step} the unit's input has " + ", and ".join(parts) + "."
+
+    return describe
+
+
 # --- the initialization control ----------------------------------------------------------
 #: The four networks of the initialization control, by their book-wide series names
 #: (:data:`bnbook.plots.SERIES`): no batch norm with PyTorch's default initialization, with
@@ -621,8 +652,13 @@ class InitControl(NamedTuple):
     seeds : tuple of int
     accuracy : dict of str to ndarray, shape (S, R)
         Per network of :data:`CONTROLS`: accuracy on the held-out set
-        (evaluation mode) at each checkpoint, one row per seed.
+        (evaluation mode) at each checkpoint, one row per seed. NaN where a
+        reading was skipped (:func:`train_lsuv_vs_bn` with ``until``).
     diverged : dict of str to ndarray of bool, shape (S,)
+    records : dict of str to list of TrainingRecord
+        Per network, for the first seeds when :func:`train_controls` was asked
+        to watch a unit: what :func:`record_training` records, measured on the
+        batched members while they trained. Empty otherwise.
     """
 
     steps: np.ndarray
@@ -630,11 +666,42 @@ class InitControl(NamedTuple):
     seeds: tuple[int, ...]
     accuracy: dict[str, np.ndarray]
     diverged: dict[str, np.ndarray]
+    records: Mapping[str, list[TrainingRecord]] = MappingProxyType({})
 
     @property
     def budget(self) -> int:
         """Number of training steps."""
         return int(self.steps[-1])
+
+
+@torch.no_grad()
+def batched_hidden_input(model: BatchedMLP, x: torch.Tensor, members: Sequence[int]) -> torch.Tensor:
+    """:func:`last_hidden_input` for members of a :class:`bnbook.batched.BatchedMLP`: (len(members), N, H).
+
+    What the last hidden layer of each chosen member feeds into its
+    nonlinearity for every example of the shared batch ``x`` (N, D); batch
+    norm normalizes with the statistics of ``x`` itself, as in a training
+    step, and the running statistics are not touched.
+    """
+    idx = torch.as_tensor(list(members), device=x.device)
+    act = ACTIVATIONS[model.activation]
+    h = x.unsqueeze(0).expand(len(idx), -1, -1)
+    b = 0
+    for i in range(len(model.weights) - 1):
+        w = model.weights[i].index_select(0, idx)
+        if model.batch_norm:
+            z = torch.bmm(h, w)
+            mean = z.mean(dim=1, keepdim=True)
+            centred = z - mean
+            var = (centred * centred).mean(dim=1, keepdim=True)
+            gamma = model.gammas[i].index_select(0, idx).unsqueeze(1)
+            beta = model.betas[i].index_select(0, idx).unsqueeze(1)
+            z = torch.addcmul(beta, centred * torch.rsqrt(var + model.eps), gamma)
+        else:
+            z = torch.baddbmm(model.biases[b].index_select(0, idx).unsqueeze(1), h, w)
+            b += 1
+        h = act(z)
+    return z
 
 
 def train_controls(
@@ -651,6 +718,9 @@ def train_controls(
     batch_size: int = 60,
     lsuv_size: int = 256,
     activation: str = "sigmoid",
+    watch_unit: int | None = None,
+    watch_seeds: int = 0,
+    watch_every: int = 25,
 ) -> InitControl:
     """Train the four networks for every seed with plain SGD at learning rate ``lr``, all at once.
 
@@ -661,18 +731,53 @@ def train_controls(
     ``(x_held, y_held)`` every ``eval_every`` steps. On the CPU it runs on one
     thread (see ``_one_cpu_thread``), so the result does not depend on the
     number of threads.
+
+    With ``watch_unit`` set, the networks of the first ``watch_seeds`` seeds
+    are also watched while they train, as :func:`record_training` watches a
+    network: every ``watch_every`` steps, the input of unit ``watch_unit`` of
+    the last hidden layer to its nonlinearity on ``x_held``
+    (:func:`batched_hidden_input`), the median input of every unit of that
+    layer, and the held-out accuracy. They come back as
+    :class:`TrainingRecord` in the result's ``records``, one per watched seed
+    and network, so a study of the drift needs no second training run.
     """
     seeds = tuple(int(s) for s in seeds)
     n = len(seeds)
+    watched = list(range(min(watch_seeds, n))) if watch_unit is not None else []
     plain, bn = batched_controls(sizes, seeds, x_train, activation, lsuv_size, device=x_train.device)
     common = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every}
+
+    def watcher(members: list[int]):
+        def record(_step: int, model: BatchedMLP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            z = batched_hidden_input(model, x_held, members)
+            _, acc = evaluate_batched(model, x_held, y_held, members=members)
+            return _to_numpy(z[:, :, watch_unit]), _to_numpy(z.median(dim=1).values), acc
+
+        return record
+
+    w = len(watched)
+    watch: dict[str, dict] = {"plain": {}, "bn": {}}
+    if watched:
+        plain_rows = [j * n + s for j in range(3) for s in watched]
+        watch["plain"] = {"record": watcher(plain_rows), "record_every": watch_every}
+        watch["bn"] = {"record": watcher(watched), "record_every": watch_every}
+    evals = {"x_eval": x_held, "y_eval": y_held, **common}
     with _one_cpu_thread(x_train.device):
-        h_plain = train_batched(plain, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
-        h_bn = train_batched(bn, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
+        h_plain = train_batched(plain, x_train, y_train, lr, **evals, **watch["plain"])
+        h_bn = train_batched(bn, x_train, y_train, lr, **evals, **watch["bn"])
     accuracy = {name: h_plain.eval_acc[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
     diverged = {name: h_plain.diverged[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
     accuracy["bn"], diverged["bn"] = h_bn.eval_acc, h_bn.diverged
-    return InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged)
+    records: dict[str, list[TrainingRecord]] = {}
+    for hist, names in ((h_plain, CONTROLS[:3]), (h_bn, CONTROLS[3:])) if watched else ():
+        values, medians, accs = (np.stack([r[part] for r in hist.records]) for part in range(3))
+        at = np.arange(len(hist.records)) * watch_every
+        for j, name in enumerate(names):
+            rows = [(j * w + s, j * n + s) for s in range(w)]  # (row among the watched, member)
+            records[name] = [
+                TrainingRecord(at, values[:, r], medians[:, r], accs[:, r], hist.loss[m]) for r, m in rows
+            ]
+    return InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged, records)
 
 
 def train_lsuv_vs_bn(
@@ -689,6 +794,7 @@ def train_lsuv_vs_bn(
     batch_size: int = 60,
     lsuv_size: int = 256,
     activation: str = "sigmoid",
+    until: float | None = None,
 ) -> InitControl:
     """Only the data-dependent network and batch norm of :func:`train_controls`, for a closer look.
 
@@ -697,6 +803,13 @@ def train_lsuv_vs_bn(
     mini-batches, so the two functions agree on these networks; leaving out
     the two slow networks makes many seeds and a fine reading cheap. The
     result's ``accuracy`` has the keys ``"lsuv"`` and ``"bn"``.
+
+    With ``until`` set, a member's accuracy is no longer read once it has
+    reached that level (its later readings are NaN, except the last one at
+    the end of the budget, which is always read): the steps to ``until``,
+    the final accuracy and the best reading of a member that never gets
+    there are what :func:`compare_controls` needs, and they come out the
+    same at a fraction of the evaluations.
     """
     seeds = tuple(int(s) for s in seeds)
     plain = BatchedMLP(sizes, seeds, activation)
@@ -707,13 +820,52 @@ def train_lsuv_vs_bn(
         bn.biases[0].copy_(plain.biases[-1])  # the output layer, the only one with a bias
     lsuv_init(plain, torch.stack([lsuv_batch(x_train, s, lsuv_size) for s in seeds]))
     plain, bn = plain.to(x_train.device), bn.to(x_train.device)
-    common = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every}
+    if until is None:
+        common = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every}
+        with _one_cpu_thread(x_train.device):
+            h_plain = train_batched(plain, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
+            h_bn = train_batched(bn, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
+        accuracy = {"lsuv": h_plain.eval_acc, "bn": h_bn.eval_acc}
+        diverged = {"lsuv": h_plain.diverged, "bn": h_bn.diverged}
+        return InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged)
+    if eval_every < 1 or steps % eval_every:
+        raise ValueError(f"with until, eval_every must divide steps ({steps}), got {eval_every}")
+    accuracy, diverged = {}, {}
     with _one_cpu_thread(x_train.device):
-        h_plain = train_batched(plain, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
-        h_bn = train_batched(bn, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
-    accuracy = {"lsuv": h_plain.eval_acc, "bn": h_bn.eval_acc}
-    diverged = {"lsuv": h_plain.diverged, "bn": h_bn.diverged}
-    return InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged)
+        for name, model in (("lsuv", plain), ("bn", bn)):
+            reader = _Reader(x_held, y_held, until, steps, len(seeds))
+            hist = train_batched(
+                model, x_train, y_train, lr, steps, batch_size, record=reader, record_every=eval_every
+            )
+            acc = np.stack(hist.records, axis=1)
+            # as train_batched reports it: chance from the reading at which a member had diverged
+            bad = np.isnan(hist.loss)
+            first = np.where(bad.any(axis=1), bad.argmax(axis=1) + 1, steps + 1)
+            acc[np.arange(0, steps + 1, eval_every)[None, :] >= first[:, None]] = 1.0 / sizes[-1]
+            accuracy[name] = acc
+            diverged[name] = hist.diverged | ~np.isfinite(reader.last_loss)
+    return InitControl(np.arange(0, steps + 1, eval_every), float(lr), seeds, accuracy, diverged)
+
+
+class _Reader:
+    """A ``record`` hook for :func:`bnbook.batched.train_batched`: held-out accuracy of the members
+    that have not yet reached ``until`` (all of them at the last step), NaN for the others."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, until: float, steps: int, k: int) -> None:
+        self.x, self.y, self.until, self.steps = x, y, until, steps
+        self.open = np.ones(k, dtype=bool)
+        self.last_loss = np.zeros(k)
+
+    def __call__(self, step: int, model: BatchedMLP) -> np.ndarray:
+        read = np.ones_like(self.open) if step == self.steps else self.open
+        row = np.full(len(self.open), np.nan)
+        members = np.flatnonzero(read).tolist()
+        if members:
+            loss, row[members] = evaluate_batched(model, self.x, self.y, members=members)
+            if step == self.steps:
+                self.last_loss = loss
+        self.open &= ~(row >= self.until)
+        return row
 
 
 def steps_to_reach(steps: np.ndarray, accuracy_curves: np.ndarray, level: float = 0.9) -> np.ndarray:
@@ -939,6 +1091,8 @@ def layer_shift_experiment(
     Records :func:`hidden_pre_activations` on ``x_measure``, applies
     :func:`nudge_first_layer` with ``(x_step, y_step)``, records again, and
     compares with :func:`distribution_shift`. ``model`` is changed in place.
+    On the CPU the forward and backward passes run on one thread (see
+    ``_one_cpu_thread``): the matrices are small, and idle threads would only spin.
 
     Parameters
     ----------
@@ -955,9 +1109,10 @@ def layer_shift_experiment(
     LayerShift
         One entry per hidden layer, the first layer first.
     """
-    before = hidden_pre_activations(model, x_measure)
-    nudge_first_layer(model, x_step, y_step, rel_size)
-    after = hidden_pre_activations(model, x_measure)
+    with _one_cpu_thread(x_measure.device):  # small products: one thread, and no threads spinning idle
+        before = hidden_pre_activations(model, x_measure)
+        nudge_first_layer(model, x_step, y_step, rel_size)
+        after = hidden_pre_activations(model, x_measure)
     return distribution_shift(before, after)
 
 

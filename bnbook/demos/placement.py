@@ -299,7 +299,15 @@ class PlacementStack(nn.Module):
 
     def _norm(self, j: int, z: torch.Tensor) -> torch.Tensor:
         k, b, c = z.shape
-        out = self.norms[j](z.transpose(0, 1).reshape(b, k * c))
+        norm = self.norms[j]
+        eval_map = not (norm.training or torch.is_grad_enabled()) and norm.running_var is not None
+        if eval_map and norm.affine and type(norm) is bnn.BatchNorm1d:
+            # In eval mode batch norm is the per-channel map z * scale + shift: done in the stack's own
+            # (K, B, C) layout it needs no transposed copies, with the same arithmetic as the layer's.
+            scale = torch.rsqrt(norm.running_var + norm.eps) * norm.weight
+            shift = torch.addcmul(norm.bias, norm.running_mean, scale, value=-1)
+            return torch.addcmul(shift.view(k, 1, c), z, scale.view(k, 1, c))
+        out = norm(z.transpose(0, 1).reshape(b, k * c))
         return out.reshape(b, k, c).transpose(0, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -397,23 +405,27 @@ def train_stack(
     stack.train()
     if record is not None:
         records.append(record(0, stack))
-    for step in range(1, steps + 1):
-        idx = torch.stack([torch.randint(0, n, (batch_size,), generator=g) for g in gens]).to(x.device)
-        logits = stack(x[idx])
-        loss = (
-            nn.functional.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="sum") / batch_size
-        )
-        for p in params:
-            p.grad = None
-        loss.backward()
-        with torch.no_grad():
-            for p, s in zip(params, scale, strict=True):
-                p.sub_(p.grad * s)
-            if fixed_norm:
-                for w, n0 in zip(hidden, norms0, strict=True):
-                    w.mul_(n0 / w.norm(dim=(1, 2), keepdim=True))
-        if record is not None and step % record_every == 0:
-            records.append(record(step, stack))
+    chunk = 256  # each member's batch indices for up to `chunk` steps, drawn at once: the same draws
+    for start in range(0, steps, chunk):
+        m = min(chunk, steps - start)
+        idx_all = torch.stack([torch.randint(0, n, (m, batch_size), generator=g) for g in gens], dim=1)
+        idx_all = idx_all.to(x.device)  # (m, K, B)
+        for j in range(m):
+            step = start + j + 1
+            idx = idx_all[j].reshape(-1)  # index_select: the same rows as x[idx], gathered faster
+            logits = stack(x.index_select(0, idx).view(k, batch_size, -1))
+            target = y.index_select(0, idx)
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), target, reduction="sum") / batch_size
+            for p in params:
+                p.grad = None
+            loss.backward()
+            with torch.no_grad():  # p -= lr * grad, for all parameters at once
+                torch._foreach_sub_(params, torch._foreach_mul([p.grad for p in params], scale))
+                if fixed_norm:
+                    for w, n0 in zip(hidden, norms0, strict=True):
+                        w.mul_(n0 / w.norm(dim=(1, 2), keepdim=True))
+            if record is not None and step % record_every == 0:
+                records.append(record(step, stack))
     return records
 
 
