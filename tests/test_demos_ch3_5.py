@@ -77,3 +77,74 @@ def test_affine_control_pairs_the_same_seeds_with_and_without_gamma_beta() -> No
         assert ((r[:, 0] >= 0) & (r[:, 0] <= 1)).all()
     again = scale_shift.affine_control([0], lr=1.0, steps=20, sizes=(64, 16, 10))
     np.testing.assert_array_equal(again[True][0], runs[True][0])  # deterministic per seed
+
+
+def test_affine_control_trains_what_one_network_per_seed_trains() -> None:
+    import functools
+
+    from bnbook import nn as bnn
+    from bnbook.data import load_digits
+    from bnbook.models import accuracy, mlp, train_classifier
+
+    sizes, steps = (64, 16, 10), 30
+    runs = scale_shift.affine_control([4], lr=1.0, steps=steps, sizes=sizes)
+    x, y, x_held, y_held = (torch.from_numpy(a) for a in load_digits(seed=3))
+    for affine in (True, False):
+        torch.manual_seed(4)
+        net = mlp(
+            list(sizes),
+            "sigmoid",
+            batch_norm=True,
+            norm_layer=functools.partial(bnn.BatchNorm1d, affine=affine),
+        )
+        hist = train_classifier(net, x, y, steps=steps, lr=1.0, batch_size=60, seed=4)
+        assert runs[affine][0, 0] == pytest.approx(accuracy(net, x_held, y_held), abs=1e-6)
+        assert runs[affine][0, 1] == pytest.approx(float(np.mean(hist.loss[-100:])), rel=1e-4)
+
+
+def test_gamma_beta_frame_and_describe() -> None:
+    x_hat = np.random.default_rng(0).standard_normal(5000)
+    x_hat = (x_hat - x_hat.mean()) / x_hat.std()
+    frame = scale_shift.gamma_beta_frame(x_hat, 2.0, -1.0)
+    assert frame["mean"] == pytest.approx(-1.0) and frame["std"] == pytest.approx(2.0)
+    assert frame["saturated"] > frame["saturated_ref"]
+    text = scale_shift.make_gamma_beta_describe(x_hat)(gamma=2.0, beta=-1.0)
+    assert (
+        "mean -1.00" in text
+        and "standard deviation 2.00" in text
+        and f"{100 * frame['saturated']:.1f}%" in text
+    )
+
+
+def test_recalibration_study_grades_several_budgets_along_one_run() -> None:
+    from bnbook.data import load_digits
+
+    d = load_digits(seed=0)
+    data = {k: torch.from_numpy(getattr(d, k)[:300]) for k in ("x_train", "y_train", "x_test", "y_test")}
+    both = running_stats.recalibration_study(data, [1], momenta=(0.1,), steps=(4, 8), batch_size=16)
+    for budget in (4, 8):
+        alone = running_stats.recalibration_study(data, [1], momenta=(0.1,), steps=budget, batch_size=16)
+        assert set(alone) == set(both[budget])
+        for key, runs in alone.items():
+            np.testing.assert_array_equal(runs, both[budget][key])
+    with pytest.raises(ValueError, match="positive"):
+        running_stats.recalibration_study(data, [1], steps=(0, 4))
+
+
+def test_momentum_explorer_frame_draw_and_describe() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    draws = running_stats.explorer_draws([2, 8], 30, 2.0, 4.0, seed=0)
+    frame = running_stats.momentum_frame(draws[2], 0.1, 2.0, 4.0)
+    traj = running_stats.running_trajectory(draws[2], 0.1)
+    assert frame["err_mean"] == pytest.approx(abs(traj.running_mean[-1] - 2.0))
+    assert frame["n_above"] == int((traj.batch_var > 16.0).sum())
+    text = running_stats.make_momentum_describe(draws, 2.0, 4.0)(momentum=0.1, batch_size=2)
+    assert f"running mean is {traj.running_mean[-1]:.2f}" in text
+    fig = Figure(figsize=(8, 3.2))
+    running_stats.make_momentum_draw(draws, 2.0, 4.0)(fig, momentum=0.1, batch_size=8)
+    assert len(fig.axes) == 2 and len(fig.legends) == 1 and fig.get_layout_engine() is None
+    assert "momentum 0.1, batch size 8" in fig._suptitle.get_text()

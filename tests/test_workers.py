@@ -248,3 +248,46 @@ def test_ddp_train_per_copy_learning_rates_and_pair_eval():
         ap.ddp_train(0, 1, False, [1, 2], lr=[0.1])
     with pytest.raises(ValueError, match="sync=False"):
         ap.ddp_train(0, 1, True, [1], pair_eval=True)
+
+
+def test_seed_stack_subset_keeps_the_chosen_copies():
+    stack = ap.SeedStackMLP([64, 16, 16, 10], [0, 7, 9])
+    x = torch.randn(6, 3, 64, generator=torch.Generator().manual_seed(2))
+    stack(x)  # training mode: the running statistics move
+    part = stack.subset([2, 0])
+    for model in (stack, part):
+        model.eval()
+    torch.testing.assert_close(part(x[:, [2, 0]]), stack(x)[:, [2, 0]], rtol=1e-6, atol=1e-6)
+    assert part.norms[0].num_features == 2 * 16 and part.norms[0].running_mean.shape == (32,)
+    with pytest.raises(ValueError, match="copies"):
+        stack.subset([3])
+
+
+def test_ddp_train_follows_some_copies_and_trains_others_on():
+    data = load_digits(seed=0)
+    base = {
+        **TRAIN,
+        "seeds": [3, 4, 3],
+        "lr": [0.05, 0.05, 0.1],
+        "data": data,
+        "sync": False,
+        "local_batch": 2,
+    }
+    with Pool(2, timeout=180, preload=ap.PRELOAD) as pool:
+        short, long = pool.run(
+            ap.run_tasks,
+            [
+                (
+                    "short",
+                    "ddp_train",
+                    {**base, "eval_copies": [1], "extend_to": 12, "extend_copies": [2, 0]},
+                ),
+                ("long", "ddp_train", {**base, "steps": 12, "eval_every": 12}),
+            ],
+        )[0].values()
+    acc = short["test_acc"]  # steps 0, 3, 6: copy 1 followed, the others at the ends only
+    assert np.isfinite(acc[1]).all() and np.isfinite(acc[:, [0, -1]]).all() and np.isnan(acc[[0, 2], 1]).all()
+    np.testing.assert_array_equal(short["extended_test_acc"], long["test_acc"][[2, 0], -1])
+    np.testing.assert_array_equal(short["loss"], long["loss"][:, :6])
+    with pytest.raises(ValueError, match="extend_to"):
+        ap.ddp_train(0, 1, False, [1], steps=6, extend_to=3, extend_copies=[0])

@@ -28,11 +28,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
-from bnbook.models import accuracy, mlp, train_classifier
+from bnbook.models import accuracy
 from bnbook.nn import batch_norm_layers
 from bnbook.plots import COLORS, MARKERS
 from bnbook.scratch import BatchNorm
@@ -44,7 +46,9 @@ __all__ = [
     "debias_running_stats",
     "explorer_draws",
     "full_batch_statistics",
+    "make_momentum_describe",
     "make_momentum_draw",
+    "momentum_frame",
     "plot_batch_dependence",
     "plot_recalibration_study",
     "plot_running_stats",
@@ -139,7 +143,7 @@ def plot_running_stats(
     *,
     momentum: float | None = None,
     legend: bool = True,
-) -> None:
+) -> list:
     """Draw batch statistics (gray dots), running averages (line) and the truth (dashed).
 
     Parameters
@@ -154,6 +158,11 @@ def plot_running_stats(
     legend : bool
         Whether to add one legend for both panels below them (outside the axes,
         which needs a figure with constrained layout).
+
+    Returns
+    -------
+    list
+        The handles of the three series (dots, line, dashed line), for a legend of your own.
     """
     steps = np.arange(1, len(traj.batch_mean) + 1)
     panels = (
@@ -178,9 +187,15 @@ def plot_running_stats(
             ncol=3,
             fontsize=9,
         )
+    return handles
 
 
 # --- the explorer ------------------------------------------------------------------------
+#: Where the explorer's two panels sit (left, bottom, width, height, as figure fractions): the
+#: places constrained layout gives them on a figure of 8 x 3.2 inches.
+_MOMENTUM_AXES = ((0.0713, 0.253, 0.4254, 0.5992), (0.5694, 0.253, 0.4254, 0.5992))
+
+
 def explorer_draws(
     batch_sizes: Sequence[int], n_steps: int, mean: float, var: float, seed: int
 ) -> dict[int, np.ndarray]:
@@ -233,31 +248,98 @@ def make_momentum_draw(
     top_var = 4.0 * true_var  # tiny batches give a few huge variances; they would flatten the rest
 
     def draw(fig: Figure, momentum: float, batch_size: int) -> None:
-        traj = running_trajectory(draws[batch_size], momentum)
-        axes = fig.subplots(1, 2)
-        plot_running_stats(axes, traj, true_mean, true_var)
+        frame = momentum_frame(draws[batch_size], momentum, true_mean, true_var, top_var)
+        traj = frame["trajectory"]
+        # Fixed places instead of a layout engine (the places constrained layout finds for
+        # these axes, whose limits do not change): saving then renders the frame once, not twice.
+        with rc_context({"figure.autolayout": False, "figure.constrained_layout.use": False}):
+            fig.set_layout_engine(None)
+        axes = [fig.add_axes(_MOMENTUM_AXES[0]), fig.add_axes(_MOMENTUM_AXES[1])]
+        handles = plot_running_stats(axes, traj, true_mean, true_var, legend=False)
+        for ax in axes:  # the title where the automatic place is; given outright, it saves a layout pass
+            ax.set_title(ax.get_title(), y=1.0)
+        fig.legend(
+            handles,
+            ["batch statistic (variance: unbiased)", "running average", "population value"],
+            loc="lower center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=3,
+            fontsize=9,
+        )
         axes[0].set_ylim(lo_mean - pad, hi_mean + pad)
         axes[1].set_ylim(0.0, top_var)
-        n_above = int((traj.batch_var > top_var).sum())
-        if n_above:
+        if frame["n_above"]:
             axes[1].text(
                 0.98,
                 0.96,
-                f"{n_above} batch values above the chart",
+                f"{frame['n_above']} batch values above the chart",
                 transform=axes[1].transAxes,
                 ha="right",
                 va="top",
                 fontsize=8,
             )
-        err_mean = abs(traj.running_mean[-1] - true_mean)
-        err_var = abs(traj.running_var[-1] - true_var)
         fig.suptitle(
             f"momentum {momentum:g}, batch size {batch_size}: after {len(traj.running_mean)} steps the "
-            f"running mean is off by {err_mean:.2f}, the variance by {err_var:.2f}",
+            f"running mean is off by {frame['err_mean']:.2f}, the variance by {frame['err_var']:.2f}",
             fontsize=10,
+            y=0.987,
         )
 
     return draw
+
+
+def momentum_frame(
+    batches: np.ndarray, momentum: float, true_mean: float, true_var: float, top_var: float | None = None
+) -> dict:
+    """What one frame of the momentum explorer shows, as numbers.
+
+    Parameters
+    ----------
+    batches : ndarray, shape (n_steps, batch_size)
+        The frame's batches (one entry of :func:`explorer_draws`).
+    momentum : float
+    true_mean, true_var : float
+        Population values.
+    top_var : float, optional
+        The top of the variance axis (default four times ``true_var``).
+
+    Returns
+    -------
+    dict
+        ``trajectory`` (:class:`Trajectory`), ``err_mean`` and ``err_var`` (distance of
+        the final running mean and variance from the population values), and
+        ``n_above`` (batch variances above ``top_var``).
+    """
+    traj = running_trajectory(batches, momentum)
+    top = 4.0 * true_var if top_var is None else top_var
+    return {
+        "trajectory": traj,
+        "err_mean": float(abs(traj.running_mean[-1] - true_mean)),
+        "err_var": float(abs(traj.running_var[-1] - true_var)),
+        "n_above": int((traj.batch_var > top).sum()),
+    }
+
+
+def make_momentum_describe(
+    draws: Mapping[int, np.ndarray], true_mean: float, true_var: float
+) -> Callable[..., str]:
+    """The momentum explorer's ``describe(momentum, batch_size)``: the frame's numbers, in one sentence.
+
+    They come from :func:`momentum_frame`, as the frame's title does.
+    """
+
+    def describe(momentum: float, batch_size: int) -> str:
+        f = momentum_frame(draws[batch_size], momentum, true_mean, true_var)
+        traj = f["trajectory"]
+        above = f"; {f['n_above']} batch variances lie above the chart" if f["n_above"] else ""
+        return (
+            f"After {len(traj.running_mean)} steps the running mean is {traj.running_mean[-1]:.2f} "
+            f"(population {true_mean:g}) and the running variance {traj.running_var[-1]:.2f} "
+            f"(population {true_var:g}); the batch means scatter with a standard deviation of "
+            f"{traj.batch_mean.std():.2f}{above}."
+        )
+
+    return describe
 
 
 # --- a classifier on batches of a chosen composition -------------------------------------
@@ -500,23 +582,6 @@ RECALIBRATION_METHODS: tuple[str, ...] = (
 )
 
 
-def _record_batch_statistics(layers: Sequence[nn.Module]) -> tuple[list, list]:
-    """Forward hooks that append each layer's (mean, unbiased var) of every training-mode call."""
-    log: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in layers]
-
-    def make_hook(k: int) -> Callable:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if module.training:
-                z = inputs[0].detach()
-                var, mean = torch.var_mean(z, dim=[0, *range(2, z.dim())], correction=1)
-                log[k].append((mean, var))
-
-        return hook
-
-    handles = [layer.register_forward_hook(make_hook(k)) for k, layer in enumerate(layers)]
-    return log, handles
-
-
 @torch.no_grad()
 def _with_ema(
     model: nn.Module, log: Sequence[Sequence[tuple[torch.Tensor, torch.Tensor]]], momentum: float
@@ -533,21 +598,97 @@ def _with_ema(
     return clone
 
 
+def _logged_stack(nets: Sequence[nn.Module], seeds: Sequence[int]) -> nn.Module:
+    """The chapter's networks as one :class:`bnbook.batched.BatchedMLP` whose batch norm keeps no memory.
+
+    With momentum 1, the running statistics after a training-mode step are that step's
+    batch mean and unbiased variance, so reading them after every step logs what a hook
+    on each layer would log.
+    """
+    from bnbook.batched import BatchedMLP
+
+    model = BatchedMLP([64, 64, 64, 10], seeds, activation="sigmoid", batch_norm=True, momentum=1.0)
+    if nets:
+        linears = [[m for m in net if isinstance(m, nn.Linear)] for net in nets]
+        norms = [batch_norm_layers(net) for net in nets]
+        with torch.no_grad():
+            for i, w in enumerate(model.weights):
+                w.copy_(torch.stack([lin[i].weight.T for lin in linears]))
+            model.biases[0].copy_(torch.stack([lin[-1].bias for lin in linears]))
+            for i, (gamma, beta) in enumerate(zip(model.gammas, model.betas, strict=True)):
+                gamma.copy_(torch.stack([layers[i].weight for layers in norms]))
+                beta.copy_(torch.stack([layers[i].bias for layers in norms]))
+    return model
+
+
+def _run_logged(
+    model: nn.Module,
+    seeds: Sequence[int],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    batch_size: int,
+    lr: float = 0.0,
+    keep: Sequence[int] = (),
+) -> tuple[dict[int, list[nn.Module]], list[list[list[tuple[torch.Tensor, torch.Tensor]]]]]:
+    """``steps`` training-mode steps of a :func:`_logged_stack`, each member on the batches of its seed.
+
+    The batches are those :func:`bnbook.models.train_classifier` draws with each seed.
+    With ``lr`` every step is also a plain SGD step on cross-entropy (training);
+    without, the weights stay as they are (a replay).
+
+    Returns
+    -------
+    kept : dict
+        ``step -> [network of each seed]`` for every step in ``keep``, as
+        ``torch.nn.Sequential`` with :class:`bnbook.nn.BatchNorm1d` layers (momentum 0.1).
+    logs : list
+        ``logs[s][layer]``: the (mean, unbiased variance) of every batch, in order.
+    """
+    model = model.to(x.device).train()
+    params = list(model.parameters())
+    gens = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+    k, n = len(seeds), x.shape[0]
+    logs: list[list[list[tuple[torch.Tensor, torch.Tensor]]]] = [[[] for _ in model.gammas] for _ in seeds]
+    kept: dict[int, list[nn.Module]] = {}
+    for step in range(1, steps + 1):
+        idx = torch.stack([torch.randint(0, n, (batch_size,), generator=g) for g in gens]).to(x.device)
+        if lr:
+            logits = model(x[idx])
+            per_net = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none")
+            grads = torch.autograd.grad(per_net.view(k, batch_size).mean(dim=1).sum(), params)
+            with torch.no_grad():
+                for p, grad in zip(params, grads, strict=True):
+                    p.sub_(lr * grad)
+        else:
+            with torch.no_grad():
+                model(x[idx])
+        for j, (mean, var) in enumerate(zip(model.running_means, model.running_vars, strict=True)):
+            for s in range(k):
+                logs[s][j].append((mean[s].clone(), var[s].clone()))
+        if step in keep:
+            kept[step] = [model.member(s) for s in range(k)]
+            for net in kept[step]:
+                for layer in batch_norm_layers(net):
+                    layer.momentum = 0.1
+    return kept, logs
+
+
 def recalibration_study(
     data: Mapping[str, torch.Tensor],
     seeds: Sequence[int],
     momenta: Sequence[float] = (0.1, 0.01),
-    steps: int = 150,
+    steps: int | Sequence[int] = 150,
     lr: float = 0.5,
     batch_size: int = 32,
     recal_batch_size: int = 64,
     device: torch.device | str = "cpu",
-) -> dict[tuple[float, str], np.ndarray]:
+) -> dict:
     """Train the chapter's digit classifier per seed and grade four versions of its running statistics.
 
     For every seed a ``64-64-64-10`` sigmoid MLP with batch norm is trained
     once; the momentum never enters the gradient, so the weights are the same
-    for every momentum. A hook records every batch's statistics during
+    for every momentum. Every batch's statistics are logged during
     training, and each momentum's running statistics are rebuilt from them
     with PyTorch's update rule (exactly what a layer with that momentum would
     have stored). They are measured against the final network's population
@@ -557,6 +698,13 @@ def recalibration_study(
     (as :func:`replay_running_stats` does: the control without drift); and
     recalibrated (:func:`bnbook.nn.recalibrate_bn`).
 
+    The seeds train side by side as one batched network (:func:`_run_logged`),
+    each as :func:`bnbook.models.train_classifier` would train it, up to float32
+    round-off; the replay runs the same way. Several budgets cost one training run per seed: with
+    ``steps=(150, 600)`` each network trains for 600 steps, and the network and
+    the batch statistics of its first 150 steps are those of a 150-step run (the
+    same initial weights and the same batches, in the same order).
+
     Parameters
     ----------
     data : mapping
@@ -565,7 +713,9 @@ def recalibration_study(
         One training run per seed (initialization and batch order).
     momenta : sequence of float
         PyTorch momenta to compare.
-    steps, lr, batch_size : as in :func:`bnbook.models.train_classifier`
+    steps : int or sequence of int
+        The training budget, or several budgets graded along one run.
+    lr, batch_size : as in :func:`bnbook.models.train_classifier`
     recal_batch_size : int
         Batch size of the recalibration pass.
     device : torch.device or str
@@ -575,47 +725,48 @@ def recalibration_study(
     dict
         ``(momentum, method) -> ndarray of shape (len(seeds), 3)``: per seed the
         mean gap (in population standard deviations), the relative variance
-        gap (:func:`running_stats_gap`) and the eval-mode test accuracy.
+        gap (:func:`running_stats_gap`) and the eval-mode test accuracy. With
+        several budgets, one such dict per budget: ``{steps: {(momentum, method): ...}}``.
     """
-    from bnbook.nn import BatchNorm1d, recalibrate_bn
+    from bnbook.nn import recalibrate_bn
 
+    budgets = [int(steps)] if isinstance(steps, (int, np.integer)) else sorted({int(b) for b in steps})
+    if not budgets or budgets[0] < 1:
+        raise ValueError(f"steps must be positive: one budget or several, got {steps!r}")
     x_train, y_train, x_test, y_test = (data[k] for k in ("x_train", "y_train", "x_test", "y_test"))
-    out: dict[tuple[float, str], list] = {(a, meth): [] for a in momenta for meth in RECALIBRATION_METHODS}
-    for seed in seeds:
-        torch.manual_seed(seed)
-        net = mlp([64, 64, 64, 10], activation="sigmoid", batch_norm=True, norm_layer=BatchNorm1d).to(device)
-        train_log, handles = _record_batch_statistics(batch_norm_layers(net))
-        try:
-            train_classifier(net, x_train, y_train, steps=steps, lr=lr, batch_size=batch_size, seed=seed)
-        finally:
-            for h in handles:
-                h.remove()
-        net.eval()
-        population = full_batch_statistics(net, x_train)
+    out: dict[int, dict[tuple[float, str], list]] = {
+        b: {(a, meth): [] for a in momenta for meth in RECALIBRATION_METHODS} for b in budgets
+    }
+
+    # every seed at once: the networks after each budget, and every training batch's statistics
+    kept, logs = _run_logged(
+        _logged_stack([], seeds), seeds, x_train, y_train, budgets[-1], batch_size, lr=lr, keep=budgets
+    )
+    for budget in budgets:
+        finals = [net.eval() for net in kept[budget]]
         # the control: the same batches, in the same order, through the final weights
-        replay = copy.deepcopy(net)
-        replay_log, handles = _record_batch_statistics(batch_norm_layers(replay))
-        with torch.no_grad():
-            replay.train()
-            gen = torch.Generator(device="cpu").manual_seed(seed)
-            for _ in range(steps):
-                idx = torch.randint(0, x_train.shape[0], (batch_size,), generator=gen).to(x_train.device)
-                replay(x_train[idx])
-        for h in handles:
-            h.remove()
-        recalibrated = recalibrate_bn(copy.deepcopy(net), x_train, batch_size=recal_batch_size)
-        for a in momenta:
-            stored = _with_ema(net, train_log, a).eval()
-            versions = {
-                "stored": stored,
-                "bias-corrected": debias_running_stats(copy.deepcopy(stored)),
-                "bias-corrected, no drift": debias_running_stats(_with_ema(net, replay_log, a)).eval(),
-                "recalibrated": recalibrated,
-            }
-            for meth, version in versions.items():
-                mean_gap, var_gap = running_stats_gap(version, population)
-                out[a, meth].append((mean_gap, var_gap, accuracy(version, x_test, y_test)))
-    return {key: np.array(rows) for key, rows in out.items()}
+        _, replay_logs = _run_logged(
+            _logged_stack(finals, seeds), seeds, x_train, y_train, budget, batch_size
+        )
+        for s, final in enumerate(finals):
+            seen = [layer_log[:budget] for layer_log in logs[s]]
+            population = full_batch_statistics(final, x_train)
+            recalibrated = recalibrate_bn(copy.deepcopy(final), x_train, batch_size=recal_batch_size)
+            for a in momenta:
+                stored = _with_ema(final, seen, a).eval()
+                versions = {
+                    "stored": stored,
+                    "bias-corrected": debias_running_stats(copy.deepcopy(stored)),
+                    "bias-corrected, no drift": debias_running_stats(
+                        _with_ema(final, replay_logs[s], a)
+                    ).eval(),
+                    "recalibrated": recalibrated,
+                }
+                for meth, version in versions.items():
+                    mean_gap, var_gap = running_stats_gap(version, population)
+                    out[budget][a, meth].append((mean_gap, var_gap, accuracy(version, x_test, y_test)))
+    results = {b: {key: np.array(rows) for key, rows in table.items()} for b, table in out.items()}
+    return results[budgets[0]] if isinstance(steps, (int, np.integer)) else results
 
 
 def plot_recalibration_study(

@@ -25,7 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "affine_control",
     "ScaleShiftHistory",
+    "gamma_beta_frame",
     "identity_gap",
+    "make_gamma_beta_describe",
     "make_gamma_beta_draw",
     "plot_four_settings",
     "plot_scale_shift_history",
@@ -153,6 +155,61 @@ def _stairs(ax: Axes, values: np.ndarray, bins: np.ndarray, color: str, label: s
     ax.stairs(counts / values.size, bins, fill=True, color=color, alpha=alpha, label=label, lw=0)
 
 
+def gamma_beta_frame(
+    x_hat: np.ndarray, gamma: float, beta: float, saturation: float = SATURATION
+) -> dict[str, float]:
+    r"""What one frame of the γ-β explorer shows, as numbers.
+
+    Parameters
+    ----------
+    x_hat : ndarray, shape (m,)
+        Normalized activations.
+    gamma, beta : float
+        The frame's scale and shift.
+    saturation : float
+        Distance from 0 or 1 below which a sigmoid output counts as saturated.
+
+    Returns
+    -------
+    dict of str to float
+        ``mean`` and ``std`` of :math:`y = \gamma\hat x + \beta` over the batch,
+        ``saturated``, the share of :math:`\sigma(y)` within ``saturation`` of
+        0 or 1, and ``saturated_ref``, that share for :math:`\sigma(\hat x)`.
+    """
+    x_hat = np.asarray(x_hat, dtype=np.float64).ravel()
+    y = gamma * x_hat + beta
+
+    def saturated(v: np.ndarray) -> float:
+        s = sigmoid(v)
+        return float(np.mean((s < saturation) | (s > 1.0 - saturation)))
+
+    return {
+        "mean": float(y.mean()),
+        "std": float(y.std()),
+        "saturated": saturated(y),
+        "saturated_ref": saturated(x_hat),
+    }
+
+
+def make_gamma_beta_describe(x_hat: np.ndarray, saturation: float = SATURATION) -> Callable[..., str]:
+    """The γ-β explorer's ``describe(gamma, beta)``: one sentence on what the frame shows.
+
+    The numbers come from :func:`gamma_beta_frame`, as the frame's legend and
+    title do, so a screen reader hears what the picture shows.
+    """
+    x_hat = np.asarray(x_hat, dtype=np.float64).ravel()
+
+    def describe(gamma: float, beta: float) -> str:
+        f = gamma_beta_frame(x_hat, gamma, beta, saturation)
+        return (
+            f"The output y has mean {round(f['mean'], 2) + 0.0:.2f} and standard deviation {f['std']:.2f} "
+            f"(x̂: 0 and 1); after the sigmoid {100 * f['saturated']:.1f}% of the outputs are saturated, "
+            f"against {100 * f['saturated_ref']:.1f}% for x̂."
+        )
+
+    return describe
+
+
 def make_gamma_beta_draw(
     x_hat: np.ndarray,
     saturation: float = SATURATION,
@@ -190,7 +247,7 @@ def make_gamma_beta_draw(
     def draw(fig: Figure, gamma: float, beta: float) -> None:
         y = gamma * x_hat + beta
         s = sigmoid(y)
-        sat = float(np.mean((s < saturation) | (s > 1.0 - saturation)))
+        frame = gamma_beta_frame(x_hat, gamma, beta, saturation)
         lo = min(-4.5, beta - 4.5 * abs(gamma))
         hi = max(4.5, beta + 4.5 * abs(gamma))
         bins_y = np.arange(np.floor(lo / width) * width, hi + width, width)
@@ -211,16 +268,19 @@ def make_gamma_beta_draw(
             },
         )
         _stairs(ax1, x_hat, bins_y, COLORS["batch"], "x̂ (γ=1, β=0)", alpha=0.35)
-        _stairs(ax1, y, bins_y, COLORS["bn"], f"y: mean {y.mean():.2f}, std {y.std():.2f}", alpha=0.65)
+        _stairs(
+            ax1, y, bins_y, COLORS["bn"], f"y: mean {frame['mean']:.2f}, std {frame['std']:.2f}", alpha=0.65
+        )
         top = max(_counts(v, bins_y).max() for v in (x_hat, y)) / x_hat.size
         ax1.set_xlim(lo, hi)
         ax1.set_ylim(0.0, 1.3 * top)
         ax1.xaxis.set_major_locator(MaxNLocator(7, integer=True))
         ax1.yaxis.set_major_locator(MaxNLocator(4))
         ax1.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=None))
-        ax1.set_xlabel(r"$y = \gamma\,\hat{x} + \beta$")
+        ax1.set_xlabel("y = γ x̂ + β")  # plain text: mathtext would be parsed again for every frame
         ax1.set_ylabel("share per bin of width 0.1")
-        ax1.set_title(f"γ = {gamma:g} sets the spread, β = {beta:g} the centre")
+        # a title's place given outright (where the automatic one puts it) saves a layout pass
+        ax1.set_title(f"γ = {gamma:g} sets the spread, β = {beta:g} the centre", y=1.0)
         ax1.legend(loc="upper left", fontsize=8)
         for edge in (0.0, 1.0 - saturation):
             ax2.axvspan(edge, edge + saturation, color=COLORS["truth"], alpha=0.08, lw=0)
@@ -233,7 +293,7 @@ def make_gamma_beta_draw(
         ax2.yaxis.set_major_locator(MaxNLocator(4))
         ax2.yaxis.set_major_formatter(PercentFormatter(xmax=1.0, decimals=0))
         ax2.set_xlabel("sigmoid output σ(y)")
-        ax2.set_title(f"after a sigmoid σ: {100 * sat:.1f}% saturated", fontsize=10)
+        ax2.set_title(f"after a sigmoid σ: {100 * frame['saturated']:.1f}% saturated", fontsize=10, y=1.0)
         ax2.legend(loc="upper center", fontsize=8)
 
     return draw
@@ -483,12 +543,19 @@ def affine_control(
 ) -> dict[bool, np.ndarray]:
     """Train the digit classifier with and without γ and β, same seeds, and grade both.
 
-    For every seed, two sigmoid MLPs from :func:`bnbook.models.mlp` with
-    :class:`bnbook.nn.BatchNorm1d` are built from the same ``torch.manual_seed(seed)``:
-    one with learnable γ, β (``affine=True``), one without them
-    (``affine=False``: every sigmoid input is held at mean 0, std 1 over the
-    batch). Both train with plain SGD on the same mini-batches
-    (:func:`bnbook.models.train_classifier`).
+    For every seed, two sigmoid MLPs with batch norm before each sigmoid start
+    from the weights that ``torch.manual_seed(seed); bnbook.models.mlp(sizes,
+    "sigmoid", batch_norm=True)`` draws: one with learnable γ, β, one without
+    them (γ held at 1 and β at 0, which is what ``affine=False`` does: every
+    sigmoid input stays at mean 0, std 1 over the batch). Both take plain SGD
+    steps on cross-entropy over the same mini-batches, drawn as
+    :func:`bnbook.models.train_classifier` draws them with the seed.
+
+    All ``2 * len(seeds)`` networks train side by side as one
+    :class:`bnbook.batched.BatchedMLP`: one batched matrix product per layer
+    instead of one small product per network, and nothing couples them (the
+    summed loss gives each network the gradient of its own loss). The networks
+    without γ and β get no step for γ and β, so these stay exactly 1 and 0.
 
     Returns
     -------
@@ -496,27 +563,38 @@ def affine_control(
         ``affine -> ndarray of shape (len(seeds), 2)``: per seed the held-out
         accuracy (evaluation mode) and the mean training loss of the last 100 steps.
     """
-    import functools
-
     import torch
+    import torch.nn.functional as F
 
-    from bnbook import nn as bnn
+    from bnbook.batched import BatchedMLP, evaluate_batched
     from bnbook.data import load_digits
-    from bnbook.models import accuracy, mlp, train_classifier
 
+    seeds = [int(s) for s in seeds]
     x_train, y_train, x_held, y_held = (torch.from_numpy(a) for a in load_digits(seed=data_seed))
-    out: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    k, n, batch_size = len(seeds), x_train.shape[0], 60
     before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is faster, and the result does not depend on it
+    torch.set_num_threads(1)  # small matrices: one thread is faster, and the result does not depend on it
     try:
-        for seed in seeds:
-            for affine in (True, False):
-                torch.manual_seed(seed)
-                layer = functools.partial(bnn.BatchNorm1d, affine=affine)
-                net = mlp(list(sizes), "sigmoid", batch_norm=True, norm_layer=layer)
-                hist = train_classifier(net, x_train, y_train, steps=steps, lr=lr, batch_size=60, seed=seed)
-                net.eval()
-                out[affine].append((accuracy(net, x_held, y_held), float(np.mean(hist.loss[-100:]))))
+        # networks 0 .. k-1 learn gamma and beta; networks k .. 2k-1, the same seeds, do not
+        model = BatchedMLP(list(sizes), seeds=seeds + seeds, activation="sigmoid", batch_norm=True)
+        learns = torch.cat([torch.ones(k), torch.zeros(k)]).unsqueeze(1)  # (2k, 1)
+        affine = {id(p) for p in [*model.gammas, *model.betas]}
+        params = list(model.parameters())
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        losses = torch.empty(steps, 2 * k)
+        for step in range(steps):
+            idx = torch.stack([torch.randint(0, n, (batch_size,), generator=g) for g in gens])
+            idx = torch.cat([idx, idx])  # both networks of a seed see the same batch
+            logits = model(x_train[idx])  # (2k, batch, classes)
+            per_net = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
+            per_net = per_net.view(2 * k, batch_size).mean(dim=1)
+            grads = torch.autograd.grad(per_net.sum(), params)
+            with torch.no_grad():
+                for p, grad in zip(params, grads, strict=True):
+                    p.sub_(grad * learns if id(p) in affine else grad, alpha=lr)
+                losses[step] = per_net
+        _, acc = evaluate_batched(model, x_held, y_held)
     finally:
         torch.set_num_threads(before)
-    return {k: np.array(v) for k, v in out.items()}
+    tail = losses[-100:].mean(dim=0).double().numpy()
+    return {True: np.stack([acc[:k], tail[:k]], axis=1), False: np.stack([acc[k:], tail[k:]], axis=1)}

@@ -22,6 +22,7 @@ cheaply. This module imports torch but not matplotlib, so workers start fast.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -293,6 +294,34 @@ class SeedStackMLP(nn.Module):
         self.bias = nn.Parameter(torch.stack([lin[-1].bias.detach() for lin in linears]))
         self.norms = nn.ModuleList(bnn.BatchNorm1d(len(seeds) * int(w)) for w in sizes[1:-1])
 
+    def subset(self, copies: Sequence[int]) -> SeedStackMLP:
+        """A stack of the given copies only, with their current parameters and running statistics.
+
+        Nothing is shared with this stack. The norm layers keep their type, so a stack
+        converted to :class:`bnbook.nn.SyncBatchNorm` stays converted.
+        """
+        idx = torch.as_tensor([int(c) for c in copies], dtype=torch.long)
+        s = self.weights[0].shape[0]
+        if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= s:
+            raise ValueError(f"copies must be indices in [0, {s}), at least one, got {list(copies)}")
+        groups = [getattr(norm, "process_group", None) for norm in self.norms]
+        out = copy.deepcopy(self, memo={id(g): g for g in groups if g is not None})  # groups are shared
+        with torch.no_grad():
+            out.weights = nn.ParameterList(nn.Parameter(w[idx].clone()) for w in self.weights)
+            out.bias = nn.Parameter(self.bias[idx].clone())
+            for norm in out.norms:
+                width = norm.num_features // s
+
+                def pick(t: torch.Tensor, width: int = width) -> torch.Tensor:
+                    return t.view(s, width)[idx].reshape(-1).clone()
+
+                norm.num_features = len(idx) * width
+                norm.weight = nn.Parameter(pick(norm.weight))
+                norm.bias = nn.Parameter(pick(norm.bias))
+                norm.running_mean = pick(norm.running_mean)
+                norm.running_var = pick(norm.running_var)
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (N, S, classes) for inputs of shape (N, S, D)."""
         n, s = x.shape[:2]
@@ -316,6 +345,9 @@ def ddp_train(
     data: Split | None = None,
     group: Any = None,
     pair_eval: bool = False,
+    eval_copies: Sequence[int] | None = None,
+    extend_to: int = 0,
+    extend_copies: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Data-parallel training of a batch-norm MLP on the digits, with or without synchronized statistics.
 
@@ -337,21 +369,31 @@ def ddp_train(
     images, each pair normalized with its own statistics, as in training with
     ``local_batch=2``.
 
+    Evaluating costs more than a training step of these tiny batches, so
+    ``eval_copies`` may name the copies that a figure follows: the others are
+    evaluated at the first and the last step only (NaN in between). With
+    ``extend_to``, the copies ``extend_copies`` then train on alone, on the same
+    batches they would have drawn in a run of ``extend_to`` steps, and are
+    evaluated at step ``extend_to``: a copy's steps do not depend on the other
+    copies, so this is the longer run of those copies, without training them
+    again from the start.
+
     Returns
     -------
     dict
         ``steps`` (the evaluated steps, starting at 0), ``test_acc`` of shape
         (len(seeds), len(steps)), and ``loss``, this rank's training loss at every
         step, shape (len(seeds), steps); with ``pair_eval``, ``pair_acc`` of shape
-        (len(seeds),).
+        (len(seeds),); with ``extend_to``, ``extended_test_acc`` of shape
+        (len(extend_copies),), the test accuracy of those copies after ``extend_to`` steps.
     """
-    from torch.nn.parallel import DistributedDataParallel
-
     lrs = torch.as_tensor([lr] * len(seeds) if np.ndim(lr) == 0 else list(lr), dtype=torch.float32)
     if lrs.shape != (len(seeds),) or (lrs <= 0).any():
         raise ValueError(f"lr must be positive: one number, or one per seed ({len(seeds)}), got {lr}")
     if pair_eval and sync:
         raise ValueError("pair_eval evaluates per-process batch norm: it needs sync=False")
+    if extend_to and (extend_to <= steps or not extend_copies):
+        raise ValueError(f"extend_to must exceed steps ({steps}) and name extend_copies, got {extend_to}")
     _check_rank(rank, world_size, group)
     if steps < 1 or local_batch < 1 or eval_every < 1:
         raise ValueError(
@@ -368,31 +410,132 @@ def ddp_train(
     model = SeedStackMLP([x_train.shape[1], hidden, hidden, 10], seeds)
     if sync:
         model = bnn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=group)
+    gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+    rows = slice(rank * local_batch, (rank + 1) * local_batch)
+    evaluated = np.arange(0, steps + 1, eval_every)
+    test_acc = np.full((s, len(evaluated)), np.nan)
+    followed = list(range(s)) if eval_copies is None else sorted({int(c) for c in eval_copies})
+    losses = _train_steps(
+        model,
+        group,
+        sync,
+        gens,
+        range(s),
+        lrs,
+        steps,
+        x_train,
+        y_train,
+        rows,
+        world_size * local_batch,
+        on_step=lambda step, m: _evaluate(m, x_test, y_test, step, eval_every, steps, followed, test_acc),
+    )
+    out = {"steps": evaluated, "test_acc": test_acc, "loss": losses}
+    if pair_eval:
+        # training mode on test pairs: the statistics the layers saw in training, not the running ones
+        probe = copy.deepcopy(model)  # training mode changes the running statistics: work on a copy
+        order = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(rank))
+        pairs = order[: len(order) // 2 * 2].view(-1, 2)
+        right = torch.zeros(s)
+        with torch.no_grad():
+            probe.train()
+            for pair in pairs:
+                right += (probe(x_eval[pair]).argmax(-1) == y_test[pair].unsqueeze(1)).sum(0)
+        out["pair_acc"] = (right / pairs.numel()).double().numpy()
+    if extend_to:
+        copies = [int(c) for c in extend_copies]
+        part = model.subset(copies)
+        part_gens = [gens[c] for c in copies]  # each copy goes on with its own draws
+        _train_steps(
+            part,
+            group,
+            sync,
+            part_gens,
+            copies,
+            lrs,
+            extend_to - steps,
+            x_train,
+            y_train,
+            rows,
+            world_size * local_batch,
+        )
+        last = np.empty((len(copies), 1))
+        _evaluate(part, x_test, y_test, 0, 1, 0, list(range(len(copies))), last)
+        out["extended_test_acc"] = last[:, 0]
+    return out
+
+
+def _evaluate(
+    model: SeedStackMLP,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    step: int,
+    every: int,
+    last: int,
+    followed: Sequence[int],
+    into: np.ndarray,
+) -> None:
+    """Eval-mode test accuracy of the stack's copies into ``into[:, step // every]``.
+
+    Every copy at the first and the last step, only ``followed`` in between; nothing
+    at steps that are not a multiple of ``every``. The stack is left in training mode.
+    """
+    if step % every:
+        return
+    copies = list(range(into.shape[0])) if step in (0, last) else list(followed)
+    if len(copies) == into.shape[0]:
+        net = model
+    else:
+        net = model.subset(copies)
+    net.eval()
+    with torch.no_grad():
+        x = x_test.unsqueeze(1).expand(-1, len(copies), -1)
+        right = net(x).argmax(-1) == y_test.unsqueeze(1)
+    into[copies, step // every] = right.double().mean(0).numpy()
+    model.train()
+
+
+def _train_steps(
+    model: SeedStackMLP,
+    group: Any,
+    sync: bool,
+    gens: Sequence[torch.Generator],
+    copies: Sequence[int],
+    lrs: torch.Tensor,
+    steps: int,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    rows: slice,
+    global_batch: int,
+    on_step: Any = None,
+) -> np.ndarray:
+    """``steps`` data-parallel SGD steps of a stack; each copy's losses on this rank, shape (S, steps).
+
+    ``copies`` index ``lrs`` (one learning rate per copy of the full stack) for the copies in
+    ``model``, in order; ``gens`` draw their batches. ``on_step(step, model)`` runs before each
+    step and after the last one.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    s = len(gens)
+    rates = lrs[torch.as_tensor(list(copies), dtype=torch.long)]
     # each parameter's learning rate, copy by copy: stacked weights (S, ...) and norms over S * width
-    step_sizes = {id(w): lrs.view(-1, *[1] * (w.dim() - 1)) for w in [*model.weights, model.bias]}
+    step_sizes = {id(w): rates.view(-1, *[1] * (w.dim() - 1)) for w in [*model.weights, model.bias]}
     for norm in model.norms:
         width = norm.weight.numel() // s
         for w in (norm.weight, norm.bias):
-            step_sizes[id(w)] = lrs.repeat_interleave(width)
+            step_sizes[id(w)] = rates.repeat_interleave(width)
     ddp = DistributedDataParallel(model, process_group=group)
     params = [p for p in ddp.parameters() if p.requires_grad]
     if set(step_sizes) != {id(p) for p in params}:
         raise RuntimeError("a parameter of the stack has no learning rate")
-    gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
-    rows = slice(rank * local_batch, (rank + 1) * local_batch)
-    evaluated = np.arange(0, steps + 1, eval_every)
-    test_acc = np.empty((s, len(evaluated)))
     losses = []
+    local_batch = rows.stop - rows.start
     for step in range(steps + 1):
-        if step % eval_every == 0:
-            model.eval()
-            with torch.no_grad():
-                right = model(x_eval).argmax(-1) == y_test.unsqueeze(1)
-            test_acc[:, step // eval_every] = right.double().mean(0).numpy()
-            model.train()
+        if on_step is not None:
+            on_step(step, model)
         if step == steps:
             break
-        draws = [torch.randint(0, len(y_train), (world_size * local_batch,), generator=g) for g in gens]
+        draws = [torch.randint(0, len(y_train), (global_batch,), generator=g) for g in gens]
         idx = torch.stack(draws, 1)
         idx = idx[rows]  # (local_batch, S): this rank's rows of every seed's global batch
         logits = ddp(x_train[idx])
@@ -405,18 +548,7 @@ def ddp_train(
             for p in params:
                 p.sub_(p.grad * step_sizes[id(p)])
         losses.append(per_seed.detach())
-    out = {"steps": evaluated, "test_acc": test_acc, "loss": torch.stack(losses, 1).numpy()}
-    if pair_eval:
-        # training mode on test pairs: the statistics the layers saw in training, not the running ones
-        order = torch.randperm(len(y_test), generator=torch.Generator().manual_seed(rank))
-        pairs = order[: len(order) // 2 * 2].view(-1, 2)
-        right = torch.zeros(s)
-        with torch.no_grad():
-            model.train()
-            for pair in pairs:
-                right += (model(x_eval[pair]).argmax(-1) == y_test[pair].unsqueeze(1)).sum(0)
-        out["pair_acc"] = (right / pairs.numel()).double().numpy()
-    return out
+    return torch.stack(losses, 1).numpy() if losses else np.zeros((s, 0))
 
 
 def recipe(
