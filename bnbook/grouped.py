@@ -22,7 +22,21 @@ packs ``len(norms) * len(seeds)`` independent networks into one:
 * :func:`shuffled_order` and :func:`class_sorted_order` build the batches,
   :func:`grouped_accuracy` evaluates, with running statistics or with the
   statistics of test batches, and :func:`paired_difference` compares two
-  methods over the same seeds.
+  methods over the same seeds;
+* :func:`lsuv_grouped` gives the networks without normalization a
+  data-dependent (LSUV-style) start, the control that asks how much of batch
+  norm's advantage a good initial scale alone explains.
+
+Where the time goes. A step of many tiny networks costs a few hundred small
+tensor operations, whatever the number of networks, so :func:`train_grouped`
+keeps that number down: it gathers the batches of many steps at once, computes
+the loss with the networks first (``(n_nets, B, classes)``, so that every
+gradient arrives in the layout a batched matrix product reads fastest), and
+updates all parameters with one ``torch._foreach_sub_``. The CNN's first layer,
+which has one input channel per network, is a small matrix product per image
+and network on the 3x3 patches of its input, cut once from every image, rather
+than a grouped convolution. None of this changes what is computed, only the
+order of some floating-point sums.
 
 The normalizations, by name (:data:`NORMS`):
 
@@ -53,6 +67,7 @@ See ``chapters/09_limitations`` and ``chapters/13_small_batches``.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -71,6 +86,7 @@ __all__ = [
     "Paired",
     "class_sorted_order",
     "grouped_accuracy",
+    "lsuv_grouped",
     "paired_difference",
     "shuffled_order",
     "train_grouped",
@@ -198,6 +214,21 @@ def _member_norm(module: nn.Module, kind: str, j: int, width: int, groups: int) 
     return alone
 
 
+@functools.cache
+def _patch_index(side: int) -> torch.Tensor:
+    """Where each of the 9 values of every 3x3 patch sits in a ``side + 2`` square zero-padded image."""
+    pos = torch.arange(side)
+    rows = (pos[:, None] + torch.arange(3)[None, :]).T  # (3 offsets, side)
+    index = rows[:, None, :, None] * (side + 2) + rows[None, :, None, :]  # (3, 3, side, side)
+    return index.reshape(-1)
+
+
+def _patches(x: torch.Tensor, side: int) -> torch.Tensor:
+    """The 3x3 patches (padding 1) of flat square images ``x`` (..., side * side): (..., 9 * side * side)."""
+    padded = F.pad(x.reshape(-1, side, side), (1, 1, 1, 1)).reshape(*x.shape[:-1], -1)
+    return padded.index_select(-1, _patch_index(side).to(x.device))
+
+
 class _Grouped(nn.Module):
     """What the grouped MLP and CNN share: the norm blocks, their order, renorm limits."""
 
@@ -218,6 +249,14 @@ class _Grouped(nn.Module):
         """Apply each method's norm module to its block of ``copies * width`` features (dim 1)."""
         parts = h.split(h.shape[1] // len(self.norms), 1)
         return torch.cat([nm(part) for nm, part in zip(norms, parts, strict=True)], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, n_nets, classes) of ``x`` (B, n_nets, *in_shape), or of a shared (B, *in_shape)."""
+        return self._logits(x).transpose(0, 1)
+
+    def _logits(self, x: torch.Tensor, net_major: bool = False) -> torch.Tensor:  # pragma: no cover
+        """Logits in the network-major layout (n_nets, B, classes), the one the loss is computed in."""
+        raise NotImplementedError
 
     def _shared_input(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *in_shape) -> (B, n_nets, *in_shape); (B, n_nets, *in_shape) passes."""
@@ -301,14 +340,29 @@ class GroupedMLP(_Grouped):
                         param[k * c + j] = w
                     self.bias[k * c + j] = bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, n_nets, D), one input per network, or (B, D) shared -> logits (B, n_nets, classes)."""
-        h = self._shared_input(x)
-        b = h.shape[0]
-        for w, norms in zip(self.weights[:-1], self.norm_layers, strict=True):
-            h = torch.bmm(h.transpose(0, 1), w).transpose(0, 1).reshape(b, -1)  # (B, n_nets * width)
-            h = self._normalize(h, norms).relu().reshape(b, self.n_nets, self.width)
-        return torch.bmm(h.transpose(0, 1), self.weights[-1]).transpose(0, 1) + self.bias
+    def _logits(self, x: torch.Tensor, net_major: bool = False) -> torch.Tensor:
+        """Logits (n_nets, B, classes) of ``x``: (B, D) shared, (B, n_nets, D), or net-major (n_nets, B, D).
+
+        Between the layers the features sit as (B, n_nets * width), the layout the norm modules
+        need; each linear layer is one batched product over the networks (``torch.bmm``). A shared
+        input meets the first layer as one matrix product with every network's weights side by side.
+        """
+        g, width = self.n_nets, self.width
+        first = self.weights[0]
+        if not net_major and x.shape[1:] == self.in_shape:  # shared: (B, D) @ (D, n_nets * width)
+            z = torch.mm(x, first.permute(1, 0, 2).reshape(self.sizes[0], -1))
+        else:
+            h = x if net_major else self._shared_input(x).transpose(0, 1)
+            if h.shape[0] != g or h.shape[2:] != self.in_shape:
+                raise ValueError(f"expected net-major input ({g}, B, {self.in_shape}), got {tuple(h.shape)}")
+            z = torch.bmm(h, first).transpose(0, 1).reshape(h.shape[1], -1)
+        b = z.shape[0]
+        for i, norms in enumerate(self.norm_layers):
+            if i:
+                z = torch.bmm(h.view(b, g, width).transpose(0, 1), self.weights[i])
+                z = z.transpose(0, 1).reshape(b, -1)
+            h = self._normalize(z, norms).relu()  # (B, n_nets * width)
+        return torch.bmm(h.view(b, g, width).transpose(0, 1), self.weights[-1]) + self.bias.unsqueeze(1)
 
     def member(self, index: int) -> nn.Sequential:
         """Network ``index`` as a stand-alone ``nn.Sequential`` (a copy, with its state and mode)."""
@@ -396,12 +450,32 @@ class GroupedCNN(_Grouped):
                     self.weight[net] = wl
                     self.bias[net] = bl
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, n_nets, side, side) or shared (B, side, side) -> logits (B, n_nets, classes)."""
-        h = self._normalize(self.conv1(self._shared_input(x)), self.norm1).relu()
+    def _logits(self, x: torch.Tensor, net_major: bool = False) -> torch.Tensor:
+        """Logits (n_nets, B, classes) of ``x`` (B, n_nets, side, side) or shared (B, side, side).
+
+        With ``net_major``, ``x`` holds the 3x3 patches of each network's image instead,
+        (B, n_nets, 9 * side * side), as :func:`train_grouped` gathers them. A shared image meets
+        the first layer as one ungrouped convolution with every network's filters.
+        """
+        g, c1 = self.n_nets, self.channels[0]
+        if net_major:  # (B, n_nets, 9 * side * side): the 3x3 patches of each network's image
+            patches = x
+        elif x.shape[1:] == self.in_shape:
+            patches = None
+            z = F.conv2d(x.unsqueeze(1), self.conv1.weight, padding=1)
+        else:
+            x = self._shared_input(x)
+            patches = _patches(x.reshape(*x.shape[:2], -1), self.side)
+        if patches is not None:
+            # One input channel per network: one small matrix product per (image, network) on the
+            # 3x3 patches, which on a CPU is much faster than a grouped convolution.
+            b = patches.shape[0]
+            w1 = self.conv1.weight.view(g, c1, 9)
+            z = torch.matmul(w1, patches.view(b, g, 9, -1)).view(b, g * c1, *self.in_shape)
+        h = self._normalize(z, self.norm1).relu()
         h = self._normalize(self.conv2(h), self.norm2).relu()
-        h = h.reshape(h.shape[0], self.n_nets, -1)
-        return torch.bmm(h.transpose(0, 1), self.weight).transpose(0, 1) + self.bias
+        h = h.reshape(h.shape[0], self.n_nets, -1).transpose(0, 1)
+        return torch.bmm(h, self.weight) + self.bias.unsqueeze(1)
 
     def member(self, index: int) -> nn.Sequential:
         """Network ``index`` as a stand-alone ``nn.Sequential`` taking (B, 1, side, side), for checking."""
@@ -488,6 +562,7 @@ def train_grouped(
     lr: float | Sequence[float] | torch.Tensor,
     limits: Callable[[int], tuple[float, float]] | None = None,
     accumulate: int = 1,
+    on_step: Callable[[int], None] | None = None,
 ) -> GroupedMLP | GroupedCNN:
     """Plain SGD on cross-entropy for every network of ``net`` at once (chapters 9 and 13).
 
@@ -509,6 +584,12 @@ def train_grouped(
         Micro-batches whose mean gradient makes one SGD step (gradient accumulation);
         ``micro_steps`` must be a multiple of it. Every forward pass still normalizes over its own
         micro-batch: accumulation enlarges the batch of the gradient, not that of the statistics.
+    on_step : callable, optional
+        ``on_step(steps_done)``, called after every SGD step with the number of steps taken so far
+        (1, 2, ...), with ``net`` in training mode. It may evaluate the networks (for example with
+        :func:`grouped_accuracy`, which leaves them as they were), so that one long run also gives
+        the results of every shorter budget on the same batches: a run of ``T`` steps is the first
+        ``T`` steps of a longer one whose ``order`` begins with the same batches.
 
     Returns
     -------
@@ -526,24 +607,47 @@ def train_grouped(
         lr_t = lr_t.expand(net.n_nets)
     if lr_t.numel() != net.n_nets:
         raise ValueError(f"lr must be a number or have {net.n_nets} entries, got {lr_t.numel()}")
-    k = len(net.norms)
+    k, g = len(net.norms), net.n_nets
+    mlp = isinstance(net, GroupedMLP)
     order = order.to(device)
-    # The learning rates sit in the loss, so one SGD step with rate 1 is every network's own step.
-    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1.0)
-    opt.zero_grad(set_to_none=True)
+    steps, batch = order.shape[:2]
+    # Each network's share of the loss carries its learning rate (and 1 / accumulate), so the step
+    # p -= p.grad is every network's own SGD step.
+    weights = lr_t / accumulate
+    params = [p for p in net.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = None
+    renorms = [m for m in net.modules() if isinstance(m, (bnn.BatchRenorm1d, bnn.BatchRenorm2d))]
     net.train()
-    for t in range(order.shape[0]):
-        step, micro = divmod(t, accumulate)
-        if limits is not None and micro == 0:
-            net.set_renorm_limits(*limits(step))
-        idx = order[t]  # (B, C)
-        xb = x[idx].reshape(*idx.shape, *net.in_shape).repeat(1, k, *([1] * len(net.in_shape)))
-        yb = y[idx].repeat(1, k)  # (B, n_nets): network k * C + c sees copy c's batch
-        losses = F.cross_entropy(net(xb).permute(0, 2, 1), yb, reduction="none").mean(0)
-        ((losses * lr_t).sum() / accumulate).backward()
-        if micro == accumulate - 1:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+    # The batches of ``chunk`` micro-steps are gathered at once (about 16 MB of inputs): every
+    # network's input in the layout the first layer reads, network k * C + c seeing copy c's batch.
+    if not mlp:  # the CNN's first layer reads 3x3 patches: cut them once from every image
+        x = _patches(x.reshape(len(x), -1), net.side)
+    per_step = g * batch * x.shape[1]
+    chunk = max(1, min(steps, (4 << 20) // max(per_step, 1)))
+    for start in range(0, steps, chunk):
+        idx = order[start : start + chunk]  # (t, B, C)
+        if mlp:  # net-major (t, n_nets, B, D)
+            xs = x[idx.transpose(1, 2)].repeat(1, k, 1, 1)
+        else:  # batch-major patches (t, B, n_nets, 9 * side * side): the networks are the channels
+            xs = x[idx].repeat(1, 1, k, 1)
+        ys = y[idx.transpose(1, 2)].repeat(1, k, 1).reshape(len(idx), -1)  # (t, n_nets * B)
+        for j in range(len(idx)):
+            step, micro = divmod(start + j, accumulate)
+            if renorms and limits is not None and micro == 0:
+                r_max, d_max = limits(step)
+                for m in renorms:
+                    m.r_max, m.d_max = r_max, d_max
+            logits = net._logits(xs[j], net_major=True)  # (n_nets, B, classes)
+            losses = F.cross_entropy(logits.reshape(g * batch, -1), ys[j], reduction="none")
+            torch.dot(losses.view(g, batch).mean(1), weights).backward()
+            if micro == accumulate - 1:
+                with torch.no_grad():
+                    torch._foreach_sub_(params, [p.grad for p in params])
+                for p in params:
+                    p.grad = None
+                if on_step is not None:
+                    on_step(step + 1)
     return net
 
 
@@ -579,6 +683,65 @@ def grouped_accuracy(
             hits += (other(x[idx].reshape(-1, *net.in_shape)).argmax(-1) == y[idx, None]).double().sum(0)
         correct = hits / full
     return correct.reshape(len(net.norms), net.copies).cpu().numpy()
+
+
+# --- a data-dependent start for the networks without normalization --------------------------------
+@torch.no_grad()
+def lsuv_grouped(net: GroupedMLP, x: torch.Tensor, eps: float = 1e-8) -> GroupedMLP:
+    r"""LSUV-style initialization of every ``"none"`` block of a :class:`GroupedMLP` (chapter 9).
+
+    What :func:`bnbook.models.lsuv_init` does for an ``nn.Sequential``, network by network: layer
+    by layer from the input, each hidden unit's weights are divided by the standard deviation of
+    its pre-activation on the batch ``x``, and the learned shift that stands in for the norm's
+    :math:`\beta` is set to minus the (rescaled) mean, so that every hidden pre-activation has
+
+    .. math::
+
+        \operatorname{mean}_x z_j = 0, \qquad \operatorname{std}_x z_j = 1
+
+    on ``x`` (biased standard deviation; a unit whose spread is below ``eps`` keeps its scale).
+    The output layer is left as it is, and so are the blocks with another normalization.
+
+    Parameters
+    ----------
+    net : GroupedMLP
+        Changed in place; its training or eval mode is kept.
+    x : Tensor, shape (N, D)
+        The images every network is initialized on (the same for all).
+    eps : float
+
+    Returns
+    -------
+    ``net``
+
+    Examples
+    --------
+    >>> net = lsuv_grouped(GroupedMLP(["BatchNorm", "none"], seeds=[0]), torch.rand(256, 64))
+    """
+    if "none" not in net.norms:
+        raise ValueError("the network has no 'none' block to initialize")
+    if x.dim() != 2 or x.shape[1] != net.sizes[0]:
+        raise ValueError(f"x must have shape (N, {net.sizes[0]}), got {tuple(x.shape)}")
+    was = net.training
+    net.eval()
+    c, width, g = net.copies, net.width, net.n_nets
+    h = x.unsqueeze(0).expand(g, -1, -1)  # (n_nets, N, D): every network sees all of x
+    b = x.shape[0]
+    for w, norms in zip(net.weights[:-1], net.norm_layers, strict=True):
+        z = torch.bmm(h, w)  # (n_nets, N, width)
+        for k, kind in enumerate(net.norms):
+            if kind != "none":
+                continue
+            part = slice(k * c, (k + 1) * c)
+            zk = z[part].double()
+            mean, std = zk.mean(1), zk.std(1, unbiased=False)  # (C, width)
+            scale = torch.where(std > eps, 1.0 / std, torch.ones_like(std))
+            w[part] *= scale.unsqueeze(1).to(w.dtype)
+            norms[k].bias.copy_((-mean * scale).reshape(-1).to(w.dtype))
+        z = torch.bmm(h, w).transpose(0, 1).reshape(b, -1)
+        h = net._normalize(z, norms).relu().reshape(b, g, width).transpose(0, 1)
+    net.train(was)
+    return net
 
 
 # --- paired comparisons over seeds ----------------------------------------------------------------

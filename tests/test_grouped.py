@@ -156,3 +156,87 @@ def test_train_grouped_checks_its_arguments() -> None:
         G.train_grouped(net, x, y, G.shuffled_order(20, 3, 4, [0, 1]), 0.1, accumulate=2)
     with pytest.raises(ValueError, match="lr"):
         G.train_grouped(net, x, y, G.shuffled_order(20, 2, 4, [0, 1]), [0.1, 0.2, 0.3])
+
+
+def test_on_step_sees_every_shorter_budget_of_one_run() -> None:
+    """A run of 3 steps is the first 3 steps of a run of 5 on the same batches: on_step evaluates it there."""
+    x, y = _data(40)
+    order = G.shuffled_order(len(x), 5, 4, [5, 6, 7])
+    seen, snapshot = [], {}
+
+    def on_step(done: int) -> None:
+        seen.append(done)
+        if done == 3:
+            snapshot["acc"] = G.grouped_accuracy(long, x, y)
+            snapshot["state"] = {k: v.clone() for k, v in long.state_dict().items()}
+
+    long = _mlp()
+    G.train_grouped(long, x, y, order, 0.1, on_step=on_step)
+    assert seen == [1, 2, 3, 4, 5]
+    short = G.train_grouped(_mlp(), x, y, order[:3], 0.1)
+    np.testing.assert_array_equal(snapshot["acc"], G.grouped_accuracy(short, x, y))
+    for key, value in short.state_dict().items():
+        torch.testing.assert_close(snapshot["state"][key], value, rtol=0, atol=0)
+    steps = []  # with accumulation, once per SGD step
+    G.train_grouped(
+        _mlp(), x, y, G.shuffled_order(len(x), 4, 4, [5, 6, 7]), 0.1, accumulate=2, on_step=steps.append
+    )
+    assert steps == [1, 2]
+
+
+def test_network_major_logits_equal_the_forward_pass() -> None:
+    """The layout the training loss uses, (n_nets, B, classes), holds the forward pass's logits."""
+    x, _ = _data(6)
+    for net in (_mlp(), _cnn()):
+        net.train()
+        per_net = torch.rand(6, net.n_nets, *net.in_shape)
+        with torch.no_grad():
+            ref = net(per_net)  # (B, n_nets, classes)
+            if isinstance(net, G.GroupedMLP):
+                got = net._logits(per_net.transpose(0, 1).contiguous(), net_major=True)
+            else:
+                patches = G._patches(per_net.reshape(6, net.n_nets, -1), net.side)
+                got = net._logits(patches, net_major=True)
+        torch.testing.assert_close(got.transpose(0, 1), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_patches_are_unfold() -> None:
+    """The CNN's first layer reads the 3x3 patches (padding 1) that ``F.unfold`` cuts."""
+    images = torch.rand(5, 3, 64)
+    patches = G._patches(images, 8)
+    assert patches.shape == (5, 3, 9 * 64)
+    ref = F.unfold(images.reshape(15, 1, 8, 8), 3, padding=1).reshape(5, 3, -1)
+    torch.testing.assert_close(patches, ref, rtol=0, atol=0)
+
+
+def test_cnn_members_equal_separate_networks_on_their_own_images() -> None:
+    """Each network of the CNN fed its own images (not one shared batch) is the network built alone."""
+    net = _cnn().train()
+    images = torch.rand(6, net.n_nets, 8, 8)
+    alone = [net.member(i) for i in range(net.n_nets)]
+    with torch.no_grad():
+        packed = net(images)
+        for i, member in enumerate(alone):
+            torch.testing.assert_close(member(images[:, i, None]), packed[:, i], rtol=1e-5, atol=1e-5)
+
+
+def test_lsuv_grouped_standardizes_only_the_plain_blocks() -> None:
+    x, _ = _data(128)
+    net = G.GroupedMLP(["BatchNorm", "none"], [0, 1]).train()
+    before = [w.detach().clone() for w in net.weights]
+    assert G.lsuv_grouped(net, x) is net and net.training
+    c, width = net.copies, net.width
+    torch.testing.assert_close(net.weights[0][:c], before[0][:c])  # batch-norm block untouched
+    torch.testing.assert_close(net.weights[-1], before[-1])  # output layer untouched
+    with torch.no_grad():
+        for i in range(c, 2 * c):  # every plain member: hidden pre-activations have mean 0, std 1 on x
+            h = x
+            for layer in list(net.member(i))[:-1]:
+                h = layer(h)
+                if not isinstance(layer, (torch.nn.Linear, torch.nn.ReLU)):  # after the learned shift
+                    torch.testing.assert_close(h.mean(0), torch.zeros(width), atol=1e-4, rtol=0)
+                    torch.testing.assert_close(h.std(0, unbiased=False), torch.ones(width), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="no 'none' block"):
+        G.lsuv_grouped(G.GroupedMLP(["BatchNorm"], [0]), x)
+    with pytest.raises(ValueError, match="shape"):
+        G.lsuv_grouped(net, x[:, :10])

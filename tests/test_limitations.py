@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from bnbook.demos import limitations as lim
 from bnbook.grouped import GroupedMLP
+from bnbook.models import mlp
 
 
 def _data(n: int = 96) -> tuple[torch.Tensor, ...]:
@@ -60,27 +62,6 @@ def test_gradient_gap_is_zero_without_batch_norm_and_splits_bias_from_noise() ->
     assert lim.gradient_bias(True, x, y, batch_size=8) > 1e-3
 
 
-def test_lsuv_grouped_standardizes_only_the_plain_blocks() -> None:
-    x, _, _, _ = _data(128)
-    net = GroupedMLP(["BatchNorm", "none"], [0, 1])
-    before = [w.detach().clone() for w in net.weights]
-    lim.lsuv_grouped(net, x)
-    c, width = net.copies, net.width
-    torch.testing.assert_close(net.weights[0][:c], before[0][:c])  # batch-norm block untouched
-    torch.testing.assert_close(net.weights[-1], before[-1])  # output layer untouched
-    with torch.no_grad():
-        for i in range(c, 2 * c):  # every plain member: hidden pre-activations have mean 0, std 1 on x
-            member = net.member(i)
-            h = x
-            for layer in list(member)[:-1]:
-                h = layer(h)
-                if isinstance(layer, torch.nn.ReLU):
-                    continue
-                if not isinstance(layer, torch.nn.Linear):  # the learned shift: pre-activation complete
-                    torch.testing.assert_close(h.mean(0), torch.zeros(width), atol=1e-4, rtol=0)
-                    torch.testing.assert_close(h.std(0, unbiased=False), torch.ones(width), atol=1e-4, rtol=0)
-
-
 def test_mlp_control_and_single_class_check_shapes() -> None:
     x, y, xt, yt = _data()
     res = lim.mlp_control((x, y, xt, yt, xt, yt), [(4, 3), (8, 2)], [0, 1], [0.1, 0.4], init_batch=32)
@@ -88,3 +69,61 @@ def test_mlp_control_and_single_class_check_shapes() -> None:
     sc = lim.single_class_check((x, y, xt, yt), [0, 1, 2], steps=3, batch_size=8, lr=0.2)
     assert sc.acc.shape == sc.blind.shape == sc.top_share.shape == (3,)
     assert np.all(sc.blind <= sc.top_share + 1e-12) and np.all((sc.top_share > 0) & (sc.top_share <= 1))
+
+
+def test_mean_of_batch_gradients_equals_one_gradient_per_batch() -> None:
+    """All batches at once, each with its own statistics, give the mean of the gradients of one batch each."""
+    x, y, _, _ = _data(64)
+    full, means = lim._mean_gradients(True, x, y, batch_size=8, seed=3, partitions=2)
+    torch.manual_seed(3)
+    net = mlp([64, 32, 10], activation="relu", batch_norm=True).double().train()
+
+    def grad(xb, yb):
+        net.zero_grad()
+        F.cross_entropy(net(xb), yb).backward()
+        return torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+
+    for p in range(2):
+        perm = torch.randperm(64, generator=torch.Generator().manual_seed(3 + 1000 * p))
+        xs, ys = x.double()[perm], y[perm]
+        if p == 0:
+            torch.testing.assert_close(full, grad(xs, ys), rtol=1e-10, atol=1e-12)
+        ref = torch.stack([grad(xb, yb) for xb, yb in zip(xs.split(8), ys.split(8), strict=True)]).mean(0)
+        torch.testing.assert_close(means[p], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_mlp_control_shares_the_networks_of_one_batch_size() -> None:
+    """The shorter budget of a batch size is read off the longer run: it equals a run of its own."""
+    x, y, xt, yt = _data()
+    data = (x, y, xt, yt, xt, yt)
+    together = lim.mlp_control(data, [(8, 2), (8, 5)], [0, 1], [0.1, 0.4], init_batch=32)
+    alone = lim.mlp_control(data, [(8, 2)], [0, 1], [0.1, 0.4], init_batch=32)
+    np.testing.assert_array_equal(together.test[0], alone.test[0])
+    np.testing.assert_array_equal(together.val[0], alone.val[0])
+    assert together.steps == (2, 5) and together.settings == ((8, 2), (8, 5))
+
+
+def test_composition_grid_trains_every_composition_as_its_own_networks() -> None:
+    """Packed into one grouped network, each composition gives what it gives trained alone."""
+    data = _data()
+    both = lim.composition_grid(data, [None, 1], [0, 1], steps=4, batch_size=8, lr=0.2)
+    for i, k in enumerate([None, 1]):
+        alone = lim.composition_grid(data, [k], [0, 1], steps=4, batch_size=8, lr=0.2)
+        np.testing.assert_allclose(both[i], alone[0], atol=1e-12)
+
+
+def test_batch_size_frames_describe_what_they_draw() -> None:
+    from matplotlib.figure import Figure
+
+    rng = np.random.default_rng(0)
+    acc_cnn = rng.uniform(0.9, 1.0, (3, len(lim.NORMS), 4))
+    acc_mlp = rng.uniform(0.6, 1.0, (3, 2, 4))
+    frames = lim.BatchSizeFrames([2, 8, 32], acc_cnn, acc_mlp, sigma=2.0, seed=1, n_batches=500)
+    text = frames.describe(8)
+    cnn_bn = 100 * (1 - acc_cnn[1, lim.NORMS.index("BatchNorm")].mean())
+    mlp_bn = 100 * (1 - acc_mlp[1, 0].mean())
+    assert text.startswith("At a batch of 8,") and f"{cnn_bn:.1f}%" in text and f"{mlp_bn:.1f}%" in text
+    assert f"{frames.inside(8):.0%}" in text and frames.inside(2) < frames.inside(32)
+    fig = Figure()
+    frames.draw(fig, 8)
+    assert fig.axes[0].get_title().startswith(f"m = 8: {frames.inside(8):.0%}")

@@ -99,3 +99,18 @@ def test_finetune_on_shift_shapes() -> None:
     assert res.sweep.test.shape == (2, len(sb.FINETUNE), 2, 2)
     assert set(res.pretrained) == {"clean", "shifted, running statistics", "shifted, recalibrated"}
     assert res.sweep.steps == (16, 8)
+
+
+def test_sweep_together_trains_each_setting_as_it_would_alone() -> None:
+    """Settings of one batch size and budget packed into one grouped network give their own results."""
+    data = _data()
+    kw = dict(methods=("BatchNorm", "BatchRenorm", "none"), orders=sb.sorted_orders(data[1], 4, [None, 1]))
+    apart, _ = sb.sweep(data, ["shuffled", "one class"], [16, 16], [0, 1], [0.1, 0.4], **kw)
+    together, kept = sb.sweep(
+        data, ["shuffled", "one class"], [16, 16], [0, 1], [0.1, 0.4], together=True, **kw
+    )
+    np.testing.assert_allclose(together.test, apart.test, atol=1e-12)
+    np.testing.assert_allclose(together.val, apart.val, atol=1e-12)
+    assert kept == {}
+    with pytest.raises(ValueError, match="same steps"):
+        sb.sweep(data, ["shuffled", "one class"], [16, 20], [0], [0.1], together=True, **kw)

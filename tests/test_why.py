@@ -308,3 +308,68 @@ def test_train_seeds_stacks_kinds_that_share_an_architecture(kinds):
 def test_train_seeds_refuses_kinds_of_different_architectures():
     with pytest.raises(ValueError, match="architecture"):
         why.train_seeds(("bn", "no_bn"), [0], _toy_data(), [8, 16, 3], steps=2, lr=0.1)
+
+
+@pytest.mark.parametrize("kind", ["bn", "noisy_bn", "lsuv"])
+def test_train_runs_follows_train_run_seed_by_seed(kind):
+    """Everything train_run records, for several seeds at once: losses, evaluations, moments, probes."""
+    data = _toy_data()
+    sizes = [8, 16, 16, 3]
+    kw = dict(
+        steps=12,
+        lr=0.1,
+        batch_size=32,
+        eval_every=4,
+        probe_every=5,
+        step_sizes=(1, 2),
+        probe_distances=(0.1, 0.2),
+    )
+    runs = why.train_runs(kind, [0, 3], data, sizes, **kw)
+    for seed, got in zip([0, 3], runs, strict=True):
+        ref = why.train_run(kind, seed, data, sizes, **kw)
+        np.testing.assert_allclose(got.loss, ref.loss, atol=1e-5)
+        np.testing.assert_array_equal(got.eval_steps, ref.eval_steps)
+        np.testing.assert_allclose(got.test_acc, ref.test_acc, atol=1e-9)
+        np.testing.assert_allclose(got.train_acc, ref.train_acc, atol=1e-9)
+        np.testing.assert_allclose(got.moves, ref.moves, rtol=1e-4)
+        assert got.signal0 == pytest.approx(ref.signal0, rel=1e-5)
+        np.testing.assert_allclose(got.weight_norm, ref.weight_norm, rtol=1e-5)
+        np.testing.assert_allclose(got.eff_step, ref.eff_step, rtol=1e-3)
+        np.testing.assert_allclose(got.si_norms, ref.si_norms, rtol=1e-5)
+        np.testing.assert_array_equal(got.probe_steps, ref.probe_steps)
+        for mine, theirs in zip(got.probes + got.probes_eq, ref.probes + ref.probes_eq, strict=True):
+            assert mine.loss0 == pytest.approx(theirs.loss0, rel=1e-5)
+            np.testing.assert_allclose(mine.loss, theirs.loss, rtol=1e-5)
+            np.testing.assert_allclose(mine.grad_change, theirs.grad_change, rtol=1e-3, atol=1e-6)
+            assert mine.beta == pytest.approx(theirs.beta, rel=1e-3)
+            assert mine.grad_norm == pytest.approx(theirs.grad_norm, rel=1e-5)
+
+
+def test_train_runs_with_weight_decay_and_matched_norms():
+    """Decay on the scale-invariant weights, then Hoffer et al.'s control, both for two seeds at once."""
+    data = _toy_data()
+    sizes = [8, 16, 16, 3]
+    kw = dict(steps=10, lr=0.2, eval_every=5)
+    decayed = why.train_runs("bn", [0, 1], data, sizes, weight_decay=0.05, decay_on="scale_invariant", **kw)
+    control = why.train_runs(
+        "bn",
+        [0, 1],
+        data,
+        sizes,
+        match_norms=[r.si_norms for r in decayed],
+        match_shrink=1 - 0.2 * 0.05,
+        **kw,
+    )
+    for seed, d, c in zip([0, 1], decayed, control, strict=True):
+        ref_d = why.train_run("bn", seed, data, sizes, weight_decay=0.05, decay_on="scale_invariant", **kw)
+        ref_c = why.train_run(
+            "bn", seed, data, sizes, match_norms=ref_d.si_norms, match_shrink=1 - 0.2 * 0.05, **kw
+        )
+        np.testing.assert_allclose(d.loss, ref_d.loss, atol=1e-5)
+        np.testing.assert_allclose(d.si_norms, ref_d.si_norms, rtol=1e-5)
+        np.testing.assert_allclose(c.loss, ref_c.loss, atol=1e-5)
+        np.testing.assert_allclose(c.weight_norm, ref_c.weight_norm, rtol=1e-5)
+    with pytest.raises(ValueError, match="match_norms"):
+        why.train_runs("bn", [0, 1], data, sizes, match_norms=[decayed[0].si_norms[:3]] * 2, **kw)
+    with pytest.raises(ValueError, match="decay_on"):
+        why.train_runs("bn", [0], data, sizes, decay_on="gamma", **kw)

@@ -21,11 +21,11 @@ experiments and figures:
 * :func:`composition_grid` trains on batches that hold few classes, and
   :func:`single_class_check` compares single-class-trained networks with a predictor
   that ignores its input;
-* :func:`lsuv_grouped` gives the plain networks of :class:`bnbook.grouped.GroupedMLP` a
-  data-dependent initialization, and :func:`mlp_control` compares batch norm with that
-  control at learning rates picked on validation data;
+* :func:`mlp_control` compares batch norm with a plain MLP started by
+  :func:`bnbook.grouped.lsuv_grouped` (a data-dependent initialization), both at learning
+  rates picked on validation data;
 * :func:`interleaved_times` times several callables round-robin;
-* :func:`make_batch_size_draw` feeds the chapter's explorer.
+* :class:`BatchSizeFrames` draws and describes the frames of the chapter's explorer.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from bnbook.grouped import (
     GroupedMLP,
     class_sorted_order,
     grouped_accuracy,
+    lsuv_grouped,
     shuffled_order,
     train_grouped,
 )
@@ -56,6 +57,7 @@ from bnbook.plots import COLORS, series
 
 __all__ = [
     "NORMS",
+    "BatchSizeFrames",
     "StatSpread",
     "accumulation_check",
     "batch_stat_spread",
@@ -65,8 +67,6 @@ __all__ = [
     "gradient_gap",
     "interleaved_times",
     "look",
-    "make_batch_size_draw",
-    "lsuv_grouped",
     "make_mlp",
     "mlp_control",
     "norm_grid",
@@ -354,31 +354,45 @@ def _mean_gradients(
     """Full-batch gradient and, per random partition into batches, the mean of the batch gradients.
 
     An MLP ``64 -> 32 -> 10`` (ReLU; with ``bnbook.nn.BatchNorm1d`` if ``batch_norm``), initial weights
-    from ``seed``, float64, training mode. Each partition drops the same ``len(x) % batch_size`` images
-    at random; the full-batch gradient is that of all ``len(x)`` images in one batch.
+    from ``torch.manual_seed(seed)``, in float64 and training mode. Partition ``p`` shuffles the data
+    with ``seed + 1000 * p`` and cuts it into ``len(x) // batch_size`` batches (the last incomplete one
+    dropped); the full-batch gradient is taken on the images the first partition covers, all of them
+    in one batch. The mean of the batch gradients is the gradient of the mean of the batch losses, so
+    all batches of a partition go through the network at once, each normalized with its own statistics
+    (:func:`bnbook.nn.batch_norm` over the batches side by side).
     Returns ``(full, means)`` with shapes ``(P,)`` and ``(partitions, P)``, ``P`` the parameter count.
     """
     torch.manual_seed(seed)
     net = mlp([x.shape[1], 32, 10], activation="relu", batch_norm=batch_norm).double().train()
+    params = list(net.parameters())
     xd = x.double()
     n = (len(x) // batch_size) * batch_size
 
-    def grad(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        net.zero_grad()
-        F.cross_entropy(net(xb), yb).backward()
-        return torch.cat([p.grad.reshape(-1) for p in net.parameters()])
+    def mean_grad(xs: torch.Tensor, ys: torch.Tensor, size: int) -> torch.Tensor:
+        h = xs.reshape(-1, size, xs.shape[1])  # (batches, size, D)
+        nb = h.shape[0]
+        for layer in net:
+            if isinstance(layer, nn.Linear):
+                h = F.linear(h, layer.weight, layer.bias)
+            elif isinstance(layer, bnn.BatchNorm1d):  # each batch with its own mean and variance
+                c = h.shape[2]
+                flat = h.transpose(0, 1).reshape(size, nb * c)
+                flat = bnn.batch_norm(
+                    flat, None, None, layer.weight.repeat(nb), layer.bias.repeat(nb), True, 0.0, layer.eps
+                )
+                h = flat.reshape(size, nb, c).transpose(0, 1)
+            else:
+                h = layer(h)
+        loss = F.cross_entropy(h.reshape(-1, h.shape[2]), ys, reduction="none").view(nb, size).mean(1).mean()
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
 
     means = []
     for p in range(partitions):
         perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + 1000 * p))[:n]
         xs, ys = xd[perm], y[perm]
         if p == 0:
-            full = grad(xs, ys)  # the set the first partition covers, as gradient_bias measures it
-        means.append(
-            torch.stack(
-                [grad(xb, yb) for xb, yb in zip(xs.split(batch_size), ys.split(batch_size), strict=True)]
-            ).mean(0)
-        )
+            full = mean_grad(xs, ys, n)  # the set the first partition covers, as gradient_bias measures it
+        means.append(mean_grad(xs, ys, batch_size))
     return full, torch.stack(means)
 
 
@@ -451,20 +465,22 @@ def composition_grid(
     """Test accuracy of MLPs trained on batches of few classes, shape (len(classes_per_batch), norms, seeds).
 
     ``None`` in ``classes_per_batch`` means shuffled batches (the control); ``k`` means batches that
-    each hold ``k`` classes (:func:`bnbook.grouped.class_sorted_order`).
+    each hold ``k`` classes (:func:`bnbook.grouped.class_sorted_order`). Every composition and seed
+    is one copy of one grouped network, so all of them train together: copy ``i * S + c`` starts from
+    ``seeds[c]`` and sees the batches of composition ``i``.
     """
     x_tr, y_tr, x_te, y_te = data
-    out = np.zeros((len(classes_per_batch), len(norms), len(seeds)))
-    for i, k in enumerate(classes_per_batch):
-        order_seeds = [2000 + s for s in seeds]
+    order_seeds = [2000 + s for s in seeds]
+    orders = []
+    for k in classes_per_batch:
         if k is None:
-            order = shuffled_order(len(x_tr), steps, batch_size, order_seeds)
+            orders.append(shuffled_order(len(x_tr), steps, batch_size, order_seeds))
         else:
-            order = class_sorted_order(y_tr, steps, batch_size, order_seeds, classes_per_batch=k)
-        net = GroupedMLP(norms, seeds).to(x_tr.device)
-        train_grouped(net, x_tr, y_tr, order, lr)
-        out[i] = grouped_accuracy(net, x_te, y_te)
-    return out
+            orders.append(class_sorted_order(y_tr, steps, batch_size, order_seeds, classes_per_batch=k))
+    net = GroupedMLP(norms, [s for _ in classes_per_batch for s in seeds]).to(x_tr.device)
+    train_grouped(net, x_tr, y_tr, torch.cat(orders, 2), lr)
+    acc = grouped_accuracy(net, x_te, y_te).reshape(len(norms), len(classes_per_batch), len(seeds))
+    return acc.transpose(1, 0, 2).copy()
 
 
 class SingleClass(NamedTuple):
@@ -522,41 +538,6 @@ def single_class_check(
 
 
 # --- the plain MLP with a data-dependent initialization ------------------------------------------------
-@torch.no_grad()
-def lsuv_grouped(net: GroupedMLP, x: torch.Tensor, eps: float = 1e-8) -> GroupedMLP:
-    """LSUV-style initialization of every ``"none"`` block of a :class:`bnbook.grouped.GroupedMLP`.
-
-    What :func:`bnbook.models.lsuv_init` does for an ``nn.Sequential``, network by network: layer by
-    layer from the input, each hidden unit's weights are divided by the standard deviation of its
-    pre-activation on the batch ``x``, and the learned shift that stands in for the norm's
-    :math:`\\beta` is set to minus the (rescaled) mean, so that every hidden pre-activation has mean 0
-    and standard deviation 1 on ``x``. The output layer is left as it is. Blocks with another
-    normalization are not touched. Returns ``net``.
-    """
-    if "none" not in net.norms:
-        raise ValueError("the network has no 'none' block to initialize")
-    was = net.training
-    net.eval()
-    c, width = net.copies, net.width
-    h = net._shared_input(x.reshape(-1, *net.in_shape))  # (B, n_nets, D)
-    b = h.shape[0]
-    for w, norms in zip(net.weights[:-1], net.norm_layers, strict=True):
-        z = torch.bmm(h.transpose(0, 1), w)  # (n_nets, B, width)
-        for k, kind in enumerate(net.norms):
-            if kind != "none":
-                continue
-            part = slice(k * c, (k + 1) * c)
-            zk = z[part].double()
-            mean, std = zk.mean(1), zk.std(1, unbiased=False)  # (C, width)
-            scale = torch.where(std > eps, 1.0 / std, torch.ones_like(std))
-            w[part] *= scale.unsqueeze(1).to(w.dtype)
-            norms[k].bias.copy_((-mean * scale).reshape(-1).to(w.dtype))
-        z = torch.bmm(h.transpose(0, 1), w).transpose(0, 1).reshape(b, -1)
-        h = net._normalize(z, norms).relu().reshape(b, net.n_nets, width)
-    net.train(was)
-    return net
-
-
 def mlp_control(
     data: Sequence[torch.Tensor],
     runs: Sequence[tuple[int, int]],
@@ -565,14 +546,16 @@ def mlp_control(
     momentum: float = 0.1,
     init_batch: int = 512,
 ):
-    """Batch norm against the plain MLP with :func:`lsuv_grouped`'s initialization, both at tuned rates.
+    """Batch norm against the plain MLP started by :func:`bnbook.grouped.lsuv_grouped`, both at tuned rates.
 
     ``data`` is ``(x_train, y_train, x_val, y_val, x_test, y_test)``; ``runs`` lists
     ``(batch size, steps)``. Every run trains batch norm (default initialization) and the plain
     network (LSUV-style initialization on the first ``init_batch`` training images) at every rate of
     ``lrs`` per 32 samples, scaled with the batch, from the same initial weights and on the same
-    batches. Returns a :class:`bnbook.demos.small_batches.Sweep` (methods ``"BatchNorm"``,
-    ``"none"``) whose settings are the ``runs``: pick each method's rate with ``best_lr`` on validation.
+    batches. Runs of one batch size share their networks: the shorter budgets are evaluated on the
+    way, since their batches are the first ones of the longest run. Returns a
+    :class:`bnbook.demos.small_batches.Sweep` (methods ``"BatchNorm"``, ``"none"``) whose settings
+    are the ``runs``: pick each method's rate with ``best_lr`` on validation.
     """
     from bnbook.demos.small_batches import Sweep  # the sweep's result type, shared with chapter 13
 
@@ -581,14 +564,21 @@ def mlp_control(
     copies = [s for _ in lrs for s in seeds]
     val = np.zeros((len(runs), 2, len(lrs), len(seeds)))
     test = np.zeros_like(val)
+    by_batch: dict[int, dict[int, list[int]]] = {}  # batch size -> {steps: [indices into runs]}
     for i, (bs, steps) in enumerate(runs):
+        by_batch.setdefault(bs, {}).setdefault(steps, []).append(i)
+    for bs, budgets in by_batch.items():
         net = GroupedMLP(methods, copies, momentum=momentum).to(x_tr.device)
         lsuv_grouped(net, x_tr[:init_batch])
-        order = shuffled_order(len(x_tr), steps, bs, [1000 + s for s in copies])
+        order = shuffled_order(len(x_tr), max(budgets), bs, [1000 + s for s in copies])
         lr = torch.tensor([lr * bs / 32 for lr in lrs for _ in seeds]).repeat(2).to(x_tr.device)
-        train_grouped(net, x_tr, y_tr, order, lr)
-        val[i] = grouped_accuracy(net, x_val, y_val).reshape(2, len(lrs), len(seeds))
-        test[i] = grouped_accuracy(net, x_te, y_te).reshape(2, len(lrs), len(seeds))
+
+        def evaluate(done: int, net: GroupedMLP = net, budgets: dict = budgets) -> None:
+            for i in budgets.get(done, ()):
+                val[i] = grouped_accuracy(net, x_val, y_val).reshape(2, len(lrs), len(seeds))
+                test[i] = grouped_accuracy(net, x_te, y_te).reshape(2, len(lrs), len(seeds))
+
+        train_grouped(net, x_tr, y_tr, order, lr, on_step=evaluate)
     return Sweep(tuple(runs), methods, np.asarray(lrs, float), tuple(s for _, s in runs), val, test)
 
 
@@ -622,67 +612,103 @@ def interleaved_times(
 
 
 # --- explorer --------------------------------------------------------------------------------
-def make_batch_size_draw(
-    batch_sizes: Sequence[int],
-    acc_cnn: np.ndarray,
-    acc_mlp: np.ndarray,
-    sigma: float,
-    seed: int,
-    n_batches: int = 2000,
-) -> Callable[..., None]:
-    """``draw(fig, batch_size)``: batch variances of normal data, and the precomputed test errors.
+class BatchSizeFrames:
+    """The frames of chapter 9's explorer, one per batch size: what each draws and what it shows.
 
-    ``acc_cnn`` is the (batch sizes, normalizations, seeds) table of :func:`norm_grid` for the CNN
-    with :data:`NORMS` (batch norm and group norm are drawn), ``acc_mlp`` the (batch sizes, 2, seeds)
-    table for the MLP with batch norm and without (batch norm is drawn).
+    Left: the unbiased variances of ``n_batches`` batches of normal data with standard deviation
+    ``sigma`` (drawn once from ``seed``). Right: the precomputed test errors against batch size, with
+    the current batch size marked. :meth:`draw` draws a frame and :meth:`describe` says in one
+    sentence what it shows, from the same numbers, for the frame's alt text.
+
+    Parameters
+    ----------
+    batch_sizes : sequence of int
+    acc_cnn : ndarray, shape (batch sizes, len(NORMS), seeds)
+        The table of :func:`norm_grid` for the CNN with :data:`NORMS` (batch norm and group norm are drawn).
+    acc_mlp : ndarray, shape (batch sizes, 2, seeds)
+        The table for the MLP with batch norm and without (batch norm is drawn).
+    sigma : float
+    seed : int
+    n_batches : int
     """
-    rng = np.random.default_rng(seed)
-    draws = {m: rng.normal(0.0, sigma, size=(n_batches, m)) for m in batch_sizes}
-    x = np.asarray(batch_sizes)
-    bins = np.linspace(0, 4 * sigma**2, 41)
-    series = [
-        ("CNN, batch norm", 100 * (1 - acc_cnn[:, NORMS.index("BatchNorm")]), COLORS["bn"], "s", "-"),
-        (
-            "CNN, group norm",
-            100 * (1 - acc_cnn[:, NORMS.index("GroupNorm")]),
-            _LOOKS["GroupNorm"]["color"],
-            "X",
-            "-",
-        ),
-        ("MLP, batch norm", 100 * (1 - acc_mlp[:, 0]), COLORS["bn"], "o", "--"),
-    ]
-    top = 1.1 * max(e.max() for _, e, *_ in series)
-    dens_top = 1.1 * max(
-        np.histogram(np.clip(d.var(axis=1, ddof=1), 0, bins[-1]), bins=bins, density=True)[0].max()
-        for d in draws.values()
-    )
 
-    def draw(fig: Figure, batch_size: int) -> None:
+    def __init__(
+        self,
+        batch_sizes: Sequence[int],
+        acc_cnn: np.ndarray,
+        acc_mlp: np.ndarray,
+        sigma: float,
+        seed: int,
+        n_batches: int = 2000,
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        self.batch_sizes = list(batch_sizes)
+        self.sigma = sigma
+        draws = {m: rng.normal(0.0, sigma, size=(n_batches, m)) for m in self.batch_sizes}
+        self.variances = {m: d.var(axis=1, ddof=1) for m, d in draws.items()}
+        self.bins = np.linspace(0, 4 * sigma**2, 41)
+        self.series = [
+            ("CNN, batch norm", 100 * (1 - acc_cnn[:, NORMS.index("BatchNorm")]), COLORS["bn"], "s", "-"),
+            (
+                "CNN, group norm",
+                100 * (1 - acc_cnn[:, NORMS.index("GroupNorm")]),
+                _LOOKS["GroupNorm"]["color"],
+                "X",
+                "-",
+            ),
+            ("MLP, batch norm", 100 * (1 - acc_mlp[:, 0]), COLORS["bn"], "o", "--"),
+        ]
+        self.top = 1.1 * max(e.max() for _, e, *_ in self.series)
+        self.dens_top = 1.1 * max(
+            np.histogram(np.clip(v, 0, self.bins[-1]), bins=self.bins, density=True)[0].max()
+            for v in self.variances.values()
+        )
+
+    def inside(self, batch_size: int) -> float:
+        """Share of the batch variances within 50% of the population variance."""
+        return float(np.mean(np.abs(self.variances[batch_size] - self.sigma**2) < 0.5 * self.sigma**2))
+
+    def errors(self, batch_size: int) -> tuple[float, float, float]:
+        """Mean test error (%) here: CNN with batch norm, with group norm; MLP with batch norm."""
+        i = self.batch_sizes.index(batch_size)
+        return tuple(float(e[i].mean()) for _, e, *_ in self.series)
+
+    def describe(self, batch_size: int) -> str:
+        """One sentence: what the frame at this batch size shows."""
+        cnn_bn, cnn_gn, mlp_bn = self.errors(batch_size)
+        return (
+            f"At a batch of {batch_size}, {self.inside(batch_size):.0%} of the batch variances lie within "
+            f"50% of the true variance, and the marked test errors are {cnn_bn:.1f}% for the CNN with "
+            f"batch norm, {cnn_gn:.1f}% with group norm and {mlp_bn:.1f}% for the MLP with batch norm."
+        )
+
+    def draw(self, fig: Figure, batch_size: int) -> None:
+        """The frame at ``batch_size``: the histogram of batch variances and the test errors."""
+        sigma, bins, x = self.sigma, self.bins, np.asarray(self.batch_sizes)
         ax1, ax2 = fig.subplots(1, 2)
-        var = draws[batch_size].var(axis=1, ddof=1)
-        ax1.hist(np.clip(var, 0, bins[-1]), bins=bins, color=COLORS["batch"], density=True)
+        ax1.hist(
+            np.clip(self.variances[batch_size], 0, bins[-1]), bins=bins, color=COLORS["batch"], density=True
+        )
         ax1.axvline(sigma**2, color=COLORS["truth"], ls="--", lw=1.5, label="population variance")
-        inside = np.mean(np.abs(var - sigma**2) < 0.5 * sigma**2)
         ax1.set_title(
-            f"m = {batch_size}: {inside:.0%} of batch variances within 50% of the truth", fontsize=10
+            f"m = {batch_size}: {self.inside(batch_size):.0%} of batch variances within 50% of the truth",
+            fontsize=10,
         )
         ax1.set_xlabel(f"unbiased batch variance (clipped at {bins[-1]:g})")
         ax1.set_ylabel("density")
-        ax1.set_ylim(0, dens_top)
+        ax1.set_ylim(0, self.dens_top)
         ax1.legend(fontsize=9, loc="upper right")
-        i = list(batch_sizes).index(batch_size)
-        for label, e, color, marker, ls in series:
+        for label, e, color, marker, ls in self.series:
             ax2.plot(x, e.mean(1), marker=marker, ls=ls, color=color, label=label)
             ax2.fill_between(x, e.min(1), e.max(1), color=color, alpha=0.12, linewidth=0)
         ax2.axvline(batch_size, color=COLORS["batch"], lw=6, alpha=0.35)
         ax2.set_xscale("log", base=2)
         ax2.set_xticks(x, [str(v) for v in x])
-        ax2.set_ylim(0, top)
+        ax2.set_ylim(0, self.top)
         ax2.set_xlabel("batch size")
         ax2.set_ylabel("test error (%)")
-        cnn_bn, cnn_gn, mlp_bn = (e[i].mean() for _, e, *_ in series)
-        errs = f"error at {batch_size}: CNN BN {cnn_bn:.1f}%, GN {cnn_gn:.1f}%; MLP BN {mlp_bn:.1f}%"
-        ax2.set_title(errs, fontsize=9)
+        cnn_bn, cnn_gn, mlp_bn = self.errors(batch_size)
+        ax2.set_title(
+            f"error at {batch_size}: CNN BN {cnn_bn:.1f}%, GN {cnn_gn:.1f}%; MLP BN {mlp_bn:.1f}%", fontsize=9
+        )
         ax2.legend(fontsize=9, loc="upper right")
-
-    return draw

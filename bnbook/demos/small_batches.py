@@ -210,6 +210,7 @@ def sweep(
     momentum_per_32: float = 0.1,
     orders: Callable[[int, int, list[int]], torch.Tensor] | None = None,
     keep: Sequence = (),
+    together: bool = False,
 ) -> tuple[Sweep, dict]:
     """Train every method at every setting and learning rate from scratch, side by side.
 
@@ -232,7 +233,10 @@ def sweep(
         ``orders(setting_index, steps, copy_seeds) -> (steps, batch, copies)``; default
         :func:`bnbook.grouped.shuffled_order` with batch size ``settings[i]``.
     keep : sequence
-        Settings whose trained networks are returned.
+        Settings whose trained networks are returned (not with ``together``).
+    together : bool
+        Train every setting in one grouped network, each a block of copies (the settings must
+        share their batch size and steps): the same runs, in fewer and larger steps.
 
     Returns
     -------
@@ -240,24 +244,39 @@ def sweep(
     """
     x_tr, y_tr, x_val, y_val, x_te, y_te = data
     copies = [s for _ in lrs for s in seeds]
+    order_seeds = [1000 + s for s in copies]
     val = np.zeros((len(settings), len(methods), len(lrs), len(seeds)))
     test = np.zeros_like(val)
     kept = {}
-    for i, (setting, n_steps) in enumerate(zip(settings, steps, strict=True)):
-        order_seeds = [1000 + s for s in copies]
+
+    def order_of(i: int) -> torch.Tensor:
         if orders is None:
-            order = shuffled_order(len(x_tr), n_steps, int(setting), order_seeds)
-        else:
-            order = orders(i, n_steps, order_seeds)
-        bs = order.shape[1]
+            return shuffled_order(len(x_tr), steps[i], int(settings[i]), order_seeds)
+        return orders(i, steps[i], order_seeds)
+
+    def train(order: torch.Tensor, n_copies: int) -> GroupedMLP:
+        bs, n_steps = order.shape[1], order.shape[0]
         torch.manual_seed(0)
-        net = GroupedMLP(methods, copies, momentum=momentum_per_32 * bs / 32).to(x_tr.device)
-        lr = _lr_vector(len(methods), lrs, len(seeds), bs).to(x_tr.device)
+        net = GroupedMLP(methods, copies * n_copies, momentum=momentum_per_32 * bs / 32).to(x_tr.device)
+        lr = _lr_vector(len(methods), lrs * n_copies, len(seeds), bs).to(x_tr.device)
         limits = scaled_schedule(n_steps) if "BatchRenorm" in methods else None
-        train_grouped(net, x_tr, y_tr, order, lr, limits=limits)
-        val[i], test[i] = _evaluate(net, x_val, y_val, len(lrs)), _evaluate(net, x_te, y_te, len(lrs))
-        if setting in keep:
-            kept[setting] = net
+        return train_grouped(net, x_tr, y_tr, order, lr, limits=limits)
+
+    if len(steps) != len(settings):
+        raise ValueError(f"need one step count per setting, got {len(steps)} for {len(settings)}")
+    if together:  # every setting is a block of copies of one grouped network
+        if len(set(steps)) != 1:
+            raise ValueError(f"settings trained together need the same steps, got {list(steps)}")
+        net = train(torch.cat([order_of(i) for i in range(len(settings))], 2), len(settings))
+        shape = (len(methods), len(settings), len(lrs), len(seeds))
+        val[:] = grouped_accuracy(net, x_val, y_val).reshape(shape).transpose(1, 0, 2, 3)
+        test[:] = grouped_accuracy(net, x_te, y_te).reshape(shape).transpose(1, 0, 2, 3)
+    else:
+        for i, setting in enumerate(settings):
+            net = train(order_of(i), 1)
+            val[i], test[i] = _evaluate(net, x_val, y_val, len(lrs)), _evaluate(net, x_te, y_te, len(lrs))
+            if setting in keep:
+                kept[setting] = net
     return Sweep(tuple(settings), tuple(methods), np.asarray(lrs, float), tuple(steps), val, test), kept
 
 

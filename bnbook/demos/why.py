@@ -6,8 +6,9 @@ Four miniatures of later research on batch norm, all on the 8x8 digits:
   scale and shift after every batch-norm layer, redrawn at every step from distributions whose own
   parameters change from step to step, and :func:`train_run` trains it next to plain batch norm and
   plain networks (default, Kaiming and data-dependent LSUV initialization) while measuring how much the
-  input of the last hidden nonlinearity moves; :func:`train_seeds` runs the same training for several
-  seeds at once, for long budgets;
+  input of the last hidden nonlinearity moves; :func:`train_runs` runs the same training, with every
+  measurement, for several seeds at once, as one batched model, and :func:`train_seeds` does so with
+  the losses and accuracies only, for long budgets;
 * the loss landscape along the training trajectory (:func:`probe_along_gradient`, their Section 3.1);
 * scale invariance and the effective step size of a weight matrix followed by batch norm, with weight
   decay on every parameter or on the scale-invariant weights alone (:func:`scale_invariant_weights`),
@@ -19,7 +20,8 @@ Comparisons over seeds are paired (the same seed gives the same initial weights 
 :func:`bnbook.stats.paired` turns them into a mean difference with its standard error and a 95%
 interval; :func:`verdict` reads the interval the way the book does.
 
-The batch-norm layers are the book's own, :class:`bnbook.nn.BatchNorm1d`.
+The batch-norm layers are the book's own, :class:`bnbook.nn.BatchNorm1d` (in the batched models, its
+kernel :func:`bnbook.nn.batch_norm`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 from bnbook.models import lsuv_init
-from bnbook.nn import BatchNorm1d
+from bnbook.nn import BatchNorm1d, batch_norm
 from bnbook.plots import MARKERS, PALETTE, band, series
 from bnbook.stats import Paired, paired, verdict
 
@@ -47,6 +49,7 @@ __all__ = [
     "Run",
     "SeedRuns",
     "build_mlp",
+    "train_runs",
     "train_seeds",
     "distribution_moves",
     "plot_landscape",
@@ -528,6 +531,336 @@ class SeedRuns(NamedTuple):
     loss: np.ndarray  # (seeds, steps): the training loss of each step
 
 
+class _Stack:
+    """Networks of :func:`build_mlp`, one per (kind, seed), stacked along a leading dimension.
+
+    Each member is built exactly as :func:`train_run` builds it. The stack holds every layer's
+    weights as one tensor, ``(k, fan_in, fan_out)`` for a linear layer, so that a layer is one
+    batched matrix product for all members, and batch norm acts on each member's own batch; the
+    noise layers draw from each member's own generator, in :func:`train_run`'s order. Batch norm
+    is the book's kernel, :func:`bnbook.nn.batch_norm`, on every member's units side by side.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[tuple[str, int]],
+        sizes: Sequence[int],
+        device: torch.device,
+        noise: tuple[float, float, float],
+        x_train: torch.Tensor,
+    ) -> None:
+        seqs, noises = [], []  # per member: its layers without the noise, and the noise after each
+        for kd, s in members:
+            seq, after = [], {}
+            for m in build_mlp(kd, sizes, s, device, noise, _init_images(kd, s, x_train)):
+                if isinstance(m, NoisyShift):
+                    after[len(seq) - 1] = m
+                else:
+                    seq.append(m)
+            seqs.append(seq)
+            noises.append(after)
+        shapes = {tuple((type(m), getattr(m, "bias", 0) is None) for m in seq) for seq in seqs}
+        if len(shapes) != 1:
+            kinds = sorted({kd for kd, _ in members})
+            raise ValueError(f"kinds {kinds} do not share one architecture; train them separately")
+        self.k = k = len(members)
+
+        def stack(ts: Sequence[torch.Tensor], transpose: bool = False) -> torch.Tensor:
+            t = torch.stack([x.detach().T if transpose else x.detach() for x in ts]).clone()
+            return t.requires_grad_(True)
+
+        self.plan: list[tuple] = []  # ("linear", W, b) / ("bn", gamma, beta, mean, var, eps, momentum) / ...
+        self.params: list[torch.Tensor] = []
+        self.buffers: list[torch.Tensor] = []
+        self.si: list[torch.Tensor] = []  # linear weights fed straight into batch norm (no bias)
+        self.noisy: list[list[NoisyShift | None]] = []  # per noise position, the member's layer or None
+        layers = list(zip(*seqs, strict=True))  # one tuple of k modules per position
+        for pos, mods in enumerate(layers):
+            m0 = mods[0]
+            if isinstance(m0, nn.Linear):
+                w = stack([m.weight for m in mods], transpose=True)  # (k, in, out)
+                b = stack([m.bias[None] for m in mods]) if m0.bias is not None else None
+                self.plan.append(("linear", w, b))
+                self.params += [w] + ([b] if b is not None else [])
+                nxt = layers[pos + 1][0] if pos + 1 < len(layers) else None
+                if b is None and isinstance(nxt, nn.BatchNorm1d):
+                    self.si.append(w)
+            elif isinstance(m0, nn.BatchNorm1d):
+                g = stack([m.weight[None] for m in mods])
+                bt = stack([m.bias[None] for m in mods])
+                rm = torch.stack([m.running_mean for m in mods]).clone()
+                rv = torch.stack([m.running_var for m in mods]).clone()
+                self.plan.append(("bn", g, bt, rm, rv, m0.eps, m0.momentum))
+                self.params += [g, bt]
+                self.buffers += [rm, rv]
+            elif isinstance(m0, nn.ReLU):
+                self.plan.append(("relu",))
+            else:  # pragma: no cover - build_mlp makes nothing else
+                raise TypeError(type(m0))
+            here = [after.get(pos) for after in noises]
+            if any(m is not None for m in here):
+                width = mods[0].num_features
+                at_eval = torch.tensor(
+                    [1.0 if m is None else (3.0 + m.scale_max) / 4.0 for m in here], device=device
+                )[:, None, None]
+                self.plan.append(("noise", len(self.noisy), at_eval))
+                self.noisy.append(here)
+        self.first = self.plan[0][1]  # the first linear layer's weights (k, in, out)
+        self._last_relu = max(i for i, item in enumerate(self.plan) if item[0] == "relu")
+        # the per-step draws of every noisy member (one row per noise position and member)
+        rows = [(p, i) for p, here in enumerate(self.noisy) for i, m in enumerate(here) if m is not None]
+        self._noise_rows = rows
+        if rows:
+            widths = {self.noisy[p][i].num_features for p, i in rows}
+            if len(widths) != 1:  # pragma: no cover - build_mlp gives every hidden layer one width
+                raise ValueError("noise layers of different widths")
+            (width,) = widths
+            # scale and shift of every (noise position, member): 1 and 0 for the members without noise
+            self._scale = torch.ones(len(self.noisy), k, 1, width, device=device)
+            self._shift = torch.zeros(len(self.noisy), k, 1, width, device=device)
+            self._rows = torch.tensor([p * k + i for p, i in rows], device=device)
+            self._u = torch.empty(len(rows), 2, device=device)
+            self._n = torch.empty(len(rows), width, device=device)
+            self._r = torch.empty(len(rows), width, device=device)
+            mods = [self.noisy[p][i] for p, i in rows]
+            self._low = torch.stack([m._step_low for m in mods])
+            self._width = torch.stack([m._step_width for m in mods])
+            self._tau = torch.tensor([[m.shift_std] for m in mods], device=device)
+
+    def resample(self) -> None:
+        """This step's noise for every noisy member: :meth:`NoisyShift.resample`'s draws and arithmetic."""
+        if not self._noise_rows:
+            return
+        for (p, i), u, n, r in zip(self._noise_rows, self._u, self._n, self._r, strict=True):
+            m = self.noisy[p][i]
+            # each member's generator, layer after layer, as train_run draws them
+            torch.rand(2, generator=m.generator, out=u)
+            torch.randn(m.num_features, generator=m.generator, out=n)
+            torch.rand(m.num_features, generator=m.generator, out=r)
+        step = torch.addcmul(self._low, self._u, self._width)  # c_t, d_t
+        width = self._n.shape[1]
+        self._shift.view(-1, width)[self._rows] = (self._n * self._tau).add_(step[:, :1])
+        self._scale.view(-1, width)[self._rows] = (self._r * (step[:, 1:] - 1.0)).add_(1.0)
+
+    def forward(self, h: torch.Tensor, train: bool, stats: list | None = None) -> torch.Tensor:
+        """Logits (k, B, classes) of ``h`` (k, B, D); ``stats`` collects the last ReLU's input moments."""
+        for j, item in enumerate(self.plan):
+            if item[0] == "linear":
+                _, w, b = item
+                h = torch.bmm(h, w) if b is None else torch.baddbmm(b, h, w)
+            elif item[0] == "bn":  # the book's kernel, every member's units side by side: (B, k * units)
+                _, g, bt, rm, rv, eps, mom = item
+                k, b, c = h.shape
+                flat = h.transpose(0, 1).reshape(b, k * c)
+                flat = batch_norm(flat, rm.view(-1), rv.view(-1), g.view(-1), bt.view(-1), train, mom, eps)
+                h = flat.view(b, k, c).transpose(0, 1)
+            elif item[0] == "noise":
+                _, p, at_eval = item
+                h = torch.addcmul(self._shift[p], h, self._scale[p]) if train else h * at_eval
+            else:
+                if stats is not None and j == self._last_relu:
+                    z = h.detach()
+                    stats.append(torch.stack([z.mean(1), z.std(1, correction=0)], 1))  # (k, 2, units)
+                h = torch.relu(h)
+        return h
+
+    def losses(self, xb: torch.Tensor, yb: torch.Tensor, stats: list | None = None) -> torch.Tensor:
+        """Each member's mean cross-entropy on its batch ``xb`` (k, B, D), in training mode: shape (k,)."""
+        out = self.forward(xb, train=True, stats=stats)
+        k, b = yb.shape
+        per = nn.functional.cross_entropy(out.reshape(k * b, -1), yb.reshape(-1), reduction="none")
+        return per.view(k, b).mean(1)
+
+    @torch.no_grad()
+    def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Eval-mode accuracy of every member on ``(x, y)``: shape (k,)."""
+        out = self.forward(x.unsqueeze(0).expand(self.k, -1, -1), train=False)
+        return (out.argmax(2) == y).float().mean(1)
+
+    def probe(
+        self, xb: torch.Tensor, yb: torch.Tensor, step_sizes: Sequence[float], per_unit: bool
+    ) -> list[Probe]:
+        """:func:`probe_along_gradient` for every member at once, on its own batch; buffers restored."""
+        saved_buffers = [b.clone() for b in self.buffers]
+        params = self.params
+        k = self.k
+        for p in params:
+            p.grad = None
+        start = self.losses(xb, yb)
+        start.sum().backward()
+        loss0 = start.detach()
+        g = [p.grad.detach().clone() for p in params]
+        saved = [p.detach().clone() for p in params]
+        gnorm = torch.linalg.vector_norm(torch.cat([t.reshape(k, -1) for t in g], 1), dim=1)
+        scale = (
+            torch.where(gnorm > 0, 1.0 / gnorm, torch.ones_like(gnorm))
+            if per_unit
+            else torch.ones_like(gnorm)
+        )
+        losses, changes = [], []
+        for eta in step_sizes:
+            e = eta * scale
+            with torch.no_grad():
+                for p, w, gp in zip(params, saved, g, strict=True):
+                    p.copy_(w - e.view(-1, *([1] * (p.dim() - 1))) * gp)
+            for p in params:
+                p.grad = None
+            loss = self.losses(xb, yb)
+            loss.sum().backward()
+            losses.append(loss.detach())
+            diff = torch.cat([(p.grad - gp).reshape(k, -1) for p, gp in zip(params, g, strict=True)], 1)
+            changes.append(torch.linalg.vector_norm(diff, dim=1))
+        with torch.no_grad():
+            for p, w in zip(params, saved, strict=True):
+                p.copy_(w)
+                p.grad = None
+            for b, s in zip(self.buffers, saved_buffers, strict=True):
+                b.copy_(s)
+        loss_arr = torch.stack(losses, 1).double().cpu().numpy()  # (k, etas)
+        change_arr = torch.stack(changes, 1).double().cpu().numpy()
+        gn = gnorm.double().cpu().numpy()
+        sc = scale.double().cpu().numpy()
+        etas = np.asarray(step_sizes, dtype=float)
+        out = []
+        for i in range(k):
+            beta = float(np.max(change_arr[i] / (etas * sc[i] * gn[i]))) if gn[i] > 0 else 0.0
+            out.append(Probe(float(loss0[i]), loss_arr[i], change_arr[i], beta, float(gn[i])))
+        return out
+
+
+def _train_stacked(
+    stack: _Stack,
+    seeds: Sequence[int],
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    eval_at: set[int],
+    weight_decay: float = 0.0,
+    decay_on: str = "all",
+    probe_every: int = 0,
+    step_sizes: Sequence[float] = (),
+    probe_distances: Sequence[float] = (),
+    match_norms: np.ndarray | None = None,
+    match_shrink: float = 1.0,
+    track: bool = False,
+) -> dict:
+    """Train every member of ``stack`` with :func:`train_run`'s loop; the measurements as arrays.
+
+    Member ``i`` draws its mini-batches from a generator seeded with ``seeds[i]`` (the draws of
+    every step at once, which ``torch.randint`` gives identically). The loss is the sum of the
+    members' mean losses, so each gets exactly its own gradient.
+    """
+    x_tr, y_tr, x_te, y_te = data
+    k, device = stack.k, x_tr.device
+    params = stack.params
+    decayed = params if decay_on == "all" else stack.si
+    if weight_decay and not decayed:
+        raise ValueError("these networks have no scale-invariant weights to decay")
+    if match_norms is not None:
+        match_norms = np.asarray(match_norms, dtype=float)
+        if match_norms.shape != (k, steps + 1, len(stack.si)) or not stack.si:
+            raise ValueError(
+                f"match_norms must have shape ({k}, {steps + 1}, {len(stack.si)}) for these networks, "
+                f"got {match_norms.shape}"
+            )
+        match_t = torch.tensor(match_norms, dtype=params[0].dtype, device=device)
+        own = {id(w): i for i, w in enumerate(stack.si)}
+    n = x_tr.shape[0]
+    gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    idx_all = torch.stack([torch.randint(0, n, (steps, batch_size), generator=g) for g in gens], 1).to(device)
+    out: dict = {
+        "eval_steps": [],
+        "test": [],
+        "train": [],
+        "loss": [],
+        "stats": [],
+        "probes": [],
+        "probes_eq": [],
+        "probe_steps": [],
+        "norms": [],
+        "eff": [],
+        "si_norms": [],
+    }
+
+    def norms_of(ts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([torch.linalg.vector_norm(t.reshape(k, -1), dim=1) for t in ts], 1)
+
+    def evaluate(step: int) -> None:
+        out["test"].append(stack.accuracy(x_te, y_te))
+        out["train"].append(stack.accuracy(x_tr, y_tr))
+        out["eval_steps"].append(step)
+
+    if track and stack.si:
+        with torch.no_grad():
+            out["si_norms"].append(norms_of(stack.si))
+    if 0 in eval_at:
+        evaluate(0)
+    for step in range(1, steps + 1):
+        ib = idx_all[step - 1]  # (k, B)
+        xb, yb = x_tr[ib], y_tr[ib]
+        stack.resample()
+        if probe_every and (step - 1) % probe_every == 0:
+            lr_steps = [lr * c for c in step_sizes]
+            out["probes"].append(stack.probe(xb, yb, lr_steps, per_unit=False))
+            if probe_distances:
+                out["probes_eq"].append(stack.probe(xb, yb, probe_distances, per_unit=True))
+            out["probe_steps"].append(step - 1)
+        if track:
+            w_before = stack.first.detach().clone()
+        loss = stack.losses(xb, yb, stats=out["stats"] if track else None)
+        for p in params:
+            p.grad = None
+        loss.sum().backward()
+        with torch.no_grad():
+            if weight_decay:
+                torch._foreach_mul_(decayed, 1.0 - lr * weight_decay)
+            if match_norms is None:
+                torch._foreach_add_(params, [p.grad for p in params], alpha=-lr)
+            else:
+                for p in params:
+                    if id(p) in own:
+                        i = own[id(p)]
+                        now = torch.linalg.vector_norm(p.reshape(k, -1), dim=1)
+                        rate = lr * (now / match_t[:, step - 1, i]) ** 2 / match_shrink
+                        p.sub_(p.grad * rate.view(-1, 1, 1))
+                    else:
+                        p.sub_(p.grad, alpha=lr)
+            if track:
+                out["norms"].append(torch.linalg.vector_norm(stack.first.reshape(k, -1), dim=1))
+                if stack.si:
+                    out["si_norms"].append(norms_of(stack.si))
+                before = torch.linalg.vector_norm(w_before.reshape(k, -1), dim=1)
+                out["eff"].append(
+                    torch.linalg.vector_norm((stack.first - w_before).reshape(k, -1), dim=1) / before
+                )
+        out["loss"].append(loss.detach())
+        if step in eval_at:
+            evaluate(step)
+    return out
+
+
+def _arr(ts: list[torch.Tensor], k: int) -> np.ndarray:
+    """A list of per-step (k, ...) tensors as one array, members first: (k, steps, ...)."""
+    if not ts:
+        return np.zeros((k, 0))
+    return torch.stack(ts, 1).double().cpu().numpy()
+
+
+def _split(
+    kind: str | Sequence[str], seeds: Sequence[int], steps: int
+) -> tuple[list[str], list[tuple[str, int]]]:
+    kinds = [kind] if isinstance(kind, str) else list(kind)
+    if not seeds or not kinds or steps < 1:
+        raise ValueError(
+            f"need at least one kind, one seed and one step, got {kinds}, {list(seeds)}, {steps}"
+        )
+    bad = [kd for kd in kinds if kd not in KINDS]
+    if bad:
+        raise ValueError(f"kind must be one of {KINDS}, got {bad}")
+    return kinds, [(kd, int(s)) for kd in kinds for s in seeds]
+
+
 def train_seeds(
     kind: str | Sequence[str],
     seeds: Sequence[int],
@@ -547,147 +880,24 @@ def train_seeds(
     batch norm acts on each seed's own batch, as in :class:`bnbook.batched.BatchedMLP`. The loss is
     the sum of the seeds' mean losses, so every seed gets exactly its own gradient: up to
     floating-point rounding, seed ``k`` follows :func:`train_run`'s trajectory
-    (``tests/test_why.py`` checks this). Use it for long budgets, where one run per seed is slow.
+    (``tests/test_why.py`` checks this). Use it for long budgets, where one run per seed is slow;
+    :func:`train_runs` records everything :func:`train_run` records.
 
     ``kind`` may also be a sequence of kinds that differ only in initialization or noise (such as
     ``("bn", "noisy_bn")`` or ``("no_bn_kaiming", "lsuv")``): they are stacked together, members
     without noise get a scale of 1 and a shift of 0 (exactly the identity), and the result is a
     dict ``{kind: SeedRuns}``.
     """
-    kinds = [kind] if isinstance(kind, str) else list(kind)
-    if not seeds or not kinds or steps < 1:
-        raise ValueError(
-            f"need at least one kind, one seed and one step, got {kinds}, {list(seeds)}, {steps}"
-        )
+    kinds, members = _split(kind, seeds, steps)
     if any(not 0 <= s <= steps for s in eval_at):
         raise ValueError(f"eval_at must lie in [0, {steps}], got {list(eval_at)}")
-    x_tr, y_tr, x_te, y_te = data
-    device = x_tr.device
-    members = [(kd, s) for kd in kinds for s in seeds]
-    seqs, noises = [], []  # per member: its layers without the noise, and the noise after each
-    for kd, s in members:
-        seq, after = [], {}
-        for m in build_mlp(kd, sizes, s, device, noise, _init_images(kd, s, x_tr)):
-            if isinstance(m, NoisyShift):
-                after[len(seq) - 1] = m
-            else:
-                seq.append(m)
-        seqs.append(seq)
-        noises.append(after)
-    shapes = {tuple((type(m), getattr(m, "bias", 0) is None) for m in seq) for seq in seqs}
-    if len(shapes) != 1:
-        raise ValueError(f"kinds {kinds} do not share one architecture; train them separately")
-    k = len(members)
-    layers = list(zip(*seqs, strict=True))  # one tuple of k modules per position
-
-    def stack(ts: Sequence[torch.Tensor], transpose: bool = False) -> torch.Tensor:
-        t = torch.stack([x.detach().T if transpose else x.detach() for x in ts]).clone()
-        return t.requires_grad_(True)
-
-    plan: list[tuple] = []  # ("linear", W, b) / ("bn", gamma, beta, mean, var, eps, momentum) / ...
-    params: list[torch.Tensor] = []
-    noisy: list[list[NoisyShift | None]] = []
-    for pos, mods in enumerate(layers):
-        m0 = mods[0]
-        if isinstance(m0, nn.Linear):
-            w = stack([m.weight for m in mods], transpose=True)  # (k, in, out)
-            b = stack([m.bias[None] for m in mods]) if m0.bias is not None else None
-            plan.append(("linear", w, b))
-            params += [w] + ([b] if b is not None else [])
-        elif isinstance(m0, nn.BatchNorm1d):
-            g = stack([m.weight[None] for m in mods])
-            bt = stack([m.bias[None] for m in mods])
-            rm = torch.stack([m.running_mean for m in mods]).clone()
-            rv = torch.stack([m.running_var for m in mods]).clone()
-            plan.append(("bn", g, bt, rm, rv, m0.eps, m0.momentum))
-            params += [g, bt]
-        elif isinstance(m0, nn.ReLU):
-            plan.append(("relu",))
-        else:  # pragma: no cover - build_mlp makes nothing else
-            raise TypeError(type(m0))
-        here = [after.get(pos) for after in noises]
-        if any(m is not None for m in here):
-            width = mods[0].num_features
-            ones, zeros = torch.ones(width, device=device), torch.zeros(width, device=device)
-            at_eval = torch.tensor(
-                [1.0 if m is None else (3.0 + m.scale_max) / 4.0 for m in here], device=device
-            )[:, None, None]
-            plan.append(("noise", here, ones, zeros, at_eval))
-            noisy.append(here)
-
-    def forward(h: torch.Tensor, train: bool) -> torch.Tensor:
-        for item in plan:
-            if item[0] == "linear":
-                _, w, b = item
-                h = torch.bmm(h, w) if b is None else torch.baddbmm(b, h, w)
-            elif item[0] == "bn":
-                _, g, bt, rm, rv, eps, mom = item
-                if train:
-                    m = h.shape[1]
-                    mean = h.mean(1, keepdim=True)
-                    centred = h - mean
-                    var = (centred * centred).mean(1, keepdim=True)
-                    with torch.no_grad():
-                        rm.lerp_(mean.squeeze(1), mom)
-                        rv.lerp_(var.squeeze(1) * (m / (m - 1)), mom)
-                else:
-                    centred, var = h - rm[:, None], rv[:, None]
-                h = torch.addcmul(bt, centred * torch.rsqrt(var + eps), g)
-            elif item[0] == "noise":
-                _, mods, ones, zeros, at_eval = item
-                if train:
-                    scale = torch.stack([ones if m is None else m.scale for m in mods])[:, None]
-                    shift = torch.stack([zeros if m is None else m.shift for m in mods])[:, None]
-                    h = torch.addcmul(shift, h, scale)
-                else:
-                    h = h * at_eval
-            else:
-                h = torch.relu(h)
-        return h
-
-    def accuracy(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            out = forward(x.unsqueeze(0).expand(k, -1, -1), train=False)
-        return (out.argmax(2) == y).float().mean(1)
-
-    gens = [torch.Generator(device="cpu").manual_seed(s) for _, s in members]
-    n = x_tr.shape[0]
-    wanted = set(eval_at)
-    tests, trains, losses, at = [], [], [], []
-    if 0 in wanted:
-        tests.append(accuracy(x_te, y_te))
-        trains.append(accuracy(x_tr, y_tr))
-        at.append(0)
-    for step in range(1, steps + 1):
-        idx = torch.stack([torch.randint(0, n, (batch_size,), generator=g) for g in gens]).to(device)
-        for i in range(k):  # each seed draws its noise in train_run's order: layer by layer
-            for mods in noisy:
-                if mods[i] is not None:
-                    mods[i].resample()
-        out = forward(x_tr[idx], train=True)
-        per_seed = (
-            nn.functional.cross_entropy(
-                out.reshape(k * batch_size, -1), y_tr[idx].reshape(-1), reduction="none"
-            )
-            .view(k, batch_size)
-            .mean(1)
-        )
-        for p in params:
-            p.grad = None
-        per_seed.sum().backward()
-        with torch.no_grad():
-            for p in params:
-                p.sub_(p.grad, alpha=lr)
-        losses.append(per_seed.detach())
-        if step in wanted:
-            tests.append(accuracy(x_te, y_te))
-            trains.append(accuracy(x_tr, y_tr))
-            at.append(step)
-
-    def arr(ts: list[torch.Tensor]) -> np.ndarray:
-        return torch.stack(ts, 1).double().cpu().numpy() if ts else np.zeros((k, 0))
-
-    runs = SeedRuns(np.asarray(at), arr(tests), arr(trains), arr(losses))
+    x_tr = data[0]
+    stack = _Stack(members, sizes, x_tr.device, noise, x_tr)
+    res = _train_stacked(stack, [s for _, s in members], data, steps, lr, batch_size, set(eval_at))
+    k = stack.k
+    runs = SeedRuns(
+        np.asarray(res["eval_steps"]), _arr(res["test"], k), _arr(res["train"], k), _arr(res["loss"], k)
+    )
     if isinstance(kind, str):
         return runs
     n_seeds = len(seeds)
@@ -695,6 +905,86 @@ def train_seeds(
         kd: SeedRuns(runs.eval_steps, *(a[i * n_seeds : (i + 1) * n_seeds] for a in runs[1:]))
         for i, kd in enumerate(kinds)
     }
+
+
+def train_runs(
+    kind: str | Sequence[str],
+    seeds: Sequence[int],
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    sizes: Sequence[int],
+    steps: int,
+    lr: float,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+    decay_on: str = "all",
+    eval_every: int = 25,
+    probe_every: int = 0,
+    step_sizes: Sequence[float] = (),
+    noise: tuple[float, float, float] = (1.0, 3.0, 0.5),
+    probe_distances: Sequence[float] = (),
+    match_norms: Sequence[np.ndarray] | None = None,
+    match_shrink: float = 1.0,
+) -> list[Run] | dict[str, list[Run]]:
+    """:func:`train_run` for several seeds at once: one :class:`Run` per seed, with everything it records.
+
+    The networks are stacked as in :func:`train_seeds` (every seed its own initial weights,
+    mini-batches, noise and gradient), and the probes, the moments of the last hidden ReLU's input,
+    the weight norms and the evaluations are those of :func:`train_run`, computed for all seeds
+    together; up to floating-point rounding, entry ``i`` is ``train_run(kind, seeds[i], ...)``
+    (``tests/test_why.py`` checks this). ``match_norms`` holds one array per seed (the ``si_norms``
+    of that seed's run to follow). With a sequence of kinds, as in :func:`train_seeds`, the result is
+    ``{kind: [Run per seed]}``.
+    """
+    if decay_on not in _DECAY_ON:
+        raise ValueError(f"decay_on must be one of {_DECAY_ON}, got {decay_on!r}")
+    kinds, members = _split(kind, seeds, steps)
+    x_tr = data[0]
+    stack = _Stack(members, sizes, x_tr.device, noise, x_tr)
+    if match_norms is not None:
+        match_norms = np.stack([np.asarray(m, dtype=float) for m in match_norms] * len(kinds))
+    res = _train_stacked(
+        stack,
+        [s for _, s in members],
+        data,
+        steps,
+        lr,
+        batch_size,
+        set(range(0, steps + 1, eval_every)),
+        weight_decay,
+        decay_on,
+        probe_every,
+        step_sizes,
+        probe_distances,
+        match_norms,
+        match_shrink,
+        track=True,
+    )
+    k = stack.k
+    st = _arr(res["stats"], k)  # (k, steps, 2, units)
+    loss, test, train = _arr(res["loss"], k), _arr(res["test"], k), _arr(res["train"], k)
+    norms, eff = _arr(res["norms"], k), _arr(res["eff"], k)
+    si = _arr(res["si_norms"], k) if stack.si else np.zeros((k, steps + 1, 0))
+    runs = [
+        Run(
+            loss=loss[i],
+            eval_steps=np.asarray(res["eval_steps"]),
+            test_acc=test[i],
+            moves=distribution_moves(st[i, :, 0], st[i, :, 1]),
+            probe_steps=np.asarray(res["probe_steps"]),
+            probes=[p[i] for p in res["probes"]],
+            weight_norm=norms[i],
+            eff_step=eff[i],
+            train_acc=train[i],
+            signal0=float(st[i, 0, 1].mean()),
+            si_norms=si[i],
+            probes_eq=[p[i] for p in res["probes_eq"]],
+        )
+        for i in range(k)
+    ]
+    if isinstance(kind, str):
+        return runs
+    n_seeds = len(seeds)
+    return {kd: runs[i * n_seeds : (i + 1) * n_seeds] for i, kd in enumerate(kinds)}
 
 
 # ---------------------------------------------------------------------------------------------------------
