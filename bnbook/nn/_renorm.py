@@ -12,7 +12,7 @@ from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.modules.batchnorm import _NormBase
 
 from bnbook._checks import check_eps, check_momentum, check_num_features, check_spatial_rank
-from bnbook.nn._batchnorm import BatchNormFunction, _bcast, _check_floating, batch_norm
+from bnbook.nn._batchnorm import BatchNormFunction, _bcast, _check_floating, apply_unbound, batch_norm
 from bnbook.scratch._renorm import check_renorm_limits, renorm_limits
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "GhostBatchNorm", "renorm_limits"]
@@ -104,7 +104,10 @@ class _BatchRenorm(_NormBase):
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )
         nd = input.dim()
-        x_bn, mean_b, var_b = BatchNormFunction.apply(input, None, None, None, None, self.eps)
+        # every argument passed, so the call skips torch's per-call signature binding
+        x_bn, mean_b, var_b = apply_unbound(
+            BatchNormFunction, input, None, None, None, None, self.eps, None, None, 0.0
+        )
         with torch.no_grad():
             rm = self.running_mean.to(mean_b.dtype)
             sigma = torch.sqrt(self.running_var.to(mean_b.dtype) + self.eps)
