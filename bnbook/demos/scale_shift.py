@@ -546,8 +546,9 @@ def affine_control(
     For every seed, two sigmoid MLPs with batch norm before each sigmoid start
     from the weights that ``torch.manual_seed(seed); bnbook.models.mlp(sizes,
     "sigmoid", batch_norm=True)`` draws: one with learnable γ, β, one without
-    them (γ held at 1 and β at 0, which is what ``affine=False`` does: every
-    sigmoid input stays at mean 0, std 1 over the batch). Both take plain SGD
+    them (γ held at 1 and β at 0, which is what ``affine=False`` does, up to
+    float32 round-off that training at a high learning rate amplifies seed by
+    seed: every sigmoid input stays at mean 0, std 1 over the batch). Both take plain SGD
     steps on cross-entropy over the same mini-batches, drawn as
     :func:`bnbook.models.train_classifier` draws them with the seed.
 

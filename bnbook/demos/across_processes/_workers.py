@@ -372,11 +372,11 @@ def ddp_train(
     Evaluating costs more than a training step of these tiny batches, so
     ``eval_copies`` may name the copies that a figure follows: the others are
     evaluated at the first and the last step only (NaN in between). With
-    ``extend_to``, the copies ``extend_copies`` then train on alone, on the same
-    batches they would have drawn in a run of ``extend_to`` steps, and are
-    evaluated at step ``extend_to``: a copy's steps do not depend on the other
-    copies, so this is the longer run of those copies, without training them
-    again from the start.
+    ``extend_to``, the copies ``extend_copies`` are then trained again from the
+    start, alone, for ``extend_to`` steps on the batches their seeds draw, and
+    evaluated at the end: the longer run of those copies. (Carrying the trained
+    copies on instead does not reproduce a run from the start across several
+    processes, so it is not done.)
 
     Returns
     -------
@@ -443,8 +443,10 @@ def ddp_train(
         out["pair_acc"] = (right / pairs.numel()).double().numpy()
     if extend_to:
         copies = [int(c) for c in extend_copies]
-        part = model.subset(copies)
-        part_gens = [gens[c] for c in copies]  # each copy goes on with its own draws
+        part = SeedStackMLP([x_train.shape[1], hidden, hidden, 10], [seeds[c] for c in copies])
+        if sync:
+            part = bnn.SyncBatchNorm.convert_sync_batchnorm(part, process_group=group)
+        part_gens = [torch.Generator().manual_seed(int(seeds[c])) for c in copies]
         _train_steps(
             part,
             group,
@@ -452,7 +454,7 @@ def ddp_train(
             part_gens,
             copies,
             lrs,
-            extend_to - steps,
+            extend_to,
             x_train,
             y_train,
             rows,
