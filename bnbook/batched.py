@@ -574,9 +574,10 @@ def _sgd_step(model: BatchedMLP, xb: torch.Tensor, yb: torch.Tensor, lr: torch.T
         grads[ws[i]] = inputs[i].transpose(1, 2).bmm(g)
         if i > 0:
             dh = g.bmm(ws[i].transpose(1, 2))
-    params = list(grads)
-    lrs = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
-    torch._foreach_sub_(params, torch._foreach_mul([grads[p] for p in params], lrs))  # p -= lr * grad
+    params = [p for p in grads if p.requires_grad]  # a frozen parameter keeps its value, as with autograd
+    if params:
+        lrs = [lr.view(-1, *([1] * (p.dim() - 1))) for p in params]
+        torch._foreach_sub_(params, torch._foreach_mul([grads[p] for p in params], lrs))  # p -= lr * grad
     return loss
 
 

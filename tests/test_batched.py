@@ -342,3 +342,16 @@ def test_selected_members_train_on_exactly_as_inside_the_whole_model(batch_norm)
         assert torch.equal(a, b[[2, 0]])
     with pytest.raises(ValueError):
         model.select([4])
+
+
+def test_frozen_parameters_keep_their_values_in_training() -> None:
+    """A parameter with requires_grad=False is left alone, as autograd's step would leave it."""
+    torch.manual_seed(0)
+    model = BatchedMLP([64, 16, 10], seeds=[0, 1], batch_norm=True)
+    model.gammas[0].requires_grad_(False)
+    frozen = model.gammas[0].detach().clone()
+    moving = model.weights[0].detach().clone()
+    x, y = torch.randn(100, 64), torch.randint(0, 10, (100,))
+    train_batched(model, x, y, lrs=0.5, steps=20, batch_size=16)
+    assert torch.equal(model.gammas[0], frozen)
+    assert not torch.equal(model.weights[0], moving)

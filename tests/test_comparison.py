@@ -290,6 +290,10 @@ def test_the_explorer_describes_the_curves_it_draws() -> None:
     }
     text = cmp.make_explorer_describe(curves, window=10)(lr=1.0, depth=2)
     bn_end = np.linspace(1.0, 0.2, 100)[90:].mean()
-    assert "last 10 of 100 steps" in text and "no BN, Xavier init: 2.30" in text
-    assert f"BN: {bn_end:.2f}" in text and "no BN, data-dependent init: 0.40" in text
+    assert "last 10 of 100 steps" in text and "no BN, Xavier init: 2.3;" in text
+    assert f"BN: {bn_end:.2g}" in text and "no BN, data-dependent init: 0.4;" in text
     assert text.endswith("Lowest: BN.")
+    # values that round alike are not ranked
+    curves[1.0, 2]["lsuv"] = np.full((5, 100), bn_end + 1e-4)
+    tied = cmp.make_explorer_describe(curves, window=10)(lr=1.0, depth=2)
+    assert tied.endswith("Lowest: no BN, data-dependent init and BN, about the same.")

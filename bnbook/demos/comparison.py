@@ -44,6 +44,7 @@ from bnbook.batched import ACTIVATIONS, BatchedMLP, evaluate_batched, train_batc
 from bnbook.data import load_digits
 from bnbook.models import lsuv_init
 from bnbook.plots import band, series
+from bnbook.report import sig
 from bnbook.stats import Paired, paired, verdict
 
 __all__ = [
@@ -923,10 +924,14 @@ def make_explorer_describe(
             x, sm = smooth(np.where(np.isfinite(loss), loss, np.nan), window)
             ends[name] = float(np.nanmean(sm[:, -1]))
         steps = int(x[-1] + window / 2)
-        text = "; ".join(f"{look(n)['label']}: {v:.2f}" for n, v in ends.items())
-        lowest = look(min(ends, key=ends.get))["label"]
+        shown = {n: sig(v, 2) for n, v in ends.items()}  # two significant digits, as read out
+        text = "; ".join(f"{look(n)['label']}: {v:g}" for n, v in shown.items())
+        low = min(shown.values())
+        tied = [look(n)["label"] for n, v in shown.items() if v == low]
         head = f"Training loss in the last {window} of {steps} steps, mean of the seeds"
-        return f"{head}: {text}. Lowest: {lowest}."
+        if len(tied) > 1:
+            return f"{head}: {text}. Lowest: {' and '.join(tied)}, about the same."
+        return f"{head}: {text}. Lowest: {tied[0]}."
 
     return describe
 
