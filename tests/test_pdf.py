@@ -38,6 +38,7 @@ import html
 import json
 import os
 import re
+import unicodedata
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,9 @@ def _texts() -> list[str]:
 
 
 def _squash(text: str) -> str:
-    """Without white space, lower case: extracted text loses or adds spaces at line breaks."""
-    return "".join(text.split()).lower()
+    """Without white space, lower case, ligatures split ("ﬀ" as "ff"): extracted text loses or adds
+    spaces at line breaks, and keeps the font's ligatures."""
+    return "".join(unicodedata.normalize("NFKC", text).split()).lower()
 
 
 @lru_cache(maxsize=1)
