@@ -274,6 +274,19 @@ def _glossary() -> dict[str, tuple[str, str]]:
 _VISIBLE_TIP = "[data-tippy-root] .tippy-box[data-state='visible']"
 
 
+def _hover_tip(page: Any, link: Any) -> Any:
+    """Hover ``link``; its visible tooltip (a locator), or None when none appears within 4 s."""
+    link.scroll_into_view_if_needed()
+    link.hover()
+    tip = page.locator(_VISIBLE_TIP).first
+    try:
+        tip.wait_for(state="visible", timeout=4000)
+    except Exception:
+        page.mouse.move(0, 0)
+        return None
+    return tip
+
+
 def test_citations_preview_their_reference_on_hover(site: Browser) -> None:
     """Hovering an author-year citation shows the bibliography entry it links to, with its URL."""
     visit = site.open("chapters/01_internal_covariate_shift.html")
@@ -285,20 +298,15 @@ def test_citations_preview_their_reference_on_hover(site: Browser) -> None:
         link = links.nth(i)
         cited = " ".join(link.inner_text().split())  # e.g. "Ioffe and Szegedy, 2015"
         author, year = re.split(r"[ ,]", cited)[0], cited[-4:]
-        link.scroll_into_view_if_needed()
-        link.hover()
-        tip = page.locator(_VISIBLE_TIP)
-        try:
-            tip.first.wait_for(state="visible", timeout=4000)
-        except Exception:
+        tip = _hover_tip(page, link)
+        if tip is None:
             problems.append(f"hovering the citation {cited!r} shows no preview")
-            page.mouse.move(0, 0)
             continue
-        text = " ".join((tip.first.inner_text() or "").split())
+        text = " ".join((tip.inner_text() or "").split())
         if author not in text or year not in text or "URL" not in text:
             problems.append(f"the preview of {cited!r} is not its reference: {text[:300]!r}")
         page.mouse.move(0, 0)
-        tip.first.wait_for(state="hidden", timeout=4000)
+        tip.wait_for(state="hidden", timeout=4000)
     assert not problems, "\n".join(problems)
 
 
@@ -320,25 +328,20 @@ def test_glossary_terms_show_definition_on_hover(site: Browser, path: str) -> No
         if not term:
             problems.append(f"link to #{target} has no glossary entry")
             continue
-        link.scroll_into_view_if_needed()
-        link.hover()
-        tip = page.locator(_VISIBLE_TIP)
-        try:
-            tip.first.wait_for(state="visible", timeout=4000)
-        except Exception:
+        tip = _hover_tip(page, link)
+        if tip is None:
             problems.append(f"hovering the link to {term!r} shows no tooltip")
-            page.mouse.move(0, 0)
             continue
-        if tip.first.locator(".math").count():
+        if tip.locator(".math").count():
             try:  # typeset, not just a lazy placeholder
                 page.wait_for_function(
                     "box => box.querySelector('mjx-container mjx-math') && !box.querySelector('mjx-lazy')",
-                    arg=tip.first.element_handle(),
+                    arg=tip.element_handle(),
                     timeout=5000,
                 )
             except Exception:
                 problems.append(f"tooltip for {term!r}: its math was not typeset")
-        text = " ".join((tip.first.inner_text() or "").split())
+        text = " ".join((tip.inner_text() or "").split())
         if term.lower() not in text.lower() or (words and words.lower() not in text.lower()):
             problems.append(f"tooltip for {term!r} does not show its definition: {text[:120]!r}")
         if re.search(r"\\[(\[]", text):
