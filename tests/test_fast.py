@@ -65,6 +65,40 @@ def test_large_offset_float32_is_accurate() -> None:
     assert (y.double() - ref).abs().max() <= (native.double() - ref).abs().max() + 1e-4
 
 
+@pytest.mark.parametrize("fmt", [None, torch.channels_last], ids=["planes", "rows"])
+def test_large_offset_float32_backward_is_accurate(fmt) -> None:
+    """The backward sums shift by the float64 mean rounded to float32 and put the rest back exactly."""
+    gen = torch.Generator().manual_seed(3)
+    fmt = fmt or torch.contiguous_format
+    x = (torch.randn(32, 4, 8, 8, generator=gen) * 0.01 + 3e3).contiguous(memory_format=fmt)
+    dy = (torch.randn(32, 4, 8, 8, generator=gen) + 0.5).contiguous(memory_format=fmt)
+    grads = {}
+    for name, layer, xin, din in (
+        ("fast", fast.BatchNorm2d(4), x, dy),
+        ("ref", nn.BatchNorm2d(4, dtype=torch.float64), x.double(), dy.double()),
+    ):
+        xi = xin.clone().requires_grad_()
+        layer(xi).backward(din)
+        grads[name] = (xi.grad.double(), layer.weight.grad.double(), layer.bias.grad.double())
+    # The input's spread (0.01) is 40 float32 steps at 3000: rounding the mean to float32 before
+    # subtracting it would cost about 10% of grad(weight) (torch's float32 kernel loses about that).
+    for k in range(3):
+        err = (grads["fast"][k] - grads["ref"][k]).abs().max()
+        assert err <= 1e-4 * grads["ref"][k].abs().max(), (k, float(err))
+
+
+def test_gradient_that_shares_the_inputs_memory() -> None:
+    """dy may be the input's own storage (y.backward(x.detach())): the backward sums still read both."""
+    x = torch.randn(16, 6) * 2 + 1
+    outs = []
+    for layer in (fast.BatchNorm1d(6), nn.BatchNorm1d(6)):
+        xi = x.clone().requires_grad_()
+        layer(xi).backward(xi.detach())
+        outs.append((xi.grad, layer.weight.grad, layer.bias.grad))
+    for got, ref in zip(*outs, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_other_inputs_take_the_eager_path() -> None:
     """Half precision and non-contiguous input still work (through bnbook.nn's Function)."""
     layer = fast.BatchNorm2d(3)
@@ -101,6 +135,8 @@ LOOPS = [
     ((8, 6, 16, 33), None, "planes, several tasks"),
     ((64, 40, 16, 16), torch.channels_last, "rows, blocks of rows"),
     ((600, 300), None, "(N, C), blocks of rows"),
+    ((1203, 500), None, "(N, C), over 2 MiB, rows one per sweep"),
+    ((37, 300), None, "(N, C), row tails after blocks of 16 and sweeps of 4"),
     ((5, 600), None, "(N, C), few rows, blocks of channels"),
     ((9, 4200), None, "(N, C), wide, blocks of channels"),
     ((4, 3, 5, 6, 7), torch.channels_last_3d, "rows, 3d"),

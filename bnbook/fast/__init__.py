@@ -3,7 +3,8 @@
 ``bnbook.nn``'s layers express batch norm as a handful of tensor operations,
 each a full pass over memory with a fresh temporary. The kernels here fuse
 them: a training forward pass reads the input once for the statistics
-(accumulated in double, shifted for accuracy) and once more to write the
+(shifted for accuracy; float32 input is summed in float32 within blocks of
+16 steps, and the blocks' sums are added in double) and once more to write the
 output; the backward pass reads ``dy`` and ``x`` once for the two sums and
 once more to write ``dx``. That is the least traffic a streaming
 implementation can have. See ``chapters/16_making_it_fast``.

@@ -1,5 +1,6 @@
 // Fused batch-norm kernels for the CPU: one pass for the statistics, one for the output,
-// two for the backward pass; eval mode is a single pass. Statistics accumulate in double.
+// two for the backward pass; eval mode is a single pass. Per-channel sums end in double (float32
+// input is summed in float within short blocks; see Acc below).
 //
 // Two memory orders are handled:
 //   planes: contiguous (N, C, M) memory, M > 1 (NCHW, NCDHW, BatchNorm1d's (N, C, L)): each
@@ -15,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -77,11 +79,11 @@ View view_of(const torch::Tensor& x) {
 }
 
 template <typename T>
-void sums(const View& v, const T* a, const T* b, const double* sa, const double* sb, double* s1, double* s2) {
+void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2) {
 #ifdef BNBOOK_HAVE_AVX2
-  if (use_avx2()) return bnbook_avx2::sums<T>(v, a, b, sa, sb, s1, s2);
+  if (use_avx2()) return bnbook_avx2::sums<T>(v, stats, a, b, k, s1, s2);
 #endif
-  bnbook_base::sums<T>(v, a, b, sa, sb, s1, s2);
+  bnbook_base::sums<T>(v, stats, a, b, k, s1, s2);
 }
 
 template <typename T>
@@ -128,7 +130,7 @@ std::vector<torch::Tensor> forward_train_impl(const torch::Tensor& x, const c10:
     // shift each channel by one of its own values: sums of (x - shift) stay accurate
     for (int64_t c = 0; c < C; ++c)
       shift[c] = count > 0 ? static_cast<double>(v.rows ? px[c] : px[c * v.M]) : 0.0;
-    sums<scalar_t>(v, px, px, shift, shift, s1, s2);
+    sums<scalar_t>(v, true, px, px, shift, s1, s2);
     std::vector<scalar_t> coef(3 * static_cast<size_t>(C));
     scalar_t *center = coef.data(), *alpha = center + C, *beta = alpha + C;
     auto* pm = mean.data_ptr<double>();
@@ -202,7 +204,7 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
     const scalar_t* pg = dy.data_ptr<scalar_t>();
     const double* pm = mean64.data_ptr<double>();
     const double* pi = invstd64.data_ptr<double>();
-    sums<scalar_t>(v, pg, px, nullptr, pm, s1, s2);  // sum(dy), sum(dy * (x - mean))
+    sums<scalar_t>(v, false, pg, px, pm, s1, s2);  // sum(dy), sum(dy * (x - mean))
     const double m = static_cast<double>(v.N * v.M);
     std::vector<scalar_t> coef(5 * static_cast<size_t>(C));
     scalar_t *zero = coef.data(), *center = zero + C, *alpha = center + C, *beta = alpha + C, *gam = beta + C;
@@ -288,49 +290,64 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
 #else  // BNBOOK_KERNEL_BODY: the loops, compiled once per instruction set
 
-// Per-channel sums over planes: s1 = sum(a - sa), s2 = sum((a - sa) * (b - sb)); sa may be null.
-// Parallel over the N * C planes (any C keeps both threads busy); per-plane partial sums are then
-// added per channel. Sixteen accumulators per sum keep the adds independent.
+// How the sums accumulate. A float32 input is summed in float, 8 lanes to a vector instead of 4
+// doubles, over short blocks (kBlock steps); each block's partial sums are then added in double, so
+// a rounding error can grow only within a block. The values are shifted first, by one of the
+// channel's own values or by the mean rounded to float, so that the block sums stay small; sums()
+// then corrects for the part of the shift that float cannot hold. A double input sums in double.
 template <typename T>
-void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const double* sa, const double* sb,
-                 double* s1, double* s2) {
+using Acc = std::conditional_t<std::is_same_v<T, float>, float, double>;
+constexpr int64_t kBlock = 16;
+
+// Sums over planes: per plane i (channel c = i % C) of M contiguous values,
+//   SAME (b is a):  p1 = sum(a - k[c]), p2 = sum((a - k[c])^2);
+//   otherwise:      p1 = sum(a),        p2 = sum(a * (b - k[c]));
+// with k rounded to Acc<T>. Parallel over the N * C planes (any C keeps both threads busy); each
+// plane's sums are then added per channel. Independent accumulators (kLanes per sum) let the adds overlap.
+template <typename T, bool SAME>
+void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const double* k, double* s1, double* s2) {
+  using A = Acc<T>;
+  constexpr int kLanes = 16;  // per sum: two vectors of floats or four of doubles (more would spill)
   std::vector<double> part(2 * static_cast<size_t>(N * C));
   double* p1 = part.data();
   double* p2 = p1 + N * C;
-  const bool same = a == b && sa == sb;
   at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(M, 1)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t c = i % C;
-      const double ka = sa ? sa[c] : 0.0, kb = sb[c];
+      const A kc = static_cast<A>(k[i % C]);
       const T* pa = a + i * M;
       const T* pb = b + i * M;
-      double u1[16] = {0}, u2[16] = {0};
+      double u1[kLanes] = {0}, u2[kLanes] = {0};
       int64_t m = 0;
-      if (same) {  // statistics: both sums from one load
-        for (; m + 16 <= M; m += 16) {
+      while (m + kLanes <= M) {
+        const int64_t stop = m + kLanes * std::min<int64_t>(kBlock, (M - m) / kLanes);
+        A f1[kLanes] = {0}, f2[kLanes] = {0};
+        for (; m < stop; m += kLanes) {
 #pragma omp simd
-          for (int j = 0; j < 16; ++j) {
-            const double va = static_cast<double>(pa[m + j]) - ka;
-            u1[j] += va;
-            u2[j] += va * va;
+          for (int j = 0; j < kLanes; ++j) {
+            if (SAME) {
+              const A va = static_cast<A>(pa[m + j]) - kc;
+              f1[j] += va;
+              f2[j] += va * va;
+            } else {
+              const A va = static_cast<A>(pa[m + j]);
+              f1[j] += va;
+              f2[j] += va * (static_cast<A>(pb[m + j]) - kc);
+            }
           }
         }
-      }
-      for (; m + 16 <= M; m += 16) {
-#pragma omp simd
-        for (int j = 0; j < 16; ++j) {
-          const double va = static_cast<double>(pa[m + j]) - ka;
-          u1[j] += va;
-          u2[j] += va * (static_cast<double>(pb[m + j]) - kb);
+        for (int j = 0; j < kLanes; ++j) {
+          u1[j] += f1[j];
+          u2[j] += f2[j];
         }
       }
       double t1 = 0.0, t2 = 0.0;
       for (; m < M; ++m) {
-        const double va = static_cast<double>(pa[m]) - ka;
+        const A va = SAME ? static_cast<A>(pa[m]) - kc : static_cast<A>(pa[m]);
+        const A vb = SAME ? va : static_cast<A>(pb[m]) - kc;
         t1 += va;
-        t2 += va * (static_cast<double>(pb[m]) - kb);
+        t2 += static_cast<double>(va) * static_cast<double>(vb);
       }
-      for (int j = 0; j < 16; ++j) {
+      for (int j = 0; j < kLanes; ++j) {
         t1 += u1[j];
         t2 += u2[j];
       }
@@ -349,48 +366,73 @@ void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const 
     }
 }
 
-// Rows of C contiguous channels: one block of rows per task, its per-channel sums in a small array
-// that stays in the L1 cache; or, for very wide rows, one block of channels per task.
-template <typename T>
+// Sums over rows r0..r1 of C contiguous channels, for channels c0..c1, added into q1 and q2
+// (c1 - c0 doubles each); the same sums as sums_planes. For float32 a block of kBlock rows is summed
+// into per-channel arrays that stay in the L1 cache, then added into q1 and q2; a double input
+// sums straight into q1 and q2. ``sweep4``: the statistics read four rows per sweep, which halves
+// the traffic to those arrays; that pays while the input sits in the cache (from main memory,
+// four streams at once are slower).
+template <typename T, bool SAME>
 void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64_t c0, int64_t c1,
-                const double* sa, const double* sb, double* q1, double* q2) {
-  // q1, q2 hold c1 - c0 accumulators; sa may be null
+                const double* k, double* q1, double* q2, bool sweep4) {
+  using A = Acc<T>;
+  constexpr bool kDirect = std::is_same_v<A, double>;
   const int64_t W = c1 - c0;
-  const bool same = a == b && sa == sb;
-  for (int64_t r = r0; r < r1; ++r) {
-    const T* pa = a + r * C + c0;
-    const T* pb = b + r * C + c0;
-    if (same) {  // statistics: both sums from one load
+  std::vector<A> buf((kDirect ? 1 : 3) * static_cast<size_t>(W));
+  A* __restrict kh = buf.data();
+  A* __restrict f1;
+  A* __restrict f2;
+  if constexpr (kDirect) {
+    f1 = q1;
+    f2 = q2;
+  } else {
+    f1 = kh + W;
+    f2 = f1 + W;
+  }
+  for (int64_t c = 0; c < W; ++c) kh[c] = static_cast<A>(k[c0 + c]);
+  const int64_t block = kDirect ? std::max<int64_t>(r1 - r0, 1) : kBlock;
+  for (int64_t r = r0; r < r1; r += block) {
+    const int64_t re = std::min(r1, r + block);
+    if (!kDirect) std::fill(f1, f1 + 2 * W, A(0));
+    int64_t rr = r;
+    for (; SAME && sweep4 && rr + 4 <= re; rr += 4) {
+      const T* __restrict a0 = a + rr * C + c0;
+      const T* __restrict a1 = a0 + C;
+      const T* __restrict a2 = a1 + C;
+      const T* __restrict a3 = a2 + C;
 #pragma omp simd
       for (int64_t c = 0; c < W; ++c) {
-        const double va = static_cast<double>(pa[c]) - sa[c0 + c];
-        q1[c] += va;
-        q2[c] += va * va;
+        const A v0 = static_cast<A>(a0[c]) - kh[c], v1 = static_cast<A>(a1[c]) - kh[c];
+        const A v2 = static_cast<A>(a2[c]) - kh[c], v3 = static_cast<A>(a3[c]) - kh[c];
+        f1[c] += (v0 + v1) + (v2 + v3);
+        f2[c] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
       }
-    } else if (sa) {
+    }
+    for (; rr < re; ++rr) {
+      const T* __restrict pa = a + rr * C + c0;
+      const T* __restrict pb = b + rr * C + c0;
 #pragma omp simd
       for (int64_t c = 0; c < W; ++c) {
-        const double va = static_cast<double>(pa[c]) - sa[c0 + c];
-        q1[c] += va;
-        q2[c] += va * (static_cast<double>(pb[c]) - sb[c0 + c]);
+        const A va = SAME ? static_cast<A>(pa[c]) - kh[c] : static_cast<A>(pa[c]);
+        f1[c] += va;
+        f2[c] += va * (SAME ? va : static_cast<A>(pb[c]) - kh[c]);
       }
-    } else {
-#pragma omp simd
+    }
+    if constexpr (!kDirect) {
       for (int64_t c = 0; c < W; ++c) {
-        const double va = static_cast<double>(pa[c]);
-        q1[c] += va;
-        q2[c] += va * (static_cast<double>(pb[c]) - sb[c0 + c]);
+        q1[c] += f1[c];
+        q2[c] += f2[c];
       }
     }
   }
 }
 
-template <typename T>
-void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* sa, const double* sb, double* s1,
-               double* s2) {
+template <typename T, bool SAME>
+void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, double* s1, double* s2) {
   constexpr int64_t kWide = 2048;  // channels per block when rows are split by channel
   const int64_t total = R * C;
   const int nthreads = at::get_num_threads();
+  const bool sweep4 = total * static_cast<int64_t>(sizeof(T)) <= (int64_t{2} << 20);  // cache-sized input
   const bool split_channels = C >= 2 * kWide || (C >= 256 && R < 4 * nthreads);
   if (split_channels || total <= kGrain || nthreads == 1) {
     // blocks of channels, each over all rows: no partial sums to add up afterwards
@@ -398,14 +440,11 @@ void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* sa, c
     const int64_t nblocks = (C + width - 1) / width;
     const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, R * width));
     at::parallel_for(0, nblocks, grain, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const int64_t c0 = k * width, c1 = std::min(C, c0 + width);
-        std::vector<double> q(2 * static_cast<size_t>(c1 - c0), 0.0);
-        rows_block<T>(a, b, 0, R, C, c0, c1, sa, sb, q.data(), q.data() + (c1 - c0));
-        for (int64_t c = c0; c < c1; ++c) {
-          s1[c] = q[c - c0];
-          s2[c] = q[c1 - c0 + c - c0];
-        }
+      for (int64_t j = k0; j < k1; ++j) {
+        const int64_t c0 = j * width, c1 = std::min(C, c0 + width);
+        std::fill(s1 + c0, s1 + c1, 0.0);
+        std::fill(s2 + c0, s2 + c1, 0.0);
+        rows_block<T, SAME>(a, b, 0, R, C, c0, c1, k, s1 + c0, s2 + c0, sweep4);
       }
     });
     return;
@@ -417,7 +456,7 @@ void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* sa, c
     const int t = at::get_thread_num();
     double* q1 = part.data() + static_cast<size_t>(t) * 2 * C;
     used[t] = 1;
-    rows_block<T>(a, b, r0, r1, C, 0, C, sa, sb, q1, q1 + C);
+    rows_block<T, SAME>(a, b, r0, r1, C, 0, C, k, q1, q1 + C, sweep4);
   });
   for (int64_t c = 0; c < C; ++c) {
     s1[c] = 0.0;
@@ -433,12 +472,31 @@ void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* sa, c
   }
 }
 
+// Per-channel sums of a (N, C, M) view, in double:
+//   stats:  s1 = sum(a - k), s2 = sum((a - k)^2)   (the statistics of a, k a shift per channel; b unused);
+//   else:   s1 = sum(a),     s2 = sum(a * (b - k)) (the backward pass: a = dy, b = x, k the mean).
+// The loops shift by h = k rounded to Acc<T>; the rest of the shift, l = k - h, is put back here,
+// exactly: sum(a - k) = sum(a - h) - n l, sum((a - k)^2) = sum((a - h)^2) - 2 l sum(a - h) + n l^2,
+// sum(a (b - k)) = sum(a (b - h)) - l sum(a).
 template <typename T>
-void sums(const View& v, const T* a, const T* b, const double* sa, const double* sb, double* s1, double* s2) {
+void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2) {
+  const bool same = stats;
   if (v.rows)
-    sums_rows<T>(a, b, v.N * v.M, v.C, sa, sb, s1, s2);
+    same ? sums_rows<T, true>(a, b, v.N * v.M, v.C, k, s1, s2) : sums_rows<T, false>(a, b, v.N * v.M, v.C, k, s1, s2);
   else
-    sums_planes<T>(a, b, v.N, v.C, v.M, sa, sb, s1, s2);
+    same ? sums_planes<T, true>(a, b, v.N, v.C, v.M, k, s1, s2)
+         : sums_planes<T, false>(a, b, v.N, v.C, v.M, k, s1, s2);
+  const double n = static_cast<double>(v.N * v.M);
+  for (int64_t c = 0; c < v.C; ++c) {
+    const double l = k[c] - static_cast<double>(static_cast<Acc<T>>(k[c]));
+    if (l == 0.0) continue;
+    if (same) {
+      s2[c] += l * (n * l - 2.0 * s1[c]);
+      s1[c] -= n * l;
+    } else {
+      s2[c] -= l * s1[c];
+    }
+  }
 }
 
 template <typename T>
