@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bnbook import fast, scratch
 from bnbook import nn as bnn
-from bnbook import scratch
 
 # --- the table -------------------------------------------------------------------
 
@@ -474,9 +474,14 @@ def test_scratch_rejects_bad_eps_at_construction(eps) -> None:
 # --- the short path for (N, C) training --------------------------------------------
 
 
-def _rows_pair(dtype=torch.float64, c=7, seed=0):
+# bnbook.nn's short path, and bnbook.fast's (the fused kernels behind the same short path)
+ROWS_LAYERS = [bnn.BatchNorm1d] + ([fast.BatchNorm1d] if fast.available() else [])
+ROWS_IDS = ["nn", "fast"][: len(ROWS_LAYERS)]
+
+
+def _rows_pair(dtype=torch.float64, c=7, seed=0, cls=bnn.BatchNorm1d):
     torch.manual_seed(seed)
-    ref, ours = torch.nn.BatchNorm1d(c, dtype=dtype), bnn.BatchNorm1d(c, dtype=dtype)
+    ref, ours = torch.nn.BatchNorm1d(c, dtype=dtype), cls(c, dtype=dtype)
     with torch.no_grad():
         for layer in (ref, ours):
             layer.weight.copy_(torch.linspace(-1.5, 2.0, c, dtype=dtype))
@@ -484,23 +489,28 @@ def _rows_pair(dtype=torch.float64, c=7, seed=0):
     return ref, ours
 
 
-def test_rows_training_takes_the_short_path_and_others_do_not() -> None:
+@pytest.mark.parametrize("cls", ROWS_LAYERS, ids=ROWS_IDS)
+def test_rows_training_takes_the_short_path_and_others_do_not(cls) -> None:
     x = torch.randn(16, 5, requires_grad=True)
-    bn = bnn.BatchNorm1d(5)
-    assert type(bn(x).grad_fn).__name__ == "_TrainRowsFunctionBackward"
-    assert type(bn(x.detach()).grad_fn).__name__ == "_TrainRowsFunctionBackward"  # weight needs grad
-    general = "BatchNormFunctionBackward"
+    bn = cls(5)
+    short, general = {
+        bnn.BatchNorm1d: ("_TrainRowsFunctionBackward", "BatchNormFunctionBackward"),
+        fast.BatchNorm1d: ("_FusedRowsFunctionBackward", "FusedBatchNormFunctionBackward"),
+    }[cls]
+    assert type(bn(x).grad_fn).__name__ == short
+    assert type(bn(x.detach()).grad_fn).__name__ == short  # weight needs grad
     assert type(bn(torch.randn(16, 5, 3)).grad_fn).__name__ == general
-    assert type(bnn.BatchNorm1d(5, affine=False)(x).grad_fn).__name__ == general
-    assert type(bnn.BatchNorm1d(5, track_running_stats=False)(x).grad_fn).__name__ == general
-    assert type(bn.half()(x.half()).grad_fn).__name__ == general
+    assert type(cls(5, affine=False)(x).grad_fn).__name__ == general
+    assert type(cls(5, track_running_stats=False)(x).grad_fn).__name__ == general
+    assert type(bn.half()(x.half()).grad_fn).__name__ == "BatchNormFunctionBackward"
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("x_grad", [True, False])
 @pytest.mark.parametrize("momentum", [0.1, None, 1.5])
-def test_rows_short_path_matches_torch_over_steps(dtype, x_grad, momentum) -> None:
-    ref, ours = _rows_pair(dtype)
+@pytest.mark.parametrize("cls", ROWS_LAYERS, ids=ROWS_IDS)
+def test_rows_short_path_matches_torch_over_steps(cls, dtype, x_grad, momentum) -> None:
+    ref, ours = _rows_pair(dtype, cls=cls)
     ref.momentum = ours.momentum = momentum
     tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
     for step in range(3):
@@ -526,9 +536,10 @@ def test_rows_short_path_matches_torch_over_steps(dtype, x_grad, momentum) -> No
         assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == step + 1
 
 
-def test_rows_short_path_double_backward_matches_torch() -> None:
+@pytest.mark.parametrize("cls", ROWS_LAYERS, ids=ROWS_IDS)
+def test_rows_short_path_double_backward_matches_torch(cls) -> None:
     """A gradient penalty differentiates the backward pass: it must match torch's exactly."""
-    ref, ours = _rows_pair()
+    ref, ours = _rows_pair(cls=cls)
     x = torch.randn(10, 7, dtype=torch.float64)
     grads = []
     for layer in (ref, ours):
@@ -541,8 +552,9 @@ def test_rows_short_path_double_backward_matches_torch() -> None:
     assert grads[1][0].abs().max() > 0
 
 
-def test_rows_short_path_under_checkpointing_matches_torch() -> None:
-    ref, ours = _rows_pair()
+@pytest.mark.parametrize("cls", ROWS_LAYERS, ids=ROWS_IDS)
+def test_rows_short_path_under_checkpointing_matches_torch(cls) -> None:
+    ref, ours = _rows_pair(cls=cls)
     x = torch.randn(10, 7, dtype=torch.float64)
     results = []
     for layer in (ref, ours):
@@ -552,3 +564,28 @@ def test_rows_short_path_under_checkpointing_matches_torch() -> None:
         results.append((xi.grad, layer.weight.grad, layer.running_mean.clone(), layer.num_batches_tracked))
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.skipif(not fast.available(), reason="no fused kernels here")
+def test_fused_rows_short_path_equals_the_general_fused_path() -> None:
+    """The short path calls the same kernels, so the same numbers as FusedBatchNormFunction, bit for bit."""
+    from bnbook.nn import _batchnorm as eager
+
+    x, dy = torch.randn(24, 9) * 2 + 1, torch.randn(24, 9)
+    results = []
+    for short in (True, False):
+        layer = fast.BatchNorm1d(9)
+        saved = eager.TRAIN_ROWS_PATHS.copy()
+        if not short:
+            eager.TRAIN_ROWS_PATHS.clear()
+        try:
+            xi = x.clone().requires_grad_()
+            y = layer(xi)
+        finally:
+            eager.TRAIN_ROWS_PATHS.update(saved)
+        assert ("_FusedRows" in type(y.grad_fn).__name__) == short
+        y.backward(dy)
+        grads = (xi.grad, layer.weight.grad, layer.bias.grad)
+        results.append((y, *grads, layer.running_mean, layer.running_var))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

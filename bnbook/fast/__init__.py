@@ -229,6 +229,43 @@ def _any_grad(*tensors: Tensor | None) -> bool:
     return any(t is not None and t.requires_grad for t in tensors)
 
 
+class _FusedRowsFunction(torch.autograd.Function):
+    """The plain training call on ``(N, C)`` input on the fused kernels, with as little Python as possible.
+
+    ``apply(x, weight, bias, running_mean, running_var, eps, momentum) -> y``:
+    the same kernel calls, so the same numbers, as :class:`FusedBatchNormFunction`
+    in this case, without its general bookkeeping (optional operands, extra
+    outputs, layouts), which on a small batch costs more than the kernels. Only
+    ``bnbook.nn``'s layers call it, under the conditions of its own short path
+    (float32 or float64, weight, bias and running buffers present, outside every
+    transform) and where the fused kernels serve the input.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                running_var: Tensor, eps: float, momentum: float) -> Tensor:
+        y, mean64, invstd64 = _state["module"].forward_train_update(
+            x, weight, bias, eps, running_mean, running_var, momentum
+        )
+        ctx.save_for_backward(x, weight, mean64, invstd64)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: Tensor):
+        x, weight, mean64, invstd64 = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: the differentiable closed form
+            ctx.batch_stats = True
+            var = (invstd64.pow(-2) - ctx.eps).to(x.dtype)
+            dx, dw, db = _eager._backward_differentiable(ctx, dy, x, weight, mean64.to(x.dtype), var)
+        else:
+            dx, dw, db = _state["module"].backward_train(dy.contiguous(), x, weight, mean64, invstd64, True)
+            dw, db = dw.to(weight.dtype), db.to(weight.dtype)
+        return (dx if need_x else None, dw if need_w else None, db if need_b else None,
+                None, None, None, None)
+
+
 class _FusedMixin:
     """Computes ``bnbook.nn``'s forward with the fused kernels wherever they apply."""
 
@@ -246,3 +283,7 @@ class BatchNorm2d(_FusedMixin, _eager.BatchNorm2d):
 
 class BatchNorm3d(_FusedMixin, _eager.BatchNorm3d):
     """``bnbook.nn.BatchNorm3d`` on the fused kernels; see :mod:`bnbook.fast`."""
+
+
+# bnbook.nn's layers take this path for the plain (N, C) training call when _Fused computes it
+_eager.TRAIN_ROWS_PATHS[_Fused] = super(torch.autograd.Function, _FusedRowsFunction).apply

@@ -420,6 +420,9 @@ class _TrainRowsFunction(torch.autograd.Function):
 
 
 _TRAIN_ROWS = super(torch.autograd.Function, _TrainRowsFunction).apply  # no per-call signature binding
+#: The short path of each computing Function for the plain training call on (N, C) input, called as
+#: ``path(x, weight, bias, running_mean, running_var, eps, momentum) -> y``; ``bnbook.fast`` adds its own.
+TRAIN_ROWS_PATHS: dict[Any, Any] = {BatchNormFunction: _TRAIN_ROWS}
 _FULL_DTYPES = (torch.float32, torch.float64)
 
 
@@ -659,10 +662,11 @@ class _BatchNorm(_torch_bn._BatchNorm):
         if (
             use_batch_stats
             and input.dim() == 2
-            and function is BatchNormFunction
+            and function in TRAIN_ROWS_PATHS
             and _rows_fast_path(input, weight, bias, running_mean, running_var)
         ):
-            return _TRAIN_ROWS(input, weight, bias, running_mean, running_var, eps, float(factor))
+            short_path = TRAIN_ROWS_PATHS[function]
+            return short_path(input, weight, bias, running_mean, running_var, eps, float(factor))
         return _dispatch(
             input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps, function
         )
