@@ -87,6 +87,29 @@ def test_large_offset_float32_backward_is_accurate(fmt) -> None:
         assert err <= 1e-4 * grads["ref"][k].abs().max(), (k, float(err))
 
 
+@pytest.mark.parametrize("shape", [(1 << 22, 2), (1, 2, 1 << 22)], ids=["rows", "planes"])
+def test_float32_statistics_stay_accurate_over_millions_of_values(shape) -> None:
+    """Float32 statistics are summed in float only within short blocks, then in double."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5)) + 3
+    _, mean, invstd = fast.load().forward_train(x, None, None, 1e-5)
+    dims = [d for d in range(x.dim()) if d != 1]
+    var, ref_mean = torch.var_mean(x.double(), dims, unbiased=False)
+    assert ((mean - ref_mean).abs() / var.sqrt()).max() < 1e-6
+    assert ((invstd - (var + 1e-5).rsqrt()) / invstd).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("fmt", [None, torch.channels_last], ids=["planes", "rows"])
+def test_float32_statistics_of_a_huge_spread(fmt) -> None:
+    """Squares over float32's range are summed again in double, not returned as infinity."""
+    fmt = fmt or torch.contiguous_format
+    gen = torch.Generator().manual_seed(6)
+    x = (torch.randn(8, 3, 4, 4, generator=gen) * 1e20).contiguous(memory_format=fmt)
+    y = fast.BatchNorm2d(3, affine=False)(x).double()
+    x64 = x.double()
+    ref = (x64 - x64.mean((0, 2, 3), keepdim=True)) / x64.var((0, 2, 3), unbiased=False, keepdim=True).sqrt()
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_gradient_that_shares_the_inputs_memory() -> None:
     """dy may be the input's own storage (y.backward(x.detach())): the backward sums still read both."""
     x = torch.randn(16, 6) * 2 + 1

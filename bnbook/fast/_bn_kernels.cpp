@@ -1,6 +1,6 @@
 // Fused batch-norm kernels for the CPU: one pass for the statistics, one for the output,
-// two for the backward pass; eval mode is a single pass. Per-channel sums end in double (float32
-// input is summed in float within short blocks; see Acc below).
+// two for the backward pass; eval mode is a single pass. Per-channel sums end in double (the
+// statistics of float32 input are summed in float within short blocks; see Acc below).
 //
 // Two memory orders are handled:
 //   planes: contiguous (N, C, M) memory, M > 1 (NCHW, NCDHW, BatchNorm1d's (N, C, L)): each
@@ -290,23 +290,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 
 #else  // BNBOOK_KERNEL_BODY: the loops, compiled once per instruction set
 
-// How the sums accumulate. A float32 input is summed in float, 8 lanes to a vector instead of 4
-// doubles, over short blocks (kBlock steps); each block's partial sums are then added in double, so
-// a rounding error can grow only within a block. The values are shifted first, by one of the
-// channel's own values or by the mean rounded to float, so that the block sums stay small; sums()
-// then corrects for the part of the shift that float cannot hold. A double input sums in double.
-template <typename T>
-using Acc = std::conditional_t<std::is_same_v<T, float>, float, double>;
+// How the sums accumulate. The statistics of a float32 input are summed in float, 8 lanes to a
+// vector instead of 4 doubles, over short blocks (kBlock steps); each block's sums are then added in
+// double, so a rounding error can grow only within a block. The values are first shifted by one
+// of the channel's own values (exact in float), so that the block sums stay small. The backward
+// sums, whose terms can cancel (dy with a large mean), accumulate in double, as does a double input.
+template <typename T, bool SAME>
+using Acc = std::conditional_t<SAME && std::is_same_v<T, float>, float, double>;
 constexpr int64_t kBlock = 16;
 
 // Sums over planes: per plane i (channel c = i % C) of M contiguous values,
 //   SAME (b is a):  p1 = sum(a - k[c]), p2 = sum((a - k[c])^2);
 //   otherwise:      p1 = sum(a),        p2 = sum(a * (b - k[c]));
-// with k rounded to Acc<T>. Parallel over the N * C planes (any C keeps both threads busy); each
+// with k in the accumulator's type. Parallel over the N * C planes (any C keeps both threads busy); each
 // plane's sums are then added per channel. Independent accumulators (kLanes per sum) let the adds overlap.
 template <typename T, bool SAME>
 void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const double* k, double* s1, double* s2) {
-  using A = Acc<T>;
+  using A = Acc<T, SAME>;
   constexpr int kLanes = 16;  // per sum: two vectors of floats or four of doubles (more would spill)
   std::vector<double> part(2 * static_cast<size_t>(N * C));
   double* p1 = part.data();
@@ -375,7 +375,7 @@ void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const 
 template <typename T, bool SAME>
 void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64_t c0, int64_t c1,
                 const double* k, double* q1, double* q2, bool sweep4) {
-  using A = Acc<T>;
+  using A = Acc<T, SAME>;
   constexpr bool kDirect = std::is_same_v<A, double>;
   const int64_t W = c1 - c0;
   std::vector<A> buf((kDirect ? 1 : 3) * static_cast<size_t>(W));
@@ -472,30 +472,37 @@ void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, do
   }
 }
 
+// A channel's statistics summed again in double, value by value: for a float32 channel whose
+// float squares overflowed (a spread above about 1e19) or whose data hold inf or NaN.
+template <typename T>
+void stats_in_double(const View& v, const T* a, int64_t c, double k, double* s1, double* s2) {
+  double t1 = 0.0, t2 = 0.0;
+  const int64_t R = v.N * v.M;
+  for (int64_t r = 0; r < R; ++r) {
+    const T* p = v.rows ? a + r * v.C + c : a + ((r / v.M) * v.C + c) * v.M + r % v.M;
+    const double d = static_cast<double>(*p) - k;
+    t1 += d;
+    t2 += d * d;
+  }
+  *s1 = t1;
+  *s2 = t2;
+}
+
 // Per-channel sums of a (N, C, M) view, in double:
-//   stats:  s1 = sum(a - k), s2 = sum((a - k)^2)   (the statistics of a, k a shift per channel; b unused);
+//   stats:  s1 = sum(a - k), s2 = sum((a - k)^2)   (the statistics of a, k one of each channel's own
+//           values, so exact in T; b unused);
 //   else:   s1 = sum(a),     s2 = sum(a * (b - k)) (the backward pass: a = dy, b = x, k the mean).
-// The loops shift by h = k rounded to Acc<T>; the rest of the shift, l = k - h, is put back here,
-// exactly: sum(a - k) = sum(a - h) - n l, sum((a - k)^2) = sum((a - h)^2) - 2 l sum(a - h) + n l^2,
-// sum(a (b - k)) = sum(a (b - h)) - l sum(a).
 template <typename T>
 void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2) {
-  const bool same = stats;
-  if (v.rows)
-    same ? sums_rows<T, true>(a, b, v.N * v.M, v.C, k, s1, s2) : sums_rows<T, false>(a, b, v.N * v.M, v.C, k, s1, s2);
-  else
-    same ? sums_planes<T, true>(a, b, v.N, v.C, v.M, k, s1, s2)
-         : sums_planes<T, false>(a, b, v.N, v.C, v.M, k, s1, s2);
-  const double n = static_cast<double>(v.N * v.M);
-  for (int64_t c = 0; c < v.C; ++c) {
-    const double l = k[c] - static_cast<double>(static_cast<Acc<T>>(k[c]));
-    if (l == 0.0) continue;
-    if (same) {
-      s2[c] += l * (n * l - 2.0 * s1[c]);
-      s1[c] -= n * l;
-    } else {
-      s2[c] -= l * s1[c];
+  if (stats) {
+    v.rows ? sums_rows<T, true>(a, b, v.N * v.M, v.C, k, s1, s2) : sums_planes<T, true>(a, b, v.N, v.C, v.M, k, s1, s2);
+    if constexpr (std::is_same_v<Acc<T, true>, float>) {
+      for (int64_t c = 0; c < v.C; ++c)
+        if (!std::isfinite(s1[c]) || !std::isfinite(s2[c])) stats_in_double<T>(v, a, c, k[c], s1 + c, s2 + c);
     }
+  } else {
+    v.rows ? sums_rows<T, false>(a, b, v.N * v.M, v.C, k, s1, s2)
+           : sums_planes<T, false>(a, b, v.N, v.C, v.M, k, s1, s2);
   }
 }
 
