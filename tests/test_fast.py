@@ -218,3 +218,24 @@ def test_running_update_bumps_versions_and_eval_under_no_grad_matches() -> None:
     ref.eval()
     with torch.no_grad():
         torch.testing.assert_close(layer(x), ref(x))
+
+
+def test_rows_node_with_frozen_parameters_and_an_input_changed_in_place() -> None:
+    """The (N, C) training node: gradients only where asked, and autograd's check on a saved input."""
+    x, dy = torch.randn(12, 4) * 2 + 1, torch.randn(12, 4)
+    grads = []
+    for layer in (fast.BatchNorm1d(4), nn.BatchNorm1d(4)):
+        layer.weight.requires_grad_(False)
+        xi = x.clone().requires_grad_()
+        y = layer(xi)
+        y.backward(dy)
+        grads.append((xi.grad, layer.bias.grad))
+        assert layer.weight.grad is None
+    for got, ref in zip(*grads, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    xi = x.clone().requires_grad_()
+    y = fast.BatchNorm1d(4)(xi)
+    with torch.no_grad():
+        xi.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.backward(dy)

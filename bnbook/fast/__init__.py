@@ -5,9 +5,11 @@ each a full pass over memory with a fresh temporary. The kernels here fuse
 them: a training forward pass reads the input once for the statistics
 (shifted for accuracy; float32 input is summed in float32 within blocks of
 16 steps, and the blocks' sums are added in double) and once more to write the
-output; the backward pass reads ``dy`` and ``x`` once for the two sums and
-once more to write ``dx``. That is the least traffic a streaming
-implementation can have. See ``chapters/16_making_it_fast``.
+output; the backward pass reads ``dy`` and ``x`` once for the two sums (in
+double) and once more to write ``dx``. That is the least traffic a streaming
+implementation can have. The plain training call on ``(N, C)`` input, where a
+small batch makes per-call overhead count, is one autograd node written in C++.
+See ``chapters/16_making_it_fast``.
 
 The kernels build with ``torch.utils.cpp_extension`` where a C++ compiler is
 present, into torch's extension cache, so the second run only loads them
@@ -18,7 +20,9 @@ eager path: same results, slower.
 Layers: :class:`BatchNorm1d`, :class:`BatchNorm2d`, :class:`BatchNorm3d`,
 drop-ins for ``torch.nn``'s (and subclasses of ``bnbook.nn``'s) for float32
 and float64 CPU tensors, contiguous or channels-last; any other input (half
-precision, a GPU, double backward) takes the eager path.
+precision, a GPU, a functorch transform, forward-mode AD, a compiler) takes the
+eager path. Under ``create_graph=True`` the backward pass is the closed form
+written with differentiable operations, so second derivatives are exact.
 """
 
 from __future__ import annotations
@@ -229,43 +233,6 @@ def _any_grad(*tensors: Tensor | None) -> bool:
     return any(t is not None and t.requires_grad for t in tensors)
 
 
-class _FusedRowsFunction(torch.autograd.Function):
-    """The plain training call on ``(N, C)`` input on the fused kernels, with as little Python as possible.
-
-    ``apply(x, weight, bias, running_mean, running_var, eps, momentum) -> y``:
-    the same kernel calls, so the same numbers, as :class:`FusedBatchNormFunction`
-    in this case, without its general bookkeeping (optional operands, extra
-    outputs, layouts), which on a small batch costs more than the kernels. Only
-    ``bnbook.nn``'s layers call it, under the conditions of its own short path
-    (float32 or float64, weight, bias and running buffers present, outside every
-    transform) and where the fused kernels serve the input.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
-                running_var: Tensor, eps: float, momentum: float) -> Tensor:
-        y, mean64, invstd64 = _state["module"].forward_train_update(
-            x, weight, bias, eps, running_mean, running_var, momentum
-        )
-        ctx.save_for_backward(x, weight, mean64, invstd64)
-        ctx.eps = eps
-        return y
-
-    @staticmethod
-    def backward(ctx: Any, dy: Tensor):
-        x, weight, mean64, invstd64 = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        if torch.is_grad_enabled():  # create_graph=True: the differentiable closed form
-            ctx.batch_stats = True
-            var = (invstd64.pow(-2) - ctx.eps).to(x.dtype)
-            dx, dw, db = _eager._backward_differentiable(ctx, dy, x, weight, mean64.to(x.dtype), var)
-        else:
-            dx, dw, db = _state["module"].backward_train(dy.contiguous(), x, weight, mean64, invstd64, True)
-            dw, db = dw.to(weight.dtype), db.to(weight.dtype)
-        return (dx if need_x else None, dw if need_w else None, db if need_b else None,
-                None, None, None, None)
-
-
 class _FusedMixin:
     """Computes ``bnbook.nn``'s forward with the fused kernels wherever they apply."""
 
@@ -285,5 +252,19 @@ class BatchNorm3d(_FusedMixin, _eager.BatchNorm3d):
     """``bnbook.nn.BatchNorm3d`` on the fused kernels; see :mod:`bnbook.fast`."""
 
 
-# bnbook.nn's layers take this path for the plain (N, C) training call when _Fused computes it
-_eager.TRAIN_ROWS_PATHS[_Fused] = super(torch.autograd.Function, _FusedRowsFunction).apply
+def _train_rows(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
+                eps: float, momentum: float) -> Tensor:
+    """The plain training call on ``(N, C)`` input as one autograd node written in C++.
+
+    The same kernel calls, so the same numbers, as :class:`FusedBatchNormFunction`
+    in this case, without its Python (optional operands, extra outputs, layouts),
+    which on a small batch costs more than the kernels. Under ``create_graph=True``
+    its backward pass is the differentiable closed form. ``bnbook.nn``'s layers
+    call it under the conditions of their own short path (float32 or float64,
+    weight, bias and running buffers present, outside every transform) when the
+    fused kernels serve the input.
+    """
+    return _state["module"].train_rows(x, weight, bias, running_mean, running_var, eps, momentum)
+
+
+_eager.TRAIN_ROWS_PATHS[_Fused] = _train_rows

@@ -277,11 +277,70 @@ std::vector<torch::Tensor> forward_eval(torch::Tensor x, torch::Tensor running_m
 
 }  // namespace
 
+namespace bnbook_fast {
+
+// The plain training call on (N, C) input as one autograd node written in C++: the same kernel calls
+// as bnbook.fast's Python Function, without the Python around them (on a small batch that costs
+// more than the kernels). Arguments: x (N, C), weight, bias, running_mean, running_var (C,), all
+// of x's dtype; eps; momentum. Under create_graph=True the backward pass is the closed form written
+// with differentiable tensor operations (as bnbook.nn's), so second derivatives are exact.
+struct TrainRows : public torch::autograd::Function<TrainRows> {
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const torch::Tensor& bias,
+                               const torch::Tensor& running_mean, const torch::Tensor& running_var, double eps,
+                               double momentum) {
+    auto out = forward_train_impl(x, weight, bias, eps, running_mean, running_var, momentum);
+    ctx->save_for_backward({x, weight, out[1], out[2]});
+    ctx->saved_data["eps"] = eps;
+    return out[0];
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &weight = saved[1];
+    const torch::Tensor& dy = grads[0];
+    torch::Tensor dx, dw, db;
+    if (torch::GradMode::is_enabled()) {  // create_graph=True: a backward pass that can be differentiated
+      const double eps = ctx->saved_data["eps"].toDouble();
+      const double m = static_cast<double>(std::max<int64_t>(x.size(0), 1));
+      auto xc = x - x.mean({0}, true);
+      auto invstd = torch::rsqrt((xc * xc).mean({0}, true) + eps);
+      auto x_hat = xc * invstd;
+      db = dy.sum({0});
+      dw = (dy * x_hat).sum({0});
+      auto k = invstd * weight.view({1, -1});
+      dx = k * (dy - db.view({1, -1}) / m - x_hat * dw.view({1, -1}) / m);
+    } else {
+      auto r = backward_train(dy.contiguous(), x, weight, saved[2], saved[3], true);
+      dx = r[0];
+      dw = r[1].to(weight.scalar_type());
+      db = r[2].to(weight.scalar_type());
+    }
+    const torch::Tensor none;
+    return {ctx->needs_input_grad(0) ? dx : none, ctx->needs_input_grad(1) ? dw : none,
+            ctx->needs_input_grad(2) ? db : none, none, none, none, none};
+  }
+};
+
+}  // namespace bnbook_fast
+
+namespace {
+
+torch::Tensor train_rows(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                         const torch::Tensor& running_mean, const torch::Tensor& running_var, double eps,
+                         double momentum) {
+  return bnbook_fast::TrainRows::apply(x, weight, bias, running_mean, running_var, eps, momentum);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_train", &forward_train, "batch norm forward with batch statistics");
   m.def("forward_train_update", &forward_train_update,
         "batch norm forward with batch statistics, updating the running buffers in place");
   m.def("backward_train", &backward_train, "batch norm backward");
+  m.def("train_rows", &train_rows, "the plain (N, C) training call, as one C++ autograd node");
   m.def("forward_affine", &forward_affine, "per-channel affine map (eval mode)");
   m.def("forward_eval", &forward_eval, "batch norm forward with the running statistics, in one pass");
   m.def("isa", []() { return use_avx2() ? std::string("avx2+fma") : std::string("x86-64"); },
