@@ -110,6 +110,35 @@ def test_float32_statistics_of_a_huge_spread(fmt) -> None:
     torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("fmt", [None, torch.channels_last], ids=["planes", "rows"])
+def test_grad_weight_when_the_gradient_has_a_large_mean(fmt) -> None:
+    """dy = 1e4 + noise: sum(dy * x_hat) cancels, and the mean's float32 error must not leak into it."""
+    gen = torch.Generator().manual_seed(7)
+    fmt = fmt or torch.contiguous_format
+    x = torch.randn(64, 4, 16, 16, generator=gen).contiguous(memory_format=fmt)
+    dy = (torch.randn(64, 4, 16, 16, generator=gen) + 1e4).contiguous(memory_format=fmt)
+    grads = []
+    layers = ((fast.BatchNorm2d(4), x, dy), (nn.BatchNorm2d(4).double(), x.double(), dy.double()))
+    for layer, xin, din in layers:
+        xi = xin.clone().requires_grad_()
+        layer(xi).backward(din)
+        grads.append((layer.weight.grad.double(), xi.grad.double()))
+    (dw, dx), (dw_ref, dx_ref) = grads
+    assert (dw - dw_ref).abs().max() <= 1e-5 * dw_ref.abs().max()
+    assert (dx - dx_ref).abs().max() <= 1e-3 * dx_ref.abs().max()
+
+
+def test_float32_statistics_of_a_tiny_spread() -> None:
+    """Squares near float32's underflow are summed again in double; a constant channel stays exact."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(32, 3, 8, generator=gen) * 1e-22
+    x[:, 2] = 0.25  # constant
+    _, mean, invstd = fast.load().forward_train(x, None, None, 1e-60)
+    var, ref_mean = torch.var_mean(x.double(), (0, 2), unbiased=False)
+    torch.testing.assert_close(invstd[:2], (var[:2] + 1e-60).rsqrt(), rtol=1e-5, atol=0)
+    assert mean[2] == 0.25 and abs(invstd[2] / 1e30 - 1) < 1e-12  # variance exactly 0
+
+
 def test_gradient_that_shares_the_inputs_memory() -> None:
     """dy may be the input's own storage (y.backward(x.detach())): the backward sums still read both."""
     x = torch.randn(16, 6) * 2 + 1
@@ -239,3 +268,15 @@ def test_rows_node_with_frozen_parameters_and_an_input_changed_in_place() -> Non
         xi.add_(1.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         y.backward(dy)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("shape", [(16, 4), (4, 4, 3, 3)], ids=["rows", "planes"])
+def test_jit_trace_records_the_eager_computation(shape) -> None:
+    """A trace records ATen operations only: under tracing the layer takes bnbook.nn's eager path."""
+    layer = (fast.BatchNorm1d(4) if len(shape) == 2 else fast.BatchNorm2d(4)).train()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(9)) * 2 + 1
+    traced = torch.jit.trace(layer, x.clone().requires_grad_(), check_trace=False)
+    x2 = torch.randn(shape, generator=torch.Generator().manual_seed(10)) * 3 - 1
+    ref = torch.nn.BatchNorm1d(4) if len(shape) == 2 else torch.nn.BatchNorm2d(4)
+    torch.testing.assert_close(traced(x2.clone().requires_grad_()), ref(x2), rtol=1e-4, atol=1e-5)

@@ -589,3 +589,40 @@ def test_fused_rows_short_path_equals_the_general_fused_path() -> None:
         results.append((y, *grads, layer.running_mean, layer.running_var))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cls", ROWS_LAYERS, ids=ROWS_IDS)
+@pytest.mark.parametrize("shape", [(16, 4), (16, 4, 3)], ids=["rows", "3d"])
+def test_training_under_cpu_autocast_matches_torch(cls, shape) -> None:
+    """Under torch.autocast a float32 input keeps float32 statistics, as in torch's layer."""
+    x, dy = torch.randn(shape) * 2 + 1, torch.randn(shape)
+    outs = []
+    for layer in (torch.nn.BatchNorm1d(4), cls(4)):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xi)
+        y.backward(dy)
+        outs.append((y, xi.grad, layer.weight.grad, layer.running_mean, layer.running_var))
+    for got, ref in zip(outs[1], outs[0], strict=True):
+        assert got.dtype == ref.dtype
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", ROWS_LAYERS, ids=ROWS_IDS)
+def test_parametrized_weight_matches_torch(cls) -> None:
+    """torch.nn.utils.parametrize moves the weight out of _parameters; the layer still finds it."""
+    from torch.nn.utils import parametrize
+
+    class Positive(torch.nn.Module):
+        def forward(self, w):
+            return torch.nn.functional.softplus(w)
+
+    x, dy = torch.randn(12, 5) * 2 + 1, torch.randn(12, 5)
+    outs = []
+    for layer in (torch.nn.BatchNorm1d(5), cls(5)):
+        parametrize.register_parametrization(layer, "weight", Positive())
+        xi = x.clone().requires_grad_()
+        layer(xi).backward(dy)
+        outs.append((layer(x), xi.grad, layer.parametrizations.weight.original.grad))
+    for got, ref in zip(outs[1], outs[0], strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)

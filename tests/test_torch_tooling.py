@@ -156,6 +156,15 @@ def test_vmap_in_eval_mode(torch_cls, ours_cls, shape) -> None:
     torch.testing.assert_close(torch.func.vmap(ours)(xs), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(("torch_cls", "ours_cls", "shape"), PAIRS, ids=IDS)
+def test_vmap_of_an_untracked_layer_in_training(torch_cls, ours_cls, shape) -> None:
+    """Without running buffers, vmap gives every batch its own statistics (as torch's layer does)."""
+    ref, ours = _pair(torch_cls, ours_cls, track_running_stats=False)
+    xs = torch.randn((4, *shape), dtype=torch.float64)
+    expected = torch.func.vmap(ref)(xs)
+    torch.testing.assert_close(torch.func.vmap(ours)(xs), expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("train", [True, False], ids=["batch-stats", "running-stats"])
 @pytest.mark.parametrize(("torch_cls", "ours_cls", "shape"), PAIRS, ids=IDS)
 def test_jvp_matches_torch(torch_cls, ours_cls, shape, train: bool) -> None:

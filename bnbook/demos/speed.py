@@ -236,6 +236,36 @@ def worst_cells(
     return sorted(out, reverse=True)
 
 
+def verdict(
+    rows: Sequence[bench.TableRow],
+    mode: str,
+    bound: float,
+    ratio: str = "x_native",
+    min_mib: float = 0.0,
+    threads: int = 1,
+    max_spread: float = 3.0,
+    what: str = "native",
+) -> str:
+    """The verdict on the stable cells of one mode against ``bound``, from their medians and ranges.
+
+    Below the bound only when every stable cell's range is; "about equal" when
+    every median is at or below it but some range reaches above, so that another
+    run could put a median on the other side; above it when some median is.
+    """
+    cells = [
+        getattr(cell, ratio)
+        for row in rows
+        if row.config.mib >= min_mib
+        for (m, n), cell in row.cells.items()
+        if m == mode and n == threads and stable(getattr(cell, ratio), max_spread)
+    ]
+    if any(c[0] > bound for c in cells):
+        return f"above {what} in some cells"
+    if any(c[2] > bound for c in cells):
+        return f"about equal to {what}: every median at or below, some ranges above"
+    return f"below {what} in every cell, ranges included"
+
+
 def unstable_cells(
     rows: Sequence[bench.TableRow], ratio: str = "x_native", max_spread: float = 3.0
 ) -> list[tuple[str, str, int, tuple[float, float, float]]]:

@@ -15,7 +15,7 @@ The kernels build with ``torch.utils.cpp_extension`` where a C++ compiler is
 present, into torch's extension cache, so the second run only loads them
 (well under a second). Where they cannot be built, :func:`available` is False,
 :func:`status` says why, and the layers here fall back to ``bnbook.nn``'s
-eager path: same results, slower.
+eager path: the same results up to rounding, slower.
 
 Layers: :class:`BatchNorm1d`, :class:`BatchNorm2d`, :class:`BatchNorm3d`,
 drop-ins for ``torch.nn``'s (and subclasses of ``bnbook.nn``'s) for float32
@@ -140,8 +140,8 @@ def _fusable(x: Tensor) -> bool:
 
     Everything else takes ``bnbook.nn``'s eager path, which supports it: other
     dtypes and devices, ``vmap`` and the other functorch transforms, forward-mode
-    AD (``jvp``), tracing and ``torch.export`` (tensor subclasses such as fake
-    tensors), and ``torch.compile``.
+    AD (``jvp``), ``torch.jit.trace``, ``torch.export`` (tensor subclasses such
+    as fake tensors), and ``torch.compile``.
     """
     if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter:
         return False
@@ -151,6 +151,7 @@ def _fusable(x: Tensor) -> bool:
         _forward_ad._current_level >= 0
         or torch._C._are_functorch_transforms_active()
         or torch.compiler.is_compiling()
+        or torch._C._get_tracing_state() is not None  # torch.jit.trace records only ATen operations
     ):
         return False
     if x.is_contiguous():

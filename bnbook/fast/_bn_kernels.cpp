@@ -79,11 +79,12 @@ View view_of(const torch::Tensor& x) {
 }
 
 template <typename T>
-void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2) {
+void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2,
+          double* s3 = nullptr) {
 #ifdef BNBOOK_HAVE_AVX2
-  if (use_avx2()) return bnbook_avx2::sums<T>(v, stats, a, b, k, s1, s2);
+  if (use_avx2()) return bnbook_avx2::sums<T>(v, stats, a, b, k, s1, s2, s3);
 #endif
-  bnbook_base::sums<T>(v, stats, a, b, k, s1, s2);
+  bnbook_base::sums<T>(v, stats, a, b, k, s1, s2, s3);
 }
 
 template <typename T>
@@ -195,8 +196,8 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
   auto opts64 = x.options().dtype(torch::kDouble);
   auto sum_dy = torch::empty({C}, opts64), sum_dy_xhat = torch::empty({C}, opts64);
   auto dx = torch::empty_like(x);
-  std::vector<double> buf(3 * static_cast<size_t>(C));
-  double *s1 = buf.data(), *s2 = s1 + C, *w = s2 + C;
+  std::vector<double> buf(4 * static_cast<size_t>(C));
+  double *s1 = buf.data(), *s2 = s1 + C, *s3 = s2 + C, *w = s3 + C;
   as_double(weight, C, 1.0, w);
   auto mean64 = mean.to(torch::kDouble).contiguous(), invstd64 = invstd.to(torch::kDouble).contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_backward_train", [&] {
@@ -204,7 +205,7 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
     const scalar_t* pg = dy.data_ptr<scalar_t>();
     const double* pm = mean64.data_ptr<double>();
     const double* pi = invstd64.data_ptr<double>();
-    sums<scalar_t>(v, false, pg, px, pm, s1, s2);  // sum(dy), sum(dy * (x - mean))
+    sums<scalar_t>(v, false, pg, px, pm, s1, s2, s3);  // sum(dy), sum(dy * (x - mean)), sum(x - mean)
     const double m = static_cast<double>(v.N * v.M);
     std::vector<scalar_t> coef(5 * static_cast<size_t>(C));
     scalar_t *zero = coef.data(), *center = zero + C, *alpha = center + C, *beta = alpha + C, *gam = beta + C;
@@ -213,10 +214,15 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
     const bool through_stats = batch_stats && m > 0;
     for (int64_t c = 0; c < C; ++c) {
       const double k = pi[c] * w[c];
+      // With batch statistics, the saved mean is the batch's as the forward pass measured it; sum(x -
+      // mean) / m is what that measurement missed (float32 statistics are summed in float), and
+      // removing it keeps sum(dy * (x - mean)) exact when dy has a large mean.
+      const double miss = through_stats ? s3[c] / m : 0.0;
+      s2[c] -= miss * s1[c];
       psd[c] = s1[c];
       psx[c] = s2[c] * pi[c];
       zero[c] = scalar_t(0);
-      center[c] = static_cast<scalar_t>(pm[c]);
+      center[c] = static_cast<scalar_t>(pm[c] + miss);
       alpha[c] = static_cast<scalar_t>(k);
       // dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum(dy (x - mean)) / m)
       beta[c] = static_cast<scalar_t>(through_stats ? -k * s1[c] / m : 0.0);
@@ -360,22 +366,24 @@ constexpr int64_t kBlock = 16;
 
 // Sums over planes: per plane i (channel c = i % C) of M contiguous values,
 //   SAME (b is a):  p1 = sum(a - k[c]), p2 = sum((a - k[c])^2);
-//   otherwise:      p1 = sum(a),        p2 = sum(a * (b - k[c]));
+//   otherwise:      p1 = sum(a),        p2 = sum(a * (b - k[c])),  p3 = sum(b - k[c]);
 // with k in the accumulator's type. Parallel over the N * C planes (any C keeps both threads busy); each
 // plane's sums are then added per channel. Independent accumulators (kLanes per sum) let the adds overlap.
 template <typename T, bool SAME>
-void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const double* k, double* s1, double* s2) {
+void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const double* k, double* s1, double* s2,
+                 double* s3) {
   using A = Acc<T, SAME>;
   constexpr int kLanes = 16;  // per sum: two vectors of floats or four of doubles (more would spill)
-  std::vector<double> part(2 * static_cast<size_t>(N * C));
+  std::vector<double> part(3 * static_cast<size_t>(N * C));
   double* p1 = part.data();
   double* p2 = p1 + N * C;
+  double* p3 = p2 + N * C;
   at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(M, 1)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const A kc = static_cast<A>(k[i % C]);
       const T* pa = a + i * M;
       const T* pb = b + i * M;
-      double u1[kLanes] = {0}, u2[kLanes] = {0};
+      double u1[kLanes] = {0}, u2[kLanes] = {0}, u3[kLanes] = {0};
       int64_t m = 0;
       while (m + kLanes <= M) {
         const int64_t stop = m + kLanes * std::min<int64_t>(kBlock, (M - m) / kLanes);
@@ -387,10 +395,11 @@ void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const 
               const A va = static_cast<A>(pa[m + j]) - kc;
               f1[j] += va;
               f2[j] += va * va;
-            } else {
-              const A va = static_cast<A>(pa[m + j]);
+            } else {  // A is double here
+              const A va = static_cast<A>(pa[m + j]), vb = static_cast<A>(pb[m + j]) - kc;
               f1[j] += va;
-              f2[j] += va * (static_cast<A>(pb[m + j]) - kc);
+              f2[j] += va * vb;
+              u3[j] += vb;
             }
           }
         }
@@ -399,41 +408,46 @@ void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const 
           u2[j] += f2[j];
         }
       }
-      double t1 = 0.0, t2 = 0.0;
+      double t1 = 0.0, t2 = 0.0, t3 = 0.0;
       for (; m < M; ++m) {
         const A va = SAME ? static_cast<A>(pa[m]) - kc : static_cast<A>(pa[m]);
         const A vb = SAME ? va : static_cast<A>(pb[m]) - kc;
         t1 += va;
         t2 += static_cast<double>(va) * static_cast<double>(vb);
+        t3 += vb;
       }
       for (int j = 0; j < kLanes; ++j) {
         t1 += u1[j];
         t2 += u2[j];
+        t3 += u3[j];
       }
       p1[i] = t1;
       p2[i] = t2;
+      p3[i] = t3;
     }
   });
   for (int64_t c = 0; c < C; ++c) {
     s1[c] = 0.0;
     s2[c] = 0.0;
+    if (s3) s3[c] = 0.0;
   }
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < C; ++c) {
       s1[c] += p1[n * C + c];
       s2[c] += p2[n * C + c];
+      if (s3) s3[c] += p3[n * C + c];
     }
 }
 
-// Sums over rows r0..r1 of C contiguous channels, for channels c0..c1, added into q1 and q2
-// (c1 - c0 doubles each); the same sums as sums_planes. For float32 a block of kBlock rows is summed
+// Sums over rows r0..r1 of C contiguous channels, for channels c0..c1, added into q1, q2 and (not
+// SAME) q3, c1 - c0 doubles each; the same sums as sums_planes. For float32 a block of kBlock rows is summed
 // into per-channel arrays that stay in the L1 cache, then added into q1 and q2; a double input
 // sums straight into q1 and q2. ``sweep4``: the statistics read four rows per sweep, which halves
 // the traffic to those arrays; that pays while the input sits in the cache (from main memory,
 // four streams at once are slower).
 template <typename T, bool SAME>
 void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64_t c0, int64_t c1,
-                const double* k, double* q1, double* q2, bool sweep4) {
+                const double* k, double* q1, double* q2, double* q3, bool sweep4) {
   using A = Acc<T, SAME>;
   constexpr bool kDirect = std::is_same_v<A, double>;
   const int64_t W = c1 - c0;
@@ -470,11 +484,21 @@ void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64
     for (; rr < re; ++rr) {
       const T* __restrict pa = a + rr * C + c0;
       const T* __restrict pb = b + rr * C + c0;
+      if constexpr (SAME) {
 #pragma omp simd
-      for (int64_t c = 0; c < W; ++c) {
-        const A va = SAME ? static_cast<A>(pa[c]) - kh[c] : static_cast<A>(pa[c]);
-        f1[c] += va;
-        f2[c] += va * (SAME ? va : static_cast<A>(pb[c]) - kh[c]);
+        for (int64_t c = 0; c < W; ++c) {
+          const A va = static_cast<A>(pa[c]) - kh[c];
+          f1[c] += va;
+          f2[c] += va * va;
+        }
+      } else {  // A is double and f1, f2 are q1, q2
+#pragma omp simd
+        for (int64_t c = 0; c < W; ++c) {
+          const A va = static_cast<A>(pa[c]), vb = static_cast<A>(pb[c]) - kh[c];
+          f1[c] += va;
+          f2[c] += va * vb;
+          q3[c] += vb;
+        }
       }
     }
     if constexpr (!kDirect) {
@@ -487,7 +511,7 @@ void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64
 }
 
 template <typename T, bool SAME>
-void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, double* s1, double* s2) {
+void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, double* s1, double* s2, double* s3) {
   constexpr int64_t kWide = 2048;  // channels per block when rows are split by channel
   const int64_t total = R * C;
   const int nthreads = at::get_num_threads();
@@ -503,36 +527,40 @@ void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, do
         const int64_t c0 = j * width, c1 = std::min(C, c0 + width);
         std::fill(s1 + c0, s1 + c1, 0.0);
         std::fill(s2 + c0, s2 + c1, 0.0);
-        rows_block<T, SAME>(a, b, 0, R, C, c0, c1, k, s1 + c0, s2 + c0, sweep4);
+        if (s3) std::fill(s3 + c0, s3 + c1, 0.0);
+        rows_block<T, SAME>(a, b, 0, R, C, c0, c1, k, s1 + c0, s2 + c0, s3 ? s3 + c0 : nullptr, sweep4);
       }
     });
     return;
   }
   // blocks of rows, one per thread, each with its own per-channel sums
-  std::vector<double> part(static_cast<size_t>(nthreads) * 2 * C, 0.0);
+  std::vector<double> part(static_cast<size_t>(nthreads) * 3 * C, 0.0);
   std::vector<char> used(nthreads, 0);
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     const int t = at::get_thread_num();
-    double* q1 = part.data() + static_cast<size_t>(t) * 2 * C;
+    double* q1 = part.data() + static_cast<size_t>(t) * 3 * C;
     used[t] = 1;
-    rows_block<T, SAME>(a, b, r0, r1, C, 0, C, k, q1, q1 + C, sweep4);
+    rows_block<T, SAME>(a, b, r0, r1, C, 0, C, k, q1, q1 + C, q1 + 2 * C, sweep4);
   });
   for (int64_t c = 0; c < C; ++c) {
     s1[c] = 0.0;
     s2[c] = 0.0;
+    if (s3) s3[c] = 0.0;
   }
   for (int t = 0; t < nthreads; ++t) {
     if (!used[t]) continue;
-    const double* q1 = part.data() + static_cast<size_t>(t) * 2 * C;
+    const double* q1 = part.data() + static_cast<size_t>(t) * 3 * C;
     for (int64_t c = 0; c < C; ++c) {
       s1[c] += q1[c];
       s2[c] += q1[C + c];
+      if (s3) s3[c] += q1[2 * C + c];
     }
   }
 }
 
 // A channel's statistics summed again in double, value by value: for a float32 channel whose
-// float squares overflowed (a spread above about 1e19) or whose data hold inf or NaN.
+// float squares overflowed (a spread above about 1e19) or came near underflow (a spread below about
+// 1e-15, not a constant channel), or whose data hold inf or NaN.
 template <typename T>
 void stats_in_double(const View& v, const T* a, int64_t c, double k, double* s1, double* s2) {
   double t1 = 0.0, t2 = 0.0;
@@ -550,18 +578,24 @@ void stats_in_double(const View& v, const T* a, int64_t c, double k, double* s1,
 // Per-channel sums of a (N, C, M) view, in double:
 //   stats:  s1 = sum(a - k), s2 = sum((a - k)^2)   (the statistics of a, k one of each channel's own
 //           values, so exact in T; b unused);
-//   else:   s1 = sum(a),     s2 = sum(a * (b - k)) (the backward pass: a = dy, b = x, k the mean).
+//   else:   s1 = sum(a),     s2 = sum(a * (b - k)), s3 = sum(b - k)
+//           (the backward pass: a = dy, b = x, k the mean).
 template <typename T>
-void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2) {
+void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2, double* s3) {
   if (stats) {
-    v.rows ? sums_rows<T, true>(a, b, v.N * v.M, v.C, k, s1, s2) : sums_planes<T, true>(a, b, v.N, v.C, v.M, k, s1, s2);
+    v.rows ? sums_rows<T, true>(a, b, v.N * v.M, v.C, k, s1, s2, nullptr)
+           : sums_planes<T, true>(a, b, v.N, v.C, v.M, k, s1, s2, nullptr);
     if constexpr (std::is_same_v<Acc<T, true>, float>) {
-      for (int64_t c = 0; c < v.C; ++c)
-        if (!std::isfinite(s1[c]) || !std::isfinite(s2[c])) stats_in_double<T>(v, a, c, k[c], s1 + c, s2 + c);
+      const double tiny = 1e-30 * static_cast<double>(v.N * v.M);  // float squares near underflow
+      for (int64_t c = 0; c < v.C; ++c) {
+        const bool lost = !std::isfinite(s1[c]) || !std::isfinite(s2[c]) ||
+                          (s2[c] < tiny && (s2[c] > 0.0 || s1[c] != 0.0));
+        if (lost) stats_in_double<T>(v, a, c, k[c], s1 + c, s2 + c);
+      }
     }
   } else {
-    v.rows ? sums_rows<T, false>(a, b, v.N * v.M, v.C, k, s1, s2)
-           : sums_planes<T, false>(a, b, v.N, v.C, v.M, k, s1, s2);
+    v.rows ? sums_rows<T, false>(a, b, v.N * v.M, v.C, k, s1, s2, s3)
+           : sums_planes<T, false>(a, b, v.N, v.C, v.M, k, s1, s2, s3);
   }
 }
 

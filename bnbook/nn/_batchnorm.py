@@ -190,7 +190,8 @@ class BatchNormFunction(torch.autograd.Function):
             # The centred values become the output in place: one allocation the size of x.
             if nd > 2:
                 scale, b = _bcast(scale, nd), (None if b is None else _bcast(b, nd))
-            y = xc.mul_(scale) if b is None else _affine(xc, scale, b, out=xc)
+            # (Under vmap the centred values are a batched tensor, which cannot be an out= argument.)
+            y = xc.mul_(scale) if b is None else _affine(xc, scale, b, out=None if _is_wrapped(xc) else xc)
             return _as(y, x.dtype), mean, var
         y = _eval_affine(x, w, b, mean, var, eps, cd)
         # Copies: the caller's buffers must not come back as outputs of this Function.
@@ -501,6 +502,10 @@ def batch_norm(
 
     Nothing is updated when it raises.
     """
+    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(input.device.type):
+        with torch.autocast(input.device.type, enabled=False):  # as torch: autocast leaves batch norm alone
+            return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                              function=function)
     if input.dim() < 2:
         raise ValueError(f"batch_norm expects input of shape (N, C, *), got {input.dim()}D input")
     _check_floating(input, "batch_norm")
@@ -623,6 +628,10 @@ class _BatchNorm(_torch_bn._BatchNorm):
         return BatchNormFunction
 
     def forward(self, input: Tensor) -> Tensor:
+        if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(input.device.type):
+            # As with torch's layer, autocast leaves batch norm alone: it computes in the input's dtype.
+            with torch.autocast(input.device.type, enabled=False):
+                return self.forward(input)
         # Every check comes before any state changes, so a refused call changes nothing.
         if input.dim() not in self._ranks:
             self._check_input_dim(input)
@@ -636,7 +645,10 @@ class _BatchNorm(_torch_bn._BatchNorm):
             )
         training = self.training
         params, buffers = self._parameters, self._buffers
-        weight, bias = params["weight"], params["bias"]
+        try:
+            weight, bias = params["weight"], params["bias"]
+        except KeyError:  # a parametrized weight or bias (torch.nn.utils.parametrize) is computed on access
+            weight, bias = self.weight, self.bias
         running_mean, running_var = buffers["running_mean"], buffers["running_var"]
         tracked = buffers["num_batches_tracked"]
         use_batch_stats = training or running_mean is None
