@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from bnbook import fast
+from bnbook import nn as bnn
 
 pytestmark = pytest.mark.skipif(not fast.available(), reason=f"no fused kernels here: {fast.status()}")
 
@@ -271,12 +272,27 @@ def test_rows_node_with_frozen_parameters_and_an_input_changed_in_place() -> Non
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", [(16, 4), (4, 4, 3, 3)], ids=["rows", "planes"])
-def test_jit_trace_records_the_eager_computation(shape) -> None:
-    """A trace records ATen operations only: under tracing the layer takes bnbook.nn's eager path."""
-    layer = (fast.BatchNorm1d(4) if len(shape) == 2 else fast.BatchNorm2d(4)).train()
+@pytest.mark.parametrize("lib", [fast, bnn], ids=["fast", "nn"])
+def test_jit_trace_checks_saves_and_updates_buffers_as_torch(lib, shape, train) -> None:
+    """Under torch.jit.trace the layer is one aten::batch_norm: outputs, running buffers, save and load."""
+    import io
+
+    dim = "1d" if len(shape) == 2 else "2d"
+    ours = getattr(lib, f"BatchNorm{dim}")(4).train(train)
+    ref = getattr(nn, f"BatchNorm{dim}")(4).train(train)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(9)) * 2 + 1
-    traced = torch.jit.trace(layer, x.clone().requires_grad_(), check_trace=False)
+    traced = torch.jit.trace(ours, x)  # check_trace on: the trace must replay the same computation
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    ours_state = {k: v.clone() for k, v in ours.state_dict().items()}
+    ref.load_state_dict(ours_state)
     x2 = torch.randn(shape, generator=torch.Generator().manual_seed(10)) * 3 - 1
-    ref = torch.nn.BatchNorm1d(4) if len(shape) == 2 else torch.nn.BatchNorm2d(4)
-    torch.testing.assert_close(traced(x2.clone().requires_grad_()), ref(x2), rtol=1e-4, atol=1e-5)
+    expected = ref(x2)
+    torch.testing.assert_close(traced(x2), expected, rtol=1e-4, atol=1e-5)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(ref, name), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loaded(x2), expected, rtol=1e-4, atol=1e-5)

@@ -626,3 +626,19 @@ def test_parametrized_weight_matches_torch(cls) -> None:
         outs.append((layer(x), xi.grad, layer.parametrizations.weight.original.grad))
     for got, ref in zip(outs[1], outs[0], strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(64, 4), (8, 4, 5)], ids=["rows", "3d"])
+def test_renorm_and_meta_input_under_cpu_autocast(shape) -> None:
+    """Batch renorm is left alone by autocast too; a meta input under CPU autocast still runs."""
+    x = torch.randn(shape) * 2 + 100
+    outs = []
+    for enabled in (False, True):
+        layer = bnn.BatchRenorm1d(4)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
+            y = layer(x)
+        outs.append((y, layer.running_mean, layer.running_var))
+    for a, b in zip(*outs, strict=True):
+        assert torch.equal(a, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert bnn.BatchNorm1d(4, device="meta")(torch.empty(shape, device="meta")).shape == shape

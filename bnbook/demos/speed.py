@@ -248,9 +248,10 @@ def verdict(
 ) -> str:
     """The verdict on the stable cells of one mode against ``bound``, from their medians and ranges.
 
-    Below the bound only when every stable cell's range is; "about equal" when
-    every median is at or below it but some range reaches above, so that another
-    run could put a median on the other side; above it when some median is.
+    Above the bound when some stable cell's whole range is above it; below it
+    when every stable cell's whole range is at or below it; otherwise "about
+    equal": some range spans the bound, so another run could put that cell's
+    median on either side.
     """
     cells = [
         getattr(cell, ratio)
@@ -259,11 +260,11 @@ def verdict(
         for (m, n), cell in row.cells.items()
         if m == mode and n == threads and stable(getattr(cell, ratio), max_spread)
     ]
-    if any(c[0] > bound for c in cells):
-        return f"above {what} in some cells"
-    if any(c[2] > bound for c in cells):
-        return f"about equal to {what}: every median at or below, some ranges above"
-    return f"below {what} in every cell, ranges included"
+    if any(c[1] > bound for c in cells):
+        return f"above {what} in some cells, whole range"
+    if all(c[2] <= bound for c in cells):
+        return f"at or below {what} in every cell, whole range"
+    return f"about equal to {what}: some ranges span it"
 
 
 def unstable_cells(

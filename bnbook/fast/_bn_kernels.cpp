@@ -80,11 +80,11 @@ View view_of(const torch::Tensor& x) {
 
 template <typename T>
 void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2,
-          double* s3 = nullptr) {
+          double* s3 = nullptr, double eps = 0.0) {
 #ifdef BNBOOK_HAVE_AVX2
-  if (use_avx2()) return bnbook_avx2::sums<T>(v, stats, a, b, k, s1, s2, s3);
+  if (use_avx2()) return bnbook_avx2::sums<T>(v, stats, a, b, k, s1, s2, s3, eps);
 #endif
-  bnbook_base::sums<T>(v, stats, a, b, k, s1, s2, s3);
+  bnbook_base::sums<T>(v, stats, a, b, k, s1, s2, s3, eps);
 }
 
 template <typename T>
@@ -131,7 +131,7 @@ std::vector<torch::Tensor> forward_train_impl(const torch::Tensor& x, const c10:
     // shift each channel by one of its own values: sums of (x - shift) stay accurate
     for (int64_t c = 0; c < C; ++c)
       shift[c] = count > 0 ? static_cast<double>(v.rows ? px[c] : px[c * v.M]) : 0.0;
-    sums<scalar_t>(v, true, px, px, shift, s1, s2);
+    sums<scalar_t>(v, true, px, px, shift, s1, s2, nullptr, eps);
     std::vector<scalar_t> coef(3 * static_cast<size_t>(C));
     scalar_t *center = coef.data(), *alpha = center + C, *beta = alpha + C;
     auto* pm = mean.data_ptr<double>();
@@ -577,16 +577,19 @@ void stats_in_double(const View& v, const T* a, int64_t c, double k, double* s1,
 
 // Per-channel sums of a (N, C, M) view, in double:
 //   stats:  s1 = sum(a - k), s2 = sum((a - k)^2)   (the statistics of a, k one of each channel's own
-//           values, so exact in T; b unused);
+//           values, so exact in T; b unused; eps is the layer's, which decides whether a near-underflow
+//           variance is worth summing again in double);
 //   else:   s1 = sum(a),     s2 = sum(a * (b - k)), s3 = sum(b - k)
 //           (the backward pass: a = dy, b = x, k the mean).
 template <typename T>
-void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2, double* s3) {
+void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2, double* s3,
+          double eps) {
   if (stats) {
     v.rows ? sums_rows<T, true>(a, b, v.N * v.M, v.C, k, s1, s2, nullptr)
            : sums_planes<T, true>(a, b, v.N, v.C, v.M, k, s1, s2, nullptr);
     if constexpr (std::is_same_v<Acc<T, true>, float>) {
-      const double tiny = 1e-30 * static_cast<double>(v.N * v.M);  // float squares near underflow
+      // float squares near underflow; they matter only next to an eps that small
+      const double tiny = eps < 1e-20 ? 1e-30 * static_cast<double>(v.N * v.M) : 0.0;
       for (int64_t c = 0; c < v.C; ++c) {
         const bool lost = !std::isfinite(s1[c]) || !std::isfinite(s2[c]) ||
                           (s2[c] < tiny && (s2[c] > 0.0 || s1[c] != 0.0));

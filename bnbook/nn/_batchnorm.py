@@ -21,6 +21,7 @@ import numbers
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.ao.quantization import fuser_method_mappings as _fusers
 from torch.autograd import forward_ad as _forward_ad
@@ -427,6 +428,19 @@ TRAIN_ROWS_PATHS: dict[Any, Any] = {BatchNormFunction: _TRAIN_ROWS}
 _FULL_DTYPES = (torch.float32, torch.float64)
 
 
+def _autocast_on(input: Tensor) -> bool:
+    """Whether autocast is on for the input's device; torch's layer then runs batch norm as it is."""
+    if not torch._C._is_any_autocast_enabled():
+        return False
+    kind = input.device.type
+    return torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+
+
+def _tracing() -> bool:
+    """Whether ``torch.jit.trace`` is recording: it records ATen operations, not Python Functions."""
+    return torch._C._get_tracing_state() is not None
+
+
 def _rows_fast_path(input: Tensor, weight: Tensor | None, bias: Tensor | None,
                     running_mean: Tensor | None, running_var: Tensor | None) -> bool:
     """Whether a training call on ``(N, C)`` input may take :class:`_TrainRowsFunction`."""
@@ -502,7 +516,7 @@ def batch_norm(
 
     Nothing is updated when it raises.
     """
-    if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(input.device.type):
+    if _autocast_on(input):
         with torch.autocast(input.device.type, enabled=False):  # as torch: autocast leaves batch norm alone
             return batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps,
                               function=function)
@@ -520,6 +534,8 @@ def batch_norm(
             )
     elif running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be given when training is False")
+    if _tracing():  # one aten::batch_norm, which traces, checks and saves as torch's layer does
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     return _dispatch(input, running_mean, running_var, weight, bias, training, momentum, eps, function)
 
 
@@ -628,7 +644,7 @@ class _BatchNorm(_torch_bn._BatchNorm):
         return BatchNormFunction
 
     def forward(self, input: Tensor) -> Tensor:
-        if torch._C._is_any_autocast_enabled() and torch.is_autocast_enabled(input.device.type):
+        if _autocast_on(input):
             # As with torch's layer, autocast leaves batch norm alone: it computes in the input's dtype.
             with torch.autocast(input.device.type, enabled=False):
                 return self.forward(input)
@@ -670,6 +686,8 @@ class _BatchNorm(_torch_bn._BatchNorm):
                 factor = 1.0 / float(tracked)
         if training and not self.track_running_stats:  # like torch: no buffers when training untracked
             running_mean = running_var = None
+        if _tracing():  # one aten::batch_norm, which traces, checks and saves as torch's layer does
+            return F.batch_norm(input, running_mean, running_var, weight, bias, use_batch_stats, factor, eps)
         function = self._function_for(input)
         if (
             use_batch_stats

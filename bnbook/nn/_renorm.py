@@ -12,7 +12,14 @@ from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 from torch.nn.modules.batchnorm import _NormBase
 
 from bnbook._checks import check_eps, check_momentum, check_num_features, check_spatial_rank
-from bnbook.nn._batchnorm import BatchNormFunction, _bcast, _check_floating, apply_unbound, batch_norm
+from bnbook.nn._batchnorm import (
+    BatchNormFunction,
+    _autocast_on,
+    _bcast,
+    _check_floating,
+    apply_unbound,
+    batch_norm,
+)
 from bnbook.scratch._renorm import check_renorm_limits, renorm_limits
 
 __all__ = ["BatchRenorm1d", "BatchRenorm2d", "GhostBatchNorm", "renorm_limits"]
@@ -87,6 +94,9 @@ class _BatchRenorm(_NormBase):
         return f"{super().extra_repr()}, r_max={self.r_max:g}, d_max={self.d_max:g}"
 
     def forward(self, input: Tensor) -> Tensor:
+        if _autocast_on(input):  # as for batch norm: autocast leaves the layer alone
+            with torch.autocast(input.device.type, enabled=False):
+                return self.forward(input)
         check_spatial_rank(input.dim(), self._ranks, type(self).__name__)
         _check_floating(input, type(self).__name__)
         if input.shape[1] != self.num_features:
