@@ -80,11 +80,11 @@ View view_of(const torch::Tensor& x) {
 
 template <typename T>
 void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2,
-          double* s3 = nullptr, double eps = 0.0) {
+          const double* ka = nullptr, double* s3 = nullptr, double eps = 0.0) {
 #ifdef BNBOOK_HAVE_AVX2
-  if (use_avx2()) return bnbook_avx2::sums<T>(v, stats, a, b, k, s1, s2, s3, eps);
+  if (use_avx2()) return bnbook_avx2::sums<T>(v, stats, a, b, k, s1, s2, ka, s3, eps);
 #endif
-  bnbook_base::sums<T>(v, stats, a, b, k, s1, s2, s3, eps);
+  bnbook_base::sums<T>(v, stats, a, b, k, s1, s2, ka, s3, eps);
 }
 
 template <typename T>
@@ -131,7 +131,7 @@ std::vector<torch::Tensor> forward_train_impl(const torch::Tensor& x, const c10:
     // shift each channel by one of its own values: sums of (x - shift) stay accurate
     for (int64_t c = 0; c < C; ++c)
       shift[c] = count > 0 ? static_cast<double>(v.rows ? px[c] : px[c * v.M]) : 0.0;
-    sums<scalar_t>(v, true, px, px, shift, s1, s2, nullptr, eps);
+    sums<scalar_t>(v, true, px, px, shift, s1, s2, nullptr, nullptr, eps);
     std::vector<scalar_t> coef(3 * static_cast<size_t>(C));
     scalar_t *center = coef.data(), *alpha = center + C, *beta = alpha + C;
     auto* pm = mean.data_ptr<double>();
@@ -196,8 +196,8 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
   auto opts64 = x.options().dtype(torch::kDouble);
   auto sum_dy = torch::empty({C}, opts64), sum_dy_xhat = torch::empty({C}, opts64);
   auto dx = torch::empty_like(x);
-  std::vector<double> buf(4 * static_cast<size_t>(C));
-  double *s1 = buf.data(), *s2 = s1 + C, *s3 = s2 + C, *w = s3 + C;
+  std::vector<double> buf(5 * static_cast<size_t>(C));
+  double *s1 = buf.data(), *s2 = s1 + C, *s3 = s2 + C, *d0 = s3 + C, *w = d0 + C;
   as_double(weight, C, 1.0, w);
   auto mean64 = mean.to(torch::kDouble).contiguous(), invstd64 = invstd.to(torch::kDouble).contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_backward_train", [&] {
@@ -205,31 +205,35 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
     const scalar_t* pg = dy.data_ptr<scalar_t>();
     const double* pm = mean64.data_ptr<double>();
     const double* pi = invstd64.data_ptr<double>();
-    sums<scalar_t>(v, false, pg, px, pm, s1, s2, s3);  // sum(dy), sum(dy * (x - mean)), sum(x - mean)
     const double m = static_cast<double>(v.N * v.M);
+    const bool through_stats = batch_stats && m > 0;
+    // With batch statistics dy is shifted by one of each channel's own values, as the statistics
+    // shift x, so that a large mean of dy cancels in double before anything is rounded to float;
+    // and sum(x - mean) measures what the float32 statistics' mean missed, to be removed below.
+    for (int64_t c = 0; c < C; ++c)
+      d0[c] = through_stats ? static_cast<double>(v.rows ? pg[c] : pg[c * v.M]) : 0.0;
+    sums<scalar_t>(v, false, pg, px, pm, s1, s2, d0, s3);  // sum(dy - d0), sum((dy - d0)(x - mean)), sum(x - mean)
     std::vector<scalar_t> coef(5 * static_cast<size_t>(C));
-    scalar_t *zero = coef.data(), *center = zero + C, *alpha = center + C, *beta = alpha + C, *gam = beta + C;
+    scalar_t *dyc = coef.data(), *center = dyc + C, *alpha = center + C, *beta = alpha + C, *gam = beta + C;
     auto* psd = sum_dy.data_ptr<double>();
     auto* psx = sum_dy_xhat.data_ptr<double>();
-    const bool through_stats = batch_stats && m > 0;
     for (int64_t c = 0; c < C; ++c) {
       const double k = pi[c] * w[c];
-      // With batch statistics, the saved mean is the batch's as the forward pass measured it; sum(x -
-      // mean) / m is what that measurement missed (float32 statistics are summed in float), and
-      // removing it keeps sum(dy * (x - mean)) exact when dy has a large mean.
+      // with batch statistics: the exact batch mean is mean + miss, and sum(d0 * (x - mean - miss)) = 0
       const double miss = through_stats ? s3[c] / m : 0.0;
       s2[c] -= miss * s1[c];
-      psd[c] = s1[c];
-      psx[c] = s2[c] * pi[c];
-      zero[c] = scalar_t(0);
+      psd[c] = s1[c] + m * d0[c];  // sum(dy)
+      psx[c] = s2[c] * pi[c];      // sum(dy * x_hat)
       center[c] = static_cast<scalar_t>(pm[c] + miss);
       alpha[c] = static_cast<scalar_t>(k);
       // dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum(dy (x - mean)) / m)
+      //    = k * (dy - d0) - k * sum(dy - d0) / m - ...: the large parts cancel in double, not in float
+      dyc[c] = static_cast<scalar_t>(through_stats ? d0[c] : 0.0);
       beta[c] = static_cast<scalar_t>(through_stats ? -k * s1[c] / m : 0.0);
       gam[c] = static_cast<scalar_t>(through_stats ? -k * pi[c] * pi[c] * s2[c] / m : 0.0);
     }
     affine<scalar_t>(v, pg, through_stats ? px : nullptr, dx.data_ptr<scalar_t>(),
-                     Affine<scalar_t>{zero, alpha, beta, center, gam});
+                     Affine<scalar_t>{dyc, alpha, beta, center, gam});
   });
   return {dx, sum_dy_xhat, sum_dy};
 }
@@ -365,15 +369,15 @@ using Acc = std::conditional_t<SAME && std::is_same_v<T, float>, float, double>;
 constexpr int64_t kBlock = 16;
 
 // Sums over planes: per plane i (channel c = i % C) of M contiguous values,
-//   SAME (b is a):  p1 = sum(a - k[c]), p2 = sum((a - k[c])^2);
-//   otherwise:      p1 = sum(a),        p2 = sum(a * (b - k[c])),  p3 = sum(b - k[c]);
+//   SAME (b is a):  p1 = sum(a - k[c]),  p2 = sum((a - k[c])^2);
+//   otherwise:      p1 = sum(a - ka[c]), p2 = sum((a - ka[c]) * (b - k[c])), p3 = sum(b - k[c]) (in double);
 // with k in the accumulator's type. Parallel over the N * C planes (any C keeps both threads busy); each
 // plane's sums are then added per channel. Independent accumulators (kLanes per sum) let the adds overlap.
 template <typename T, bool SAME>
-void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const double* k, double* s1, double* s2,
-                 double* s3) {
+void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const double* k, const double* ka,
+                 double* s1, double* s2, double* s3) {
   using A = Acc<T, SAME>;
-  constexpr int kLanes = 16;  // per sum: two vectors of floats or four of doubles (more would spill)
+  constexpr int kLanes = SAME ? 16 : 8;  // per sum: two vectors of floats, or of doubles (more would spill)
   std::vector<double> part(3 * static_cast<size_t>(N * C));
   double* p1 = part.data();
   double* p2 = p1 + N * C;
@@ -381,6 +385,7 @@ void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const 
   at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(M, 1)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const A kc = static_cast<A>(k[i % C]);
+      const A kac = SAME ? A(0) : static_cast<A>(ka[i % C]);
       const T* pa = a + i * M;
       const T* pb = b + i * M;
       double u1[kLanes] = {0}, u2[kLanes] = {0}, u3[kLanes] = {0};
@@ -396,7 +401,7 @@ void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const 
               f1[j] += va;
               f2[j] += va * va;
             } else {  // A is double here
-              const A va = static_cast<A>(pa[m + j]), vb = static_cast<A>(pb[m + j]) - kc;
+              const A va = static_cast<A>(pa[m + j]) - kac, vb = static_cast<A>(pb[m + j]) - kc;
               f1[j] += va;
               f2[j] += va * vb;
               u3[j] += vb;
@@ -410,7 +415,7 @@ void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const 
       }
       double t1 = 0.0, t2 = 0.0, t3 = 0.0;
       for (; m < M; ++m) {
-        const A va = SAME ? static_cast<A>(pa[m]) - kc : static_cast<A>(pa[m]);
+        const A va = SAME ? static_cast<A>(pa[m]) - kc : static_cast<A>(pa[m]) - kac;
         const A vb = SAME ? va : static_cast<A>(pb[m]) - kc;
         t1 += va;
         t2 += static_cast<double>(va) * static_cast<double>(vb);
@@ -442,17 +447,18 @@ void sums_planes(const T* a, const T* b, int64_t N, int64_t C, int64_t M, const 
 // Sums over rows r0..r1 of C contiguous channels, for channels c0..c1, added into q1, q2 and (not
 // SAME) q3, c1 - c0 doubles each; the same sums as sums_planes. For float32 a block of kBlock rows is summed
 // into per-channel arrays that stay in the L1 cache, then added into q1 and q2; a double input
-// sums straight into q1 and q2. ``sweep4``: the statistics read four rows per sweep, which halves
-// the traffic to those arrays; that pays while the input sits in the cache (from main memory,
-// four streams at once are slower).
+// sums straight into q1 and q2. ``sweep4`` (an input that fits in the cache): the statistics read
+// four rows per sweep and the backward sums two, which cuts the traffic to those arrays; from main
+// memory, more streams at once are slower.
 template <typename T, bool SAME>
 void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64_t c0, int64_t c1,
-                const double* k, double* q1, double* q2, double* q3, bool sweep4) {
+                const double* k, const double* ka, double* q1, double* q2, double* q3, bool sweep4) {
   using A = Acc<T, SAME>;
   constexpr bool kDirect = std::is_same_v<A, double>;
   const int64_t W = c1 - c0;
-  std::vector<A> buf((kDirect ? 1 : 3) * static_cast<size_t>(W));
+  std::vector<A> buf((kDirect ? 2 : 3) * static_cast<size_t>(W));
   A* __restrict kh = buf.data();
+  A* __restrict kah = kh + W;  // not SAME: a's shift (then A is double and kDirect)
   A* __restrict f1;
   A* __restrict f2;
   if constexpr (kDirect) {
@@ -463,6 +469,8 @@ void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64
     f2 = f1 + W;
   }
   for (int64_t c = 0; c < W; ++c) kh[c] = static_cast<A>(k[c0 + c]);
+  if constexpr (!SAME)
+    for (int64_t c = 0; c < W; ++c) kah[c] = static_cast<A>(ka[c0 + c]);
   const int64_t block = kDirect ? std::max<int64_t>(r1 - r0, 1) : kBlock;
   for (int64_t r = r0; r < r1; r += block) {
     const int64_t re = std::min(r1, r + block);
@@ -481,6 +489,22 @@ void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64
         f2[c] += (v0 * v0 + v1 * v1) + (v2 * v2 + v3 * v3);
       }
     }
+    // the backward sums of a cache-sized input: two rows per sweep, one load and store of the three
+    // sums per two rows
+    for (; !SAME && sweep4 && rr + 2 <= re; rr += 2) {
+      const T* __restrict a0 = a + rr * C + c0;
+      const T* __restrict a1 = a0 + C;
+      const T* __restrict b0 = b + rr * C + c0;
+      const T* __restrict b1 = b0 + C;
+#pragma omp simd
+      for (int64_t c = 0; c < W; ++c) {
+        const A v0 = static_cast<A>(a0[c]) - kah[c], v1 = static_cast<A>(a1[c]) - kah[c];
+        const A u0 = static_cast<A>(b0[c]) - kh[c], u1 = static_cast<A>(b1[c]) - kh[c];
+        f1[c] += v0 + v1;
+        f2[c] += v0 * u0 + v1 * u1;
+        q3[c] += u0 + u1;
+      }
+    }
     for (; rr < re; ++rr) {
       const T* __restrict pa = a + rr * C + c0;
       const T* __restrict pb = b + rr * C + c0;
@@ -494,7 +518,7 @@ void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64
       } else {  // A is double and f1, f2 are q1, q2
 #pragma omp simd
         for (int64_t c = 0; c < W; ++c) {
-          const A va = static_cast<A>(pa[c]), vb = static_cast<A>(pb[c]) - kh[c];
+          const A va = static_cast<A>(pa[c]) - kah[c], vb = static_cast<A>(pb[c]) - kh[c];
           f1[c] += va;
           f2[c] += va * vb;
           q3[c] += vb;
@@ -511,7 +535,8 @@ void rows_block(const T* a, const T* b, int64_t r0, int64_t r1, int64_t C, int64
 }
 
 template <typename T, bool SAME>
-void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, double* s1, double* s2, double* s3) {
+void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, const double* ka, double* s1,
+               double* s2, double* s3) {
   constexpr int64_t kWide = 2048;  // channels per block when rows are split by channel
   const int64_t total = R * C;
   const int nthreads = at::get_num_threads();
@@ -528,7 +553,7 @@ void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, do
         std::fill(s1 + c0, s1 + c1, 0.0);
         std::fill(s2 + c0, s2 + c1, 0.0);
         if (s3) std::fill(s3 + c0, s3 + c1, 0.0);
-        rows_block<T, SAME>(a, b, 0, R, C, c0, c1, k, s1 + c0, s2 + c0, s3 ? s3 + c0 : nullptr, sweep4);
+        rows_block<T, SAME>(a, b, 0, R, C, c0, c1, k, ka, s1 + c0, s2 + c0, s3 ? s3 + c0 : nullptr, sweep4);
       }
     });
     return;
@@ -540,7 +565,7 @@ void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, do
     const int t = at::get_thread_num();
     double* q1 = part.data() + static_cast<size_t>(t) * 3 * C;
     used[t] = 1;
-    rows_block<T, SAME>(a, b, r0, r1, C, 0, C, k, q1, q1 + C, q1 + 2 * C, sweep4);
+    rows_block<T, SAME>(a, b, r0, r1, C, 0, C, k, ka, q1, q1 + C, q1 + 2 * C, sweep4);
   });
   for (int64_t c = 0; c < C; ++c) {
     s1[c] = 0.0;
@@ -579,14 +604,14 @@ void stats_in_double(const View& v, const T* a, int64_t c, double k, double* s1,
 //   stats:  s1 = sum(a - k), s2 = sum((a - k)^2)   (the statistics of a, k one of each channel's own
 //           values, so exact in T; b unused; eps is the layer's, which decides whether a near-underflow
 //           variance is worth summing again in double);
-//   else:   s1 = sum(a),     s2 = sum(a * (b - k)), s3 = sum(b - k)
-//           (the backward pass: a = dy, b = x, k the mean).
+//   else:   s1 = sum(a - ka), s2 = sum((a - ka) * (b - k)), s3 = sum(b - k)
+//           (the backward pass: a = dy, ka one of each channel's values of dy, b = x, k the mean).
 template <typename T>
-void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2, double* s3,
-          double eps) {
+void sums(const View& v, bool stats, const T* a, const T* b, const double* k, double* s1, double* s2,
+          const double* ka, double* s3, double eps) {
   if (stats) {
-    v.rows ? sums_rows<T, true>(a, b, v.N * v.M, v.C, k, s1, s2, nullptr)
-           : sums_planes<T, true>(a, b, v.N, v.C, v.M, k, s1, s2, nullptr);
+    v.rows ? sums_rows<T, true>(a, b, v.N * v.M, v.C, k, nullptr, s1, s2, nullptr)
+           : sums_planes<T, true>(a, b, v.N, v.C, v.M, k, nullptr, s1, s2, nullptr);
     if constexpr (std::is_same_v<Acc<T, true>, float>) {
       // float squares near underflow; they matter only next to an eps that small
       const double tiny = eps < 1e-20 ? 1e-30 * static_cast<double>(v.N * v.M) : 0.0;
@@ -597,8 +622,8 @@ void sums(const View& v, bool stats, const T* a, const T* b, const double* k, do
       }
     }
   } else {
-    v.rows ? sums_rows<T, false>(a, b, v.N * v.M, v.C, k, s1, s2, s3)
-           : sums_planes<T, false>(a, b, v.N, v.C, v.M, k, s1, s2, s3);
+    v.rows ? sums_rows<T, false>(a, b, v.N * v.M, v.C, k, ka, s1, s2, s3)
+           : sums_planes<T, false>(a, b, v.N, v.C, v.M, k, ka, s1, s2, s3);
   }
 }
 
