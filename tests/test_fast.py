@@ -129,6 +129,52 @@ def test_grad_weight_when_the_gradient_has_a_large_mean(fmt) -> None:
     assert (dx - dx_ref).abs().max() <= 1e-6 * dx_ref.abs().max()
 
 
+def _dx_reference(x: torch.Tensor, dy: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Batch norm's input gradient in float64, centred twice (exact for these float32 inputs)."""
+    x, dy = x.double(), dy.double()
+    dims = [d for d in range(x.dim()) if d != 1]
+    xc = x - x.mean(dims, keepdim=True)
+    xc = xc - xc.mean(dims, keepdim=True)
+    invstd = (xc.pow(2).mean(dims, keepdim=True) + eps).rsqrt()
+    x_hat = xc * invstd
+    g = dy - dy.mean(dims, keepdim=True)
+    return invstd * (g - x_hat * (g * x_hat).mean(dims, keepdim=True))
+
+
+@pytest.mark.parametrize("fmt", [None, torch.channels_last], ids=["planes", "rows"])
+def test_dx_when_the_first_gradient_is_an_outlier_or_x_has_a_large_mean(fmt) -> None:
+    """The backward pass shifts dy by a value of its own: an outlier there must cost no digits; nor
+    may the rounding of a large mean of x (with dy correlated with x)."""
+    fmt = fmt or torch.contiguous_format
+    gen = torch.Generator().manual_seed(11)
+    z = torch.randn(64, 4, 8, 8, generator=gen)
+    outlier = torch.randn(64, 4, 8, 8, generator=gen)
+    outlier[0] = 1e6  # the first sample, where the shift is taken
+    cases = {
+        "outlier": (z, outlier),
+        "x + 1e4": (z + 1e4, 5 + 3 * z + 0.1 * torch.randn(64, 4, 8, 8, generator=gen)),
+    }
+    for name, (x, dy) in cases.items():
+        x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
+        ref = _dx_reference(x, dy)
+        xi = x.clone().requires_grad_()
+        fast.BatchNorm2d(4)(xi).backward(dy)
+        rest = slice(1, None)  # the outlier's own sample aside: the others must keep their digits
+        err = (xi.grad.double() - ref)[rest].abs().max() / ref[rest].abs().max()
+        assert err < 2e-5, (name, float(err))
+
+
+def test_an_infinite_first_gradient_gives_an_infinite_bias_gradient_as_torch() -> None:
+    x, dy = torch.randn(16, 3), torch.randn(16, 3)
+    dy[0, 1] = float("inf")
+    grads = []
+    for layer in (fast.BatchNorm1d(3), nn.BatchNorm1d(3)):
+        layer(x.clone().requires_grad_()).backward(dy)
+        grads.append(layer.bias.grad)
+    assert grads[0][1] == grads[1][1] == float("inf")
+    torch.testing.assert_close(grads[0][[0, 2]], grads[1][[0, 2]])
+
+
 def test_float32_statistics_of_a_tiny_spread() -> None:
     """Squares near float32's underflow are summed again in double; a constant channel stays exact."""
     gen = torch.Generator().manual_seed(8)

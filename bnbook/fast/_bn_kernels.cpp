@@ -210,8 +210,10 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
     // With batch statistics dy is shifted by one of each channel's own values, as the statistics
     // shift x, so that a large mean of dy cancels in double before anything is rounded to float;
     // and sum(x - mean) measures what the float32 statistics' mean missed, to be removed below.
-    for (int64_t c = 0; c < C; ++c)
+    for (int64_t c = 0; c < C; ++c) {
       d0[c] = through_stats ? static_cast<double>(v.rows ? pg[c] : pg[c * v.M]) : 0.0;
+      if (!std::isfinite(d0[c])) d0[c] = 0.0;  // an infinite first value: sums as without the shift
+    }
     sums<scalar_t>(v, false, pg, px, pm, s1, s2, d0, s3);  // sum(dy - d0), sum((dy - d0)(x - mean)), sum(x - mean)
     std::vector<scalar_t> coef(5 * static_cast<size_t>(C));
     scalar_t *dyc = coef.data(), *center = dyc + C, *alpha = center + C, *beta = alpha + C, *gam = beta + C;
@@ -224,13 +226,19 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
       s2[c] -= miss * s1[c];
       psd[c] = s1[c] + m * d0[c];  // sum(dy)
       psx[c] = s2[c] * pi[c];      // sum(dy * x_hat)
-      center[c] = static_cast<scalar_t>(pm[c] + miss);
+      // dx = k * (dy - mean(dy)) + g * (x - mean), g = -k * invstd^2 * sum(dy (x - mean)) / m. Each
+      // centre is rounded to the input's type, and the rounding is put back in beta, in double: so
+      // dy - centre and x - centre cancel exactly where they are large, and nothing is lost.
+      const double g = through_stats ? -k * pi[c] * pi[c] * s2[c] / m : 0.0;
+      const double mu_dy = through_stats ? d0[c] + s1[c] / m : 0.0;
+      const double mu_x = pm[c] + miss;
+      dyc[c] = static_cast<scalar_t>(mu_dy);
+      center[c] = static_cast<scalar_t>(mu_x);
       alpha[c] = static_cast<scalar_t>(k);
-      // dx = k * (dy - sum_dy / m - (x - mean) * invstd^2 * sum(dy (x - mean)) / m)
-      //    = k * (dy - d0) - k * sum(dy - d0) / m - ...: the large parts cancel in double, not in float
-      dyc[c] = static_cast<scalar_t>(through_stats ? d0[c] : 0.0);
-      beta[c] = static_cast<scalar_t>(through_stats ? -k * s1[c] / m : 0.0);
-      gam[c] = static_cast<scalar_t>(through_stats ? -k * pi[c] * pi[c] * s2[c] / m : 0.0);
+      gam[c] = static_cast<scalar_t>(g);
+      beta[c] = static_cast<scalar_t>(
+          through_stats ? -k * (mu_dy - static_cast<double>(dyc[c])) - g * (mu_x - static_cast<double>(center[c]))
+                        : 0.0);
     }
     affine<scalar_t>(v, pg, through_stats ? px : nullptr, dx.data_ptr<scalar_t>(),
                      Affine<scalar_t>{dyc, alpha, beta, center, gam});
