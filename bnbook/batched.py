@@ -408,11 +408,18 @@ def _member_index(model: BatchedMLP, members: Sequence[int] | None) -> torch.Ten
     return torch.tensor(idx, device=model.weights[0].device)
 
 
-def _eval_logits(model: BatchedMLP, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """:meth:`BatchedMLP.forward` in eval mode for the members ``idx`` only, on one shared batch ``x`` (N, D).
+def member_forward(
+    model: BatchedMLP,
+    x: torch.Tensor,
+    idx: torch.Tensor,
+    normalize: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Logits (len(idx), N, classes) of the members ``idx`` alone, on one shared batch ``x`` (N, D).
 
-    The same operations on the members' slices of the parameters, so every
-    member's logits are bit for bit those of the whole model: (len(idx), N, classes).
+    The operations of :meth:`BatchedMLP.forward` on the members' slices of the
+    parameters, so a member's numbers do not depend on which others are computed
+    with it. ``normalize(i, h, idx)`` is hidden layer ``i``'s batch norm (for a
+    model with ``batch_norm=True``), given its pre-activations ``h``.
     """
     act = ACTIVATIONS[model.activation]
     h = x.unsqueeze(0).expand(len(idx), -1, -1)
@@ -426,13 +433,27 @@ def _eval_logits(model: BatchedMLP, x: torch.Tensor, idx: torch.Tensor) -> torch
             h = torch.bmm(h, w)
         if i < last:
             if model.batch_norm:
-                gamma = model.gammas[i].index_select(0, idx).unsqueeze(1)
-                beta = model.betas[i].index_select(0, idx).unsqueeze(1)
-                centred = h - model.running_means[i].index_select(0, idx).unsqueeze(1)
-                var = model.running_vars[i].index_select(0, idx).unsqueeze(1)
-                h = torch.addcmul(beta, centred * torch.rsqrt(var + model.eps), gamma)
+                h = normalize(i, h, idx)
             h = act(h)
     return h
+
+
+def _running_norm(model: BatchedMLP) -> Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Eval-mode batch norm of hidden layer ``i`` for the members ``idx``: the running statistics."""
+
+    def normalize(i: int, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        gamma = model.gammas[i].index_select(0, idx).unsqueeze(1)
+        beta = model.betas[i].index_select(0, idx).unsqueeze(1)
+        centred = h - model.running_means[i].index_select(0, idx).unsqueeze(1)
+        var = model.running_vars[i].index_select(0, idx).unsqueeze(1)
+        return torch.addcmul(beta, centred * torch.rsqrt(var + model.eps), gamma)
+
+    return normalize
+
+
+def _eval_logits(model: BatchedMLP, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """:meth:`BatchedMLP.forward` in eval mode for the members ``idx`` only: bit for bit the whole model's."""
+    return member_forward(model, x, idx, _running_norm(model))
 
 
 @torch.no_grad()

@@ -136,3 +136,39 @@ def test_every_figure_has_alt_text(path: Path) -> None:
         if images and len(alt.split()) < 4:
             missing.append(index)
     assert not missing, f"{path.name}: figures without alt text in cells {missing}"
+
+
+#: A path on the machine that ran the notebook: a reader's run would print another one.
+MACHINE_PATH = re.compile(r"(/tmp/|/root/|/home/|/work/|site-packages)")
+
+
+def _stream_problems(nb: dict) -> list[str]:
+    """Stored stderr (a warning is a cause to fix, not an output) and machine paths in any text output."""
+    problems = []
+    for index, cell in enumerate(nb["cells"]):
+        for output in cell.get("outputs", []) if cell["cell_type"] == "code" else []:
+            if output.get("output_type") == "stream" and output.get("name") == "stderr":
+                problems.append(f"cell {index}: stderr {''.join(output['text'])[:120]!r}")
+            text = output.get("text") or output.get("data", {}).get("text/plain", "")
+            found = MACHINE_PATH.search("".join(text) if isinstance(text, list) else text)
+            if found:
+                problems.append(f"cell {index}: a machine path ({found.group(0)}) in the output")
+    return problems
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_no_stored_stderr_or_machine_paths(path: Path) -> None:
+    problems = _stream_problems(json.loads(path.read_text()))
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems[:10])
+
+
+def test_stream_checker_flags_stderr_and_paths() -> None:
+    def nb(output: dict) -> dict:
+        return {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [output]}]}
+
+    warning = {"output_type": "stream", "name": "stderr", "text": "UserWarning: something\n"}
+    path = {"output_type": "stream", "name": "stdout", "text": "built in /tmp/abc/x.so\n"}
+    clean = {"output_type": "stream", "name": "stdout", "text": "accuracy 0.97 after 300 steps\n"}
+    assert len(_stream_problems(nb(warning))) == 1
+    assert len(_stream_problems(nb(path))) == 1
+    assert _stream_problems(nb(clean)) == []

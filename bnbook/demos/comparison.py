@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bnbook.batched import ACTIVATIONS, BatchedMLP, evaluate_batched, train_batched
+from bnbook.batched import ACTIVATIONS, BatchedMLP, evaluate_batched, member_forward, train_batched
 from bnbook.data import load_digits
 from bnbook.models import lsuv_init
 from bnbook.plots import band, series
@@ -248,26 +248,16 @@ def _fixed_set_loss(
     Running statistics are not touched. Returns shape (len(members),).
     """
     idx = torch.tensor(list(members), device=x.device)
-    act = ACTIVATIONS[model.activation]
     n = x.shape[0]
-    h = x.unsqueeze(0).expand(len(idx), -1, -1)
-    b, last = 0, len(model.weights) - 1
-    for i, w in enumerate(model.weights):
-        w = w.index_select(0, idx)
-        if model._has_bias[i]:
-            h = torch.baddbmm(model.biases[b].index_select(0, idx).unsqueeze(1), h, w)
-            b += 1
-        else:
-            h = torch.bmm(h, w)
-        if i == last:
-            break
-        if model.batch_norm:
-            zg = h.reshape(len(idx), 1, n, -1)
-            mean, var = zg.mean(2, keepdim=True), zg.var(2, unbiased=False, keepdim=True)
-            h = ((zg - mean) * torch.rsqrt(var + model.eps)).reshape(len(idx), n, -1)
-            gamma, beta = model.gammas[i].index_select(0, idx), model.betas[i].index_select(0, idx)
-            h = h * gamma.unsqueeze(1) + beta.unsqueeze(1)
-        h = act(h)
+
+    def normalize(i: int, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:  # the statistics of x
+        zg = h.reshape(len(idx), 1, n, -1)
+        mean, var = zg.mean(2, keepdim=True), zg.var(2, unbiased=False, keepdim=True)
+        h = ((zg - mean) * torch.rsqrt(var + model.eps)).reshape(len(idx), n, -1)
+        gamma, beta = model.gammas[i].index_select(0, idx), model.betas[i].index_select(0, idx)
+        return h * gamma.unsqueeze(1) + beta.unsqueeze(1)
+
+    h = member_forward(model, x, idx, normalize)
     k, _, c = h.shape
     per = F.cross_entropy(h.reshape(k * n, c), y.repeat(k), reduction="none").view(k, n).mean(1)
     return per.double().cpu().numpy()

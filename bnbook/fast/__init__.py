@@ -140,8 +140,9 @@ def _fusable(x: Tensor) -> bool:
 
     Everything else takes ``bnbook.nn``'s eager path, which supports it: other
     dtypes and devices, ``vmap`` and the other functorch transforms, forward-mode
-    AD (``jvp``), ``torch.jit.trace``, ``torch.export`` (tensor subclasses such
-    as fake tensors), and ``torch.compile``.
+    AD (``jvp``), ``torch.export`` (tensor subclasses such as fake tensors), and
+    ``torch.compile``. (Under ``torch.jit.trace`` the layers never get here:
+    ``bnbook.nn`` emits one ``aten::batch_norm``, which a trace records.)
     """
     if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter:
         return False
@@ -151,7 +152,6 @@ def _fusable(x: Tensor) -> bool:
         _forward_ad._current_level >= 0
         or torch._C._are_functorch_transforms_active()
         or torch.compiler.is_compiling()
-        or torch._C._get_tracing_state() is not None  # torch.jit.trace records only ATen operations
     ):
         return False
     if x.is_contiguous():

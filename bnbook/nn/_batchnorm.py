@@ -191,8 +191,10 @@ class BatchNormFunction(torch.autograd.Function):
             # The centred values become the output in place: one allocation the size of x.
             if nd > 2:
                 scale, b = _bcast(scale, nd), (None if b is None else _bcast(b, nd))
-            # (Under vmap the centred values are a batched tensor, which cannot be an out= argument.)
-            y = xc.mul_(scale) if b is None else _affine(xc, scale, b, out=None if _is_wrapped(xc) else xc)
+            # Under vmap the centred values are a batched tensor, which cannot be an out= argument (and
+            # a compiler, which cannot trace that question, fuses the operations anyway).
+            in_place = not (torch.compiler.is_compiling() or _is_wrapped(xc))
+            y = xc.mul_(scale) if b is None else _affine(xc, scale, b, out=xc if in_place else None)
             return _as(y, x.dtype), mean, var
         y = _eval_affine(x, w, b, mean, var, eps, cd)
         # Copies: the caller's buffers must not come back as outputs of this Function.
