@@ -220,3 +220,44 @@ def test_ghost_bad_arguments(bad) -> None:
         bnn.GhostBatchNorm(nn.BatchNorm1d(3), bad)
     with pytest.raises(ValueError, match="batch-norm"):
         bnn.GhostBatchNorm(nn.LayerNorm(3), 4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("ghost", [False, True], ids=["renorm", "ghost-renorm"])
+def test_jit_trace_of_renorm_matches_eager_and_saves(ghost) -> None:
+    """A traced renorm layer (alone, or in ghost batches) replays eager training: outputs, gradients,
+    running buffers, and a save and load (a Python Function in the trace could not be saved)."""
+    import io
+
+    def make():
+        torch.manual_seed(0)
+        layer = bnn.BatchRenorm1d(4, momentum=0.2, r_max=1.5, d_max=0.5)
+        with torch.no_grad():
+            layer.running_mean.uniform_(-1, 1)
+            layer.running_var.uniform_(0.5, 2)
+            layer.weight.uniform_(0.5, 2)
+            layer.bias.uniform_(-1, 1)
+        return bnn.GhostBatchNorm(layer, 6) if ghost else layer
+
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.randn(12, 4, generator=gen) * 2 + 1
+    x = (torch.randn(12, 4, generator=gen) * 3 - 1).requires_grad_()
+    dy = torch.randn(12, 4, generator=gen)
+    traced_layer, eager = make(), make()
+    traced = torch.jit.trace(traced_layer, x0, check_trace=False)
+    eager(x0)
+    buf = io.BytesIO()
+    torch.jit.save(traced, buf)
+    buf.seek(0)
+    loaded = torch.jit.load(buf)
+    results = []
+    for run in (traced, eager):
+        xi = x.detach().clone().requires_grad_()
+        y = run(xi)
+        y.backward(dy)
+        results.append((y.detach(), xi.grad))
+    for got, ref in zip(*results, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for (name, got), ref in zip(traced_layer.state_dict().items(), eager.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6, msg=name)
+    assert loaded(x.detach()).shape == x.shape

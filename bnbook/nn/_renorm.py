@@ -17,6 +17,8 @@ from bnbook.nn._batchnorm import (
     _autocast_on,
     _bcast,
     _check_floating,
+    _reduce_dims,
+    _tracing,
     apply_unbound,
     batch_norm,
 )
@@ -114,10 +116,12 @@ class _BatchRenorm(_NormBase):
                 f"Expected more than 1 value per channel when training, got input size {input.size()}"
             )
         nd = input.dim()
-        # every argument passed, so the call skips torch's per-call signature binding
-        x_bn, mean_b, var_b = apply_unbound(
-            BatchNormFunction, input, None, None, None, None, self.eps, None, None, 0.0
-        )
+        if _tracing():  # torch.jit.trace records ATen operations only, not a Python Function
+            x_bn, mean_b, var_b = _normalize_traceable(input, self.eps)
+        else:  # every argument passed, so the call skips torch's per-call signature binding
+            x_bn, mean_b, var_b = apply_unbound(
+                BatchNormFunction, input, None, None, None, None, self.eps, None, None, 0.0
+            )
         with torch.no_grad():
             rm = self.running_mean.to(mean_b.dtype)
             sigma = torch.sqrt(self.running_var.to(mean_b.dtype) + self.eps)
@@ -134,6 +138,21 @@ class _BatchRenorm(_NormBase):
         if self.bias is not None:
             x_hat = x_hat + _bcast(self.bias, nd)
         return x_hat.to(input.dtype)
+
+
+def _normalize_traceable(input: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x_hat, mean, biased var)`` as :class:`BatchNormFunction` gives them, in ATen operations.
+
+    Autograd differentiates them (the batch statistics included), so a traced
+    layer keeps batch norm's gradient; half inputs are computed in float32.
+    """
+    cd = torch.float32 if input.dtype in (torch.float16, torch.bfloat16) else input.dtype
+    x = input.to(cd)
+    dims = _reduce_dims(x.dim())
+    mean = x.mean(dims)
+    xc = x - _bcast(mean, x.dim())
+    var = (xc * xc).mean(dims)
+    return xc * _bcast(torch.rsqrt(var + eps), x.dim()), mean.detach(), var.detach()
 
 
 class BatchRenorm1d(_BatchRenorm):
