@@ -531,7 +531,12 @@ def _sgd_step(model: BatchedMLP, xb: torch.Tensor, yb: torch.Tensor, lr: torch.T
     costs more than the arithmetic; it also never creates a ``.grad``.
     """
     k, b, _ = xb.shape
-    ws = list(model.weights)
+    # Each list fetched once: indexing a ParameterList, or building the buffer lists, per layer per step
+    # costs more Python time than this small step's arithmetic.
+    ws, biases = list(model.weights), list(model.biases)
+    if model.batch_norm:
+        gammas, betas = list(model.gammas), list(model.betas)
+        running_means, running_vars = model.running_means, model.running_vars
     last = len(ws) - 1
     act, act_backward = ACTIVATIONS[model.activation], _ACT_BACKWARD[model.activation]
     inputs, saved = [], []
@@ -543,17 +548,17 @@ def _sgd_step(model: BatchedMLP, xb: torch.Tensor, yb: torch.Tensor, lr: torch.T
             mean = z.mean(dim=1, keepdim=True)
             centred = z - mean
             var = (centred * centred).mean(dim=1, keepdim=True)
-            model.running_means[i].lerp_(mean.squeeze(1), model.momentum)
-            model.running_vars[i].lerp_(var.squeeze(1) * (b / (b - 1)), model.momentum)
+            running_means[i].lerp_(mean.squeeze(1), model.momentum)
+            running_vars[i].lerp_(var.squeeze(1) * (b / (b - 1)), model.momentum)
             rstd = torch.rsqrt(var + model.eps)
             normed = centred * rstd
-            a = act(torch.addcmul(model.betas[i].unsqueeze(1), normed, model.gammas[i].unsqueeze(1)))
+            a = act(torch.addcmul(betas[i].unsqueeze(1), normed, gammas[i].unsqueeze(1)))
             saved.append((a, centred, rstd, normed))
         else:
-            a = act(torch.baddbmm(model.biases[i].unsqueeze(1), h, ws[i]))
+            a = act(torch.baddbmm(biases[i].unsqueeze(1), h, ws[i]))
             saved.append((a,))
         h = a
-    logits = torch.baddbmm(model.biases[-1].unsqueeze(1), h, ws[last])
+    logits = torch.baddbmm(biases[-1].unsqueeze(1), h, ws[last])
     c = logits.shape[2]
     log_p = torch.log_softmax(logits.reshape(k * b, c), 1)  # F.cross_entropy: log_softmax, then nll_loss
     target = yb.reshape(-1)
@@ -566,7 +571,7 @@ def _sgd_step(model: BatchedMLP, xb: torch.Tensor, yb: torch.Tensor, lr: torch.T
     g = torch.ops.aten.nll_loss_backward(g.reshape(k * b), log_p, target, None, 0, -100, total_weight)
     g = torch.ops.aten._log_softmax_backward_data(g, log_p, 1, log_p.dtype).view(k, b, c)
     # BaddbmmBackward of the output layer
-    grads[model.biases[-1]] = _sum_to_row(g).squeeze(1)
+    grads[biases[-1]] = _sum_to_row(g).squeeze(1)
     grads[ws[last]] = h.transpose(1, 2).bmm(g)
     dh = g.bmm(ws[last].transpose(1, 2))
     for i in reversed(range(last)):
@@ -574,11 +579,11 @@ def _sgd_step(model: BatchedMLP, xb: torch.Tensor, yb: torch.Tensor, lr: torch.T
         g = act_backward(dh, a)
         if model.batch_norm:
             _, centred, rstd, normed = saved[i]
-            gamma = model.gammas[i].unsqueeze(1)
+            gamma = gammas[i].unsqueeze(1)
             # AddcmulBackward: beta, normed, gamma
-            grads[model.betas[i]] = _sum_to_row(g).squeeze(1)
+            grads[betas[i]] = _sum_to_row(g).squeeze(1)
             g_normed = g * (gamma * 1)
-            grads[model.gammas[i]] = _sum_to_row(g * (normed * 1)).squeeze(1)
+            grads[gammas[i]] = _sum_to_row(g * (normed * 1)).squeeze(1)
             # MulBackward (centred * rstd), then RsqrtBackward, AddBackward, MeanBackward (of the variance)
             g_centred = g_normed * rstd
             g_rstd = _sum_to_row(g_normed * centred)
@@ -591,7 +596,7 @@ def _sgd_step(model: BatchedMLP, xb: torch.Tensor, yb: torch.Tensor, lr: torch.T
             g_mean = _sum_to_row(-g_centred)
             g = g_centred + g_mean.expand(k, b, -1) / b
         else:
-            grads[model.biases[i]] = _sum_to_row(g).squeeze(1)
+            grads[biases[i]] = _sum_to_row(g).squeeze(1)
         grads[ws[i]] = inputs[i].transpose(1, 2).bmm(g)
         if i > 0:
             dh = g.bmm(ws[i].transpose(1, 2))
