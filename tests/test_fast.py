@@ -342,3 +342,32 @@ def test_jit_trace_checks_saves_and_updates_buffers_as_torch(lib, shape, train) 
     for name in ("running_mean", "running_var", "num_batches_tracked"):
         torch.testing.assert_close(getattr(ours, name), getattr(ref, name), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loaded(x2), expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf"), float("nan")], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("layout", ["rows", "ncl", "nchw", "nhwc"])
+def test_a_non_finite_dy_gives_torchs_inf_and_nan(layout, bad, train) -> None:
+    """dy with an inf or NaN: dx, dweight and dbias are inf and NaN exactly where torch's are."""
+    shape = {"rows": (8, 3), "ncl": (4, 3, 5), "nchw": (4, 3, 2, 2), "nhwc": (4, 3, 2, 2)}[layout]
+    gen = torch.Generator().manual_seed(4)
+    x, dy = torch.randn(shape, generator=gen) * 2 + 1, torch.randn(shape, generator=gen)
+    dy.view(-1)[5] = bad
+    dy.view(-1)[0] = bad  # a first value of its channel too: the shift of dy must not hide it
+    if layout == "nhwc":
+        x, dy = x.to(memory_format=torch.channels_last), dy.to(memory_format=torch.channels_last)
+    dim = {2: "1d", 3: "1d", 4: "2d"}[len(shape)]
+    grads = []
+    for lib in (nn, fast):
+        layer = getattr(lib, f"BatchNorm{dim}")(3).train(train)
+        with torch.no_grad():
+            layer.running_mean.fill_(0.5)
+            layer.running_var.fill_(2.0)
+        xi = x.clone().requires_grad_()
+        layer(xi).backward(dy)
+        grads.append((xi.grad, layer.weight.grad, layer.bias.grad))
+    for ref, got in zip(*grads, strict=True):
+        assert torch.equal(ref.isnan(), got.isnan()) and torch.equal(ref.isposinf(), got.isposinf())
+        assert torch.equal(ref.isneginf(), got.isneginf())
+        finite = ref.isfinite()
+        torch.testing.assert_close(got[finite], ref[finite], rtol=1e-4, atol=1e-5)

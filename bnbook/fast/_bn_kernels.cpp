@@ -187,6 +187,32 @@ std::vector<torch::Tensor> forward_train_update(torch::Tensor x, c10::optional<t
   return forward_train_impl(x, weight, bias, eps, running_mean, running_var, momentum);
 }
 
+// The backward pass written as bnbook.nn's eager one, in tensor operations: for dy holding inf or NaN,
+// whose sums are not finite, so that dx, dweight and dbias carry inf and NaN where torch's do.
+std::vector<torch::Tensor> backward_eager(const torch::Tensor& dy, const torch::Tensor& x,
+                                          const c10::optional<torch::Tensor>& weight, const torch::Tensor& mean,
+                                          const torch::Tensor& invstd, bool batch_stats) {
+  const int64_t nd = x.dim(), C = x.size(1);
+  std::vector<int64_t> shape(nd, 1), dims{0};
+  shape[1] = C;
+  for (int64_t d = 2; d < nd; ++d) dims.push_back(d);
+  const auto dt = x.scalar_type();
+  auto inv = invstd.to(dt), k = weight && weight->defined() ? inv * weight->to(dt) : inv;
+  auto xc = x - mean.to(dt).view(shape);
+  auto dbeta = dy.sum(dims);
+  auto dgamma = (dy * xc).sum(dims) * inv;
+  torch::Tensor dx;
+  if (!batch_stats) {
+    dx = dy * k.view(shape);
+  } else {
+    const int64_t m = std::max<int64_t>(x.numel() / std::max<int64_t>(C, 1), 1);
+    auto a = k * (-1.0 / static_cast<double>(m));
+    auto c0 = a * dbeta, c1 = (a * inv) * dgamma;
+    dx = (dy * k.view(shape) + c0.view(shape)).addcmul_(xc, c1.view(shape));
+  }
+  return {dx, dgamma.to(torch::kDouble), dbeta.to(torch::kDouble)};
+}
+
 // Training backward: (dx, dweight_sum, dbias_sum), the sums in double.
 std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10::optional<torch::Tensor> weight,
                                           torch::Tensor mean, torch::Tensor invstd, bool batch_stats) {
@@ -200,6 +226,7 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
   double *s1 = buf.data(), *s2 = s1 + C, *s3 = s2 + C, *d0 = s3 + C, *w = d0 + C;
   as_double(weight, C, 1.0, w);
   auto mean64 = mean.to(torch::kDouble).contiguous(), invstd64 = invstd.to(torch::kDouble).contiguous();
+  bool finite = true;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_backward_train", [&] {
     const scalar_t* px = x.data_ptr<scalar_t>();
     const scalar_t* pg = dy.data_ptr<scalar_t>();
@@ -226,6 +253,7 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
       s2[c] -= miss * s1[c];
       psd[c] = s1[c] + m * d0[c];  // sum(dy)
       psx[c] = s2[c] * pi[c];      // sum(dy * x_hat)
+      finite = finite && std::isfinite(psd[c]) && std::isfinite(psx[c]);
       // dx = k * (dy - mean(dy)) + g * (x - mean), g = -k * invstd^2 * sum(dy (x - mean)) / m. Each
       // centre is rounded to the input's type, and the rounding is put back in beta, in double: so
       // dy - centre and x - centre cancel exactly where they are large, and nothing is lost.
@@ -240,9 +268,11 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
           through_stats ? -k * (mu_dy - static_cast<double>(dyc[c])) - g * (mu_x - static_cast<double>(center[c]))
                         : 0.0);
     }
-    affine<scalar_t>(v, pg, through_stats ? px : nullptr, dx.data_ptr<scalar_t>(),
-                     Affine<scalar_t>{dyc, alpha, beta, center, gam});
+    if (finite)
+      affine<scalar_t>(v, pg, through_stats ? px : nullptr, dx.data_ptr<scalar_t>(),
+                       Affine<scalar_t>{dyc, alpha, beta, center, gam});
   });
+  if (!finite) return backward_eager(dy, x, weight, mean64, invstd64, batch_stats);
   return {dx, sum_dy_xhat, sum_dy};
 }
 
