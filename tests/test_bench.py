@@ -336,3 +336,20 @@ def test_memory_study_returns_both_runs_or_none() -> None:
         if run["passes"] is not None:
             for med, lo, hi in run["passes"].values():
                 assert 0 < lo <= med <= hi
+
+
+def test_check_fails_when_only_the_overhead_target_is_missed(monkeypatch, capsys) -> None:
+    """``--check`` exits 1 on a missed overhead target even when every kernel cell is met."""
+    from bnbook import fast
+
+    def rows(ratio):
+        return lambda **_: [bench.Overhead(m, 1, 10.0, 10 * ratio, (ratio,) * 3) for m in ("train", "eval")]
+
+    monkeypatch.setattr(fast, "available", lambda: True)
+    monkeypatch.setattr(bench, "config_table", lambda **_: [])  # every kernel cell (none) met
+    monkeypatch.setattr(bench, "print_config_table", lambda rows: None)
+    monkeypatch.setattr(bench, "overhead", rows(2.0))
+    assert bench.main(["--check"]) == 1
+    assert "MISSED" in capsys.readouterr().out
+    monkeypatch.setattr(bench, "overhead", rows(1.0))
+    assert bench.main(["--check"]) == 0

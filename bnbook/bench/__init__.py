@@ -216,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                     missed.append(f"{config_label(row.config)}, {mode} {n}T: {cell.x_native[0]:.2f}x native")
                 if mode == "train" and row.config.mib >= 1 and cell.x_floor[0] > 1.2:
                     missed.append(f"{config_label(row.config)}, {mode} {n}T: {cell.x_floor[0]:.2f}x floor")
-        ok = not missed
+        ok = ok and not missed
         print("\ntargets (fused <= 1.0x native everywhere; <= 1.2x floor in training from 1 MiB):", end=" ")
-        print("met" if ok else "MISSED in\n  " + "\n  ".join(missed))
+        print("met" if not missed else "MISSED in\n  " + "\n  ".join(missed))
         if args.save:
             with open(args.save, "w") as handle:
                 json.dump({"threads": threads, "rows": table_to_json(rows)}, handle, indent=1)
