@@ -226,17 +226,24 @@ def test_solutions_hidden_until_opened(site: Browser, path: str) -> None:
             continue
         if solution.locator(".math").count():
             lazy = solution.locator("mjx-lazy")
-            try:  # MathJax typesets the math of an opened solution as it comes into view
-                if lazy.count():  # bring it into view, then nudge the scroll as a reader's wheel would
-                    lazy.first.evaluate("e => e.scrollIntoView({block: 'center'})")
-                    page.mouse.wheel(0, 40)
-                    page.mouse.wheel(0, -40)
-                lazy.first.wait_for(state="detached", timeout=15000)
-            except Exception:
-                # Headless Chromium on a busy machine sometimes misses the visibility change that
-                # starts lazy typesetting (a reader scrolling again triggers it). Not a failure of
-                # the page; a formula MathJax could not typeset is.
-                pass
+            # MathJax typesets the math of an opened solution as it comes into view. One call finds and
+            # shows the first formula still waiting, so one typeset meanwhile cannot make it wait.
+            waiting = solution.evaluate(
+                "e => { const l = e.querySelector('mjx-lazy');"
+                " if (l) l.scrollIntoView({block: 'center'}); return !!l; }"
+            )
+            if waiting:
+                page.mouse.wheel(0, 40)  # nudge the scroll as a reader's wheel would
+                page.mouse.wheel(0, -40)
+                try:
+                    lazy.first.wait_for(state="detached", timeout=3000)
+                except Exception:
+                    # Headless Chromium on a busy machine sometimes misses the visibility change
+                    # that starts lazy typesetting (a reader scrolling again triggers it). Not a
+                    # failure of the page: typeset what is left, as printing does, and check that.
+                    page.evaluate("() => MathJax.startup.document.lazyTypesetAll()")
+            if lazy.count() or not solution.locator("mjx-container").count():
+                problems.append(f"the math in {name!r} was never typeset")
             if solution.locator("mjx-merror").count():
                 problems.append(f"the math in {name!r} has a MathJax error")
         title.click()  # fold it again
