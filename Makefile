@@ -89,7 +89,7 @@ notebooks-gpu: dev
 	fi
 
 browser: dev
-	$(BIN)/pytest -q -m browser tests
+	$(BIN)/pytest -q -m browser -n 2 tests
 
 # --- authoring ---------------------------------------------------------------
 execute: venv

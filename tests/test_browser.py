@@ -147,7 +147,10 @@ def test_chapter_launch_buttons(site: Browser, path: str) -> None:
     page.locator(".dropdown-launch-buttons button.dropdown-toggle").click()
     page.locator(expected["Binder"]).wait_for(state="visible", timeout=5000)
     assert page.locator("button.btn-launch-thebe").is_visible()
+    # and closes again, so that the page (reused by later tests) has no menu lying over its text
     page.keyboard.press("Escape")
+    page.mouse.move(1, page.viewport_size["height"] - 1)
+    page.locator(expected["Binder"]).wait_for(state="hidden", timeout=5000)
 
     # the .ipynb download is served and is a notebook
     href = page.locator(expected["download .ipynb"]).get_attribute("href")
@@ -283,7 +286,8 @@ _VISIBLE_TIP = "[data-tippy-root] .tippy-box[data-state='visible']"
 
 def _hover_tip(page: Any, link: Any) -> Any:
     """Hover ``link``; its visible tooltip (a locator), or None when none appears within 4 s."""
-    link.scroll_into_view_if_needed()
+    # Centred, not just scrolled in: at the top edge the sticky header's menus lie over the link.
+    link.evaluate("e => e.scrollIntoView({block: 'center'})")
     link.hover()
     tip = page.locator(_VISIBLE_TIP).first
     try:
