@@ -62,7 +62,7 @@ lint: dev
 	$(BIN)/ruff check bnbook tests tools _ext docs
 
 unit: dev
-	$(BIN)/pytest -q -m "not browser" tests
+	$(BIN)/pytest -q -m "not browser" -n 2 tests
 
 # Lax: runs every cell, compares only cells marked NBVAL_CHECK_OUTPUT, so it
 # passes on any reader's hardware.
