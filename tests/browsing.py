@@ -90,13 +90,42 @@ def _is_external(url: str) -> bool:
 
 # --- the summary printed at the end of the run -------------------------------------
 class _Summary:
-    """A pytest plugin, registered by the ``summary`` fixture, that prints the figures."""
+    """A pytest plugin that prints the figures at the end of the run and writes them to ``METRICS_FILE``.
+
+    Registered once per process (``conftest.py``). Under ``pytest -n`` each worker
+    measures its share of the pages and hands its figures to the controlling
+    process when it finishes (``workeroutput``); the controller merges them and
+    prints and writes the whole set, as one process would.
+    """
+
+    _KEY = "bnbook_browser_metrics"
 
     def __init__(self) -> None:
         self.loads: dict[str, list[float]] = {}
         self.site_bytes: int | None = None
         self.site_parts: list[tuple[str, int]] = []
         self.screenshots: list[Path] = []
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        workeroutput = getattr(session.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: pass the figures on
+            workeroutput[self._KEY] = json.dumps(
+                {"loads": self.loads, "site_bytes": self.site_bytes, "site_parts": self.site_parts,
+                 "screenshots": [str(p) for p in self.screenshots]}
+            )
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        found = getattr(node, "workeroutput", {}).get(self._KEY)
+        if found is None:
+            return
+        part = json.loads(found)
+        for page, times in part["loads"].items():
+            self.loads.setdefault(page, []).extend(times)
+        if part["site_bytes"] is not None:
+            self.site_bytes = part["site_bytes"]
+            self.site_parts = [tuple(kv) for kv in part["site_parts"]]
+        self.screenshots += [Path(p) for p in part["screenshots"]]
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
@@ -136,11 +165,19 @@ class _Summary:
         path.write_text(json.dumps(record, indent=2) + "\n")
 
 
+SUMMARY_PLUGIN = "bnbook-browser-summary"
+
+
+def register_summary(config: pytest.Config) -> None:
+    """Register the summary plugin in this process (the controller and every worker alike)."""
+    if not config.pluginmanager.has_plugin(SUMMARY_PLUGIN):
+        config.pluginmanager.register(_Summary(), SUMMARY_PLUGIN)
+
+
 @pytest.fixture(scope="session")
 def summary(request: pytest.FixtureRequest) -> _Summary:
-    plugin = _Summary()
-    request.config.pluginmanager.register(plugin, "bnbook-browser-summary")
-    return plugin
+    register_summary(request.config)  # already done by conftest.py; here for a run without it
+    return request.config.pluginmanager.get_plugin(SUMMARY_PLUGIN)
 
 
 # --- server and browser ----------------------------------------------------------

@@ -16,7 +16,12 @@ import pytest  # noqa: E402
 
 def pytest_configure(config: pytest.Config) -> None:
     """Run torch single-threaded: the tensors here are tiny, and on a shared machine
-    torch's worker threads spin against other processes (measured: 5x slower with 2)."""
+    torch's worker threads spin against other processes (measured: 5x slower with 2).
+    Also registers the browser tests' summary, which must exist in the controlling
+    process of ``pytest -n`` too, to gather what the workers measured."""
+    from browsing import register_summary
+
+    register_summary(config)
     try:
         import torch
     except ImportError:  # pragma: no cover - the NumPy-only tests still run
