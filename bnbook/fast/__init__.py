@@ -146,7 +146,7 @@ def _fusable(x: Tensor) -> bool:
     """
     if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter:
         return False
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
+    if not x.is_cpu or x.dtype not in (torch.float32, torch.float64) or x.numel() == 0:
         return False
     if (
         _forward_ad._current_level >= 0

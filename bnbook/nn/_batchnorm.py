@@ -89,6 +89,16 @@ def _check_operands(
     statistics must not require grad (they are updated in place, outside autograd).
     """
     c = input.shape[1]
+    dt = input.dtype
+    if (  # the usual call, every operand as it should be, checked at the cost of a few attribute reads
+        (weight is None or (weight.dtype is dt and weight.numel() == c))
+        and (bias is None or (bias.dtype is dt and bias.numel() == c))
+        and (running_mean is None or (running_mean.dtype is dt and running_mean.numel() == c
+                                      and not running_mean.requires_grad))
+        and (running_var is None or (running_var.dtype is dt and running_var.numel() == c
+                                     and not running_var.requires_grad))
+    ):
+        return
     for name, t in zip(_OPERANDS, (weight, bias, running_mean, running_var), strict=True):
         if t is None:
             continue
