@@ -176,8 +176,7 @@ def register_summary(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def summary(request: pytest.FixtureRequest) -> _Summary:
-    register_summary(request.config)  # already done by conftest.py; here for a run without it
-    return request.config.pluginmanager.get_plugin(SUMMARY_PLUGIN)
+    return request.config.pluginmanager.get_plugin(SUMMARY_PLUGIN)  # registered by conftest.py
 
 
 # --- server and browser ----------------------------------------------------------
