@@ -601,9 +601,14 @@ void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, co
   std::vector<char> used(nthreads, 0);
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / C), [&](int64_t r0, int64_t r1) {
     const int t = at::get_thread_num();
-    double* q1 = part.data() + static_cast<size_t>(t) * 3 * C;
+    // Each thread sums into memory of its own, and adds the result to the shared array once: sums
+    // updated row after row next to another thread's would share cache lines with them, and every
+    // update would then wait for the line to come back from the other core.
+    std::vector<double> own(3 * static_cast<size_t>(C), 0.0);
+    rows_block<T, SAME>(a, b, r0, r1, C, 0, C, k, ka, own.data(), own.data() + C, own.data() + 2 * C, sweep4);
+    double* q = part.data() + static_cast<size_t>(t) * 3 * C;
+    for (int64_t i = 0; i < 3 * C; ++i) q[i] += own[i];
     used[t] = 1;
-    rows_block<T, SAME>(a, b, r0, r1, C, 0, C, k, ka, q1, q1 + C, q1 + 2 * C, sweep4);
   });
   for (int64_t c = 0; c < C; ++c) {
     s1[c] = 0.0;
