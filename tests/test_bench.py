@@ -353,3 +353,21 @@ def test_check_fails_when_only_the_overhead_target_is_missed(monkeypatch, capsys
     assert "MISSED" in capsys.readouterr().out
     monkeypatch.setattr(bench, "overhead", rows(1.0))
     assert bench.main(["--check"]) == 0
+
+
+def test_backward_kernels_gives_a_ratio_per_thread_count_or_none(monkeypatch) -> None:
+    from bnbook import fast
+    from bnbook.demos import speed
+
+    tiny = bench.Config("2d channels-last", (2, 3, 4, 4), torch.float32, torch.channels_last)
+    before = torch.get_num_threads()
+    found = speed.backward_kernels(tiny, threads=(1,), rounds=3, warmup=0)
+    assert torch.get_num_threads() == before
+    if fast.available():
+        assert list(found) == [1] and 0 < found[1][1] <= found[1][0] <= found[1][2]
+    else:
+        assert found is None
+    with pytest.raises(ValueError, match="rounds"):
+        speed.backward_kernels(tiny, rounds=0)
+    monkeypatch.setattr(fast, "available", lambda: False)
+    assert speed.backward_kernels(tiny, rounds=3) is None

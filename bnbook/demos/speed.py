@@ -31,6 +31,8 @@ __all__ = [
     "stored_table",
     "table_provenance",
     "worst_cells",
+    "BACKWARD_CONFIG",
+    "backward_kernels",
     "unstable_cells",
     "pass_counts",
     "plot_alloc",
@@ -377,3 +379,70 @@ def spread(r: Sequence[float]) -> float:
 def stable(r: Sequence[float], max_spread: float = 3.0) -> bool:
     """Whether a cell's rounds agree within a factor ``max_spread`` (high / low); see chapter 16."""
     return spread(r) <= max_spread
+
+
+# --- the backward kernels on their own -------------------------------------------------------------------
+
+
+#: The input :func:`backward_kernels` times by default: channels-last float32, 16 MiB.
+BACKWARD_CONFIG = bench.Config("2d channels-last", (64, 64, 32, 32), torch.float32, torch.channels_last)
+
+
+def backward_kernels(
+    config: bench.Config = BACKWARD_CONFIG,
+    threads: Sequence[int] = (2, 1),
+    rounds: int = 15,
+    warmup: int = 2,
+) -> dict[int, tuple[float, float, float]] | None:
+    """``bnbook.fast``'s backward kernel over native's, timed on their own, at each thread count.
+
+    Each round calls the fused kernel (``backward_train``) and ATen's
+    ``native_batch_norm_backward`` once each on the same ``dy`` and ``x``,
+    back to back in an order that alternates, and takes their ratio. Returns
+    ``{threads: (median, low, high)}`` of those ratios (low and high the
+    3rd-lowest and 3rd-highest from 7 rounds on), or None where the kernels
+    are not available. The thread count is restored afterwards. See chapter 16.
+    """
+    from bnbook import fast
+    from bnbook.bench._table import _spread
+
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"need rounds >= 1 and warmup >= 0, got {rounds}, {warmup}")
+    if not fast.available():
+        return None
+    ext = fast.load()
+    gen = torch.Generator().manual_seed(0)
+    x, dy = (
+        torch.randn(config.shape, generator=gen, dtype=config.dtype).contiguous(
+            memory_format=config.memory_format
+        )
+        for _ in range(2)
+    )
+    c = config.shape[1]
+    weight = torch.ones(c, dtype=config.dtype)
+    _, mean, invstd = ext.forward_train(x, weight, None, 1e-5)
+    _, save_mean, save_invstd = torch.native_batch_norm(x, weight, None, None, None, True, 0.1, 1e-5)
+    steps = (
+        lambda: ext.backward_train(dy, x, weight, mean, invstd, True),
+        lambda: torch.ops.aten.native_batch_norm_backward(
+            dy, x, weight, None, None, save_mean, save_invstd, True, 1e-5, [True, True, True]
+        ),
+    )
+    before = torch.get_num_threads()
+    out = {}
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            ratios = []
+            for r in range(warmup + rounds):
+                spent = [0.0, 0.0]
+                for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+                    t0 = time.perf_counter()
+                    steps[i]()
+                    spent[i] = time.perf_counter() - t0
+                if r >= warmup:
+                    ratios.append(spent[0] / spent[1])
+            out[n] = _spread(ratios)
+    finally:
+        torch.set_num_threads(before)
+    return out

@@ -588,6 +588,13 @@ void sums_rows(const T* a, const T* b, int64_t R, int64_t C, const double* k, co
     at::parallel_for(0, nblocks, grain, [&](int64_t k0, int64_t k1) {
       for (int64_t j = k0; j < k1; ++j) {
         const int64_t c0 = j * width, c1 = std::min(C, c0 + width), w = c1 - c0;
+        if (nblocks == 1 || nthreads == 1) {  // no other thread writes next to these sums
+          std::fill(s1 + c0, s1 + c1, 0.0);
+          std::fill(s2 + c0, s2 + c1, 0.0);
+          if (s3) std::fill(s3 + c0, s3 + c1, 0.0);
+          rows_block<T, SAME>(a, b, 0, R, C, c0, c1, k, ka, s1 + c0, s2 + c0, s3 ? s3 + c0 : nullptr, sweep4);
+          continue;
+        }
         // summed in memory of this thread's own (a block's edge would share a cache line with its
         // neighbour's, updated by another thread at every row), then copied out once
         std::vector<double> own(3 * static_cast<size_t>(w), 0.0);
