@@ -386,40 +386,26 @@ def stable(r: Sequence[float], max_spread: float = 3.0) -> bool:
 
 #: The input :func:`backward_kernels` times by default: channels-last float32, 16 MiB.
 BACKWARD_CONFIG = bench.Config("2d channels-last", (64, 64, 32, 32), torch.float32, torch.channels_last)
+_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last,
+            "channels_last_3d": torch.channels_last_3d}
 
 
-def backward_kernels(
-    config: bench.Config = BACKWARD_CONFIG,
-    threads: Sequence[int] = (2, 1),
-    rounds: int = 15,
-    warmup: int = 2,
-) -> dict[int, tuple[float, float, float]] | None:
-    """``bnbook.fast``'s backward kernel over native's, timed on their own, at each thread count.
-
-    Each round calls the fused kernel (``backward_train``) and ATen's
-    ``native_batch_norm_backward`` once each on the same ``dy`` and ``x``,
-    back to back in an order that alternates, and takes their ratio. Returns
-    ``{threads: (median, low, high)}`` of those ratios (low and high the
-    3rd-lowest and 3rd-highest from 7 rounds on), or None where the kernels
-    are not available. The thread count is restored afterwards. See chapter 16.
-    """
+def _backward_kernel_ratios(
+    shape: Sequence[int], dtype: str, memory_format: str, threads: Sequence[int], rounds: int, warmup: int
+) -> dict[int, tuple[float, float, float]]:
+    """The timing loop of :func:`backward_kernels`, in this process (plain names, so a child can call it)."""
     from bnbook import fast
     from bnbook.bench._table import _spread
 
-    if rounds < 1 or warmup < 0:
-        raise ValueError(f"need rounds >= 1 and warmup >= 0, got {rounds}, {warmup}")
-    if not fast.available():
-        return None
     ext = fast.load()
     gen = torch.Generator().manual_seed(0)
     x, dy = (
-        torch.randn(config.shape, generator=gen, dtype=config.dtype).contiguous(
-            memory_format=config.memory_format
+        torch.randn(tuple(shape), generator=gen, dtype=getattr(torch, dtype)).contiguous(
+            memory_format=_FORMATS[memory_format]
         )
         for _ in range(2)
     )
-    c = config.shape[1]
-    weight = torch.ones(c, dtype=config.dtype)
+    weight = torch.ones(shape[1], dtype=x.dtype)
     _, mean, invstd = ext.forward_train(x, weight, None, 1e-5)
     _, save_mean, save_invstd = torch.native_batch_norm(x, weight, None, None, None, True, 0.1, 1e-5)
     steps = (
@@ -436,7 +422,7 @@ def backward_kernels(
             ratios = []
             for r in range(warmup + rounds):
                 spent = [0.0, 0.0]
-                for i in ((0, 1) if r % 2 == 0 else (1, 0)):
+                for i in (0, 1) if r % 2 == 0 else (1, 0):
                     t0 = time.perf_counter()
                     steps[i]()
                     spent[i] = time.perf_counter() - t0
@@ -446,3 +432,51 @@ def backward_kernels(
     finally:
         torch.set_num_threads(before)
     return out
+
+
+_KERNELS_CHILD = bench.CHILD_PRELUDE + """from bnbook.demos.speed import _backward_kernel_ratios
+print(json.dumps(_backward_kernel_ratios(*json.loads(sys.argv[1]))))
+"""
+
+
+def backward_kernels(
+    config: bench.Config = BACKWARD_CONFIG,
+    threads: Sequence[int] = (2, 1),
+    rounds: int = 15,
+    warmup: int = 3,
+    memory: str = "kept",
+    timeout_s: float = 120.0,
+) -> dict[int, tuple[float, float, float]] | None:
+    """``bnbook.fast``'s backward kernel over native's, timed on their own, at each thread count.
+
+    Each round calls the fused kernel (``backward_train``) and ATen's
+    ``native_batch_norm_backward`` once each on the same ``dy`` and ``x``,
+    back to back in an order that alternates, and takes their ratio. Each
+    call writes a fresh ``dx`` the size of the input; whether that memory
+    comes with new pages (a page fault per 4 KiB, which can take longer than
+    the kernel) changes from call to call. With ``memory="kept"`` (the
+    default) the loop runs in a fresh process in which glibc keeps freed
+    memory for reuse (the control of :func:`memory_study`), after ``warmup``
+    untimed rounds, so that the ratio compares the kernels; with
+    ``memory="as is"`` it runs here, page faults and all. Returns
+    ``{threads: (median, low, high)}`` of the ratios (low and high the
+    3rd-lowest and 3rd-highest from 7 rounds on), or None where the kernels
+    are not available or the child cannot run (not Linux with glibc, a
+    failure, a timeout). See chapter 16.
+    """
+    from bnbook import fast
+
+    if rounds < 1 or warmup < 0:
+        raise ValueError(f"need rounds >= 1 and warmup >= 0, got {rounds}, {warmup}")
+    if memory not in ("kept", "as is"):
+        raise ValueError(f"memory must be 'kept' or 'as is', got {memory!r}")
+    if not fast.available():
+        return None
+    fmt = next(k for k, v in _FORMATS.items() if v == config.memory_format)
+    args = [list(config.shape), str(config.dtype).removeprefix("torch."), fmt, list(threads), rounds, warmup]
+    if memory == "as is":
+        return _backward_kernel_ratios(*args)
+    if not sys.platform.startswith("linux"):
+        return None
+    found = bench.run_child(_KERNELS_CHILD, json.dumps(args), "control", timeout_s)
+    return None if found is None else {int(n): tuple(r) for n, r in found.items()}
