@@ -443,7 +443,7 @@ def backward_kernels(
     config: bench.Config = BACKWARD_CONFIG,
     threads: Sequence[int] = (2, 1),
     rounds: int = 15,
-    warmup: int = 3,
+    warmup: int = 16,
     memory: str = "kept",
     timeout_s: float = 120.0,
 ) -> dict[int, tuple[float, float, float]] | None:
@@ -457,7 +457,8 @@ def backward_kernels(
     the kernel) changes from call to call. With ``memory="kept"`` (the
     default) the loop runs in a fresh process in which glibc keeps freed
     memory for reuse (the control of :func:`memory_study`), after ``warmup``
-    untimed rounds, so that the ratio compares the kernels; with
+    untimed rounds (enough for glibc's heap to grow to what the loop needs),
+    so that the ratio compares the kernels; with
     ``memory="as is"`` it runs here, page faults and all. Returns
     ``{threads: (median, low, high)}`` of the ratios (low and high the
     3rd-lowest and 3rd-highest from 7 rounds on), or None where the kernels
