@@ -36,6 +36,9 @@ $(VENV)/.book-installed: requirements.txt constraints.txt pyproject.toml
 	$(PIP) install --upgrade pip
 	$(PIP) install -r requirements.txt -c constraints.txt
 	$(PIP) install --no-deps --no-build-isolation -e . || $(PIP) install --no-deps -e .
+	@# bnbook's C++ kernels, built once into torch's extension cache (or a line on why not);
+	@# bnbook.nn's layers then run their short path from C++, and never build anything themselves
+	$(PY) -c "import bnbook.fast as f; print(f.status())"
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.book-installed requirements-dev.txt

@@ -257,6 +257,15 @@ def test_overhead_reports_both_modes_against_their_targets() -> None:
     ok = bench.print_overhead(rows, file=out)
     assert ok == all(r.ratio[0] <= r.target for r in rows)
     assert out.getvalue().count("target <=") == 2
+    train = rows[0]
+    assert f"({train.path} short path)" in out.getvalue()
+    # with the compiled short path in use, the Python one is timed beside it, in the same rounds
+    assert (train.python_ratio is not None) == (train.path == "C++")
+    if train.python_ratio is not None:
+        assert train.python_us > 0 and "Python short path, for comparison" in out.getvalue()
+    from bnbook.nn import _batchnorm as eager
+
+    assert eager.TRAIN_ROWS_PATHS[eager.BatchNormFunction] is not eager._TRAIN_ROWS or train.path == "Python"
 
 
 def test_bench_runs_as_a_module() -> None:

@@ -11,7 +11,8 @@
 #    non-ignored ones: no .venv, no _build) into a temporary directory.
 # 3. Creates a fresh virtualenv there (with $PYTHON, default python3; Binder
 #    uses the version in binder/runtime.txt) and runs, from the copy's root as
-#    repo2docker does, `pip install -r binder/requirements.txt`.
+#    repo2docker does, `pip install -r binder/requirements.txt`, then
+#    `binder/postBuild` (which builds bnbook's C++ kernels into the image).
 #    The one deliberate difference: binder/requirements.txt names PyTorch's
 #    CPU wheel index (`--extra-index-url https://download.pytorch.org/whl/cpu`),
 #    which this machine cannot reach; here pip's own configuration already
@@ -98,7 +99,8 @@ export PYDEVD_DISABLE_FILE_VALIDATION=1
 unset BNBOOK_STATIC
 t0=$(date +%s)
 (cd "$TMP/repo" && python -m pip install --disable-pip-version-check -q --upgrade pip \
-  && python -m pip install --disable-pip-version-check -q -r binder/requirements.txt)
+  && python -m pip install --disable-pip-version-check -q -r binder/requirements.txt \
+  && bash binder/postBuild)  # as repo2docker runs it after the install
 t_install=$(( $(date +%s) - t0 ))
 echo "installed in ${t_install} s"
 

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from bnbook import nn as bnn
+from bnbook.nn import _batchnorm as eager
 
 __all__ = ["OVERHEAD_TARGETS", "Overhead", "overhead", "print_overhead"]
 
@@ -25,13 +26,22 @@ OVERHEAD_TARGETS = {"train": 1.3, "eval": 1.5}
 
 
 class Overhead(NamedTuple):
-    """One mode's per-call times (microseconds, medians over rounds) and per-round ratios."""
+    """One mode's per-call times (microseconds, medians over rounds) and per-round ratios.
+
+    ``path`` says how bnbook.nn's training short path ran: ``"C++"`` (the
+    compiled copy that bnbook.nn takes where bnbook's kernels are built) or
+    ``"Python"``. With the compiled copy in use, the Python Function is timed
+    too, in the same rounds (``python_us``, ``python_ratio``), for comparison.
+    """
 
     mode: str
     threads: int
     native_us: float
     bnbook_us: float
     ratio: tuple[float, float, float]  # median, 3rd lowest, 3rd highest
+    path: str = "Python"
+    python_us: float | None = None
+    python_ratio: tuple[float, float, float] | None = None
 
     @property
     def target(self) -> float:
@@ -84,19 +94,34 @@ def _overhead(shape: tuple[int, int], rounds: int, calls: int, seed: int) -> lis
                 with torch.no_grad():
                     layer(x)
 
-        for layer in layers:  # warm up both
+        for layer in layers:  # warm up both (bnbook.nn's first training call picks its short path)
             for _ in range(20):
                 step(layer)
-        times: list[list[float]] = [[], []]
+        compiled = eager.TRAIN_ROWS_PATHS[eager.BatchNormFunction]
+        both = mode == "train" and compiled is not eager._TRAIN_ROWS
+        blocks = [(layers[0], None), (layers[1], None)] + ([(layers[1], eager._TRAIN_ROWS)] if both else [])
+        times: list[list[float]] = [[] for _ in blocks]
         for _ in range(rounds):
-            for k, layer in enumerate(layers):
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    step(layer)
-                times[k].append((time.perf_counter() - t0) / calls)
-        ratios = [b / a for a, b in zip(*times, strict=True)]
-        native, ours = sorted(times[0])[rounds // 2], sorted(times[1])[rounds // 2]
-        out.append(Overhead(mode, torch.get_num_threads(), native * 1e6, ours * 1e6, _spread(ratios)))
+            for k, (layer, path) in enumerate(blocks):
+                if path is not None:
+                    eager.TRAIN_ROWS_PATHS[eager.BatchNormFunction] = path
+                try:
+                    t0 = time.perf_counter()
+                    for _ in range(calls):
+                        step(layer)
+                    times[k].append((time.perf_counter() - t0) / calls)
+                finally:
+                    eager.TRAIN_ROWS_PATHS[eager.BatchNormFunction] = compiled
+        med = [sorted(t)[rounds // 2] * 1e6 for t in times]
+        ratios = [[b / a for a, b in zip(times[0], t, strict=True)] for t in times[1:]]
+        out.append(
+            Overhead(
+                mode, torch.get_num_threads(), med[0], med[1], _spread(ratios[0]),
+                "C++" if both else "Python",
+                med[2] if both else None,
+                _spread(ratios[1]) if both else None,
+            )
+        )
     return out
 
 
@@ -112,11 +137,19 @@ def print_overhead(rows: list[Overhead], file=None) -> bool:
         met = r.ratio[0] <= r.target
         ok &= met
         what = "forward+backward" if r.mode == "train" else "forward, no_grad"
+        path = f" ({r.path} short path)" if r.mode == "train" else ""
         print(
             f"  {r.mode:<5} {what:<17} {r.threads}T  "
-            f"torch {r.native_us:6.1f} us, bnbook {r.bnbook_us:6.1f} us: "
+            f"torch {r.native_us:6.1f} us, bnbook {r.bnbook_us:6.1f} us{path}: "
             f"{r.ratio[0]:.2f} [{r.ratio[1]:.2f}-{r.ratio[2]:.2f}]  target <= {r.target:.1f}: "
             f"{'met' if met else 'MISSED'}",
             file=file,
         )
+        if r.python_ratio is not None:
+            p = r.python_ratio
+            print(
+                f"  {'':<5} {'':<17} {'':>2}  {'':>15}  bnbook {r.python_us:6.1f} us (Python short path, "
+                f"for comparison): {p[0]:.2f} [{p[1]:.2f}-{p[2]:.2f}]",
+                file=file,
+            )
     return ok

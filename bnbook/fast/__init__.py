@@ -11,6 +11,12 @@ implementation can have. The plain training call on ``(N, C)`` input, where a
 small batch makes per-call overhead count, is one autograd node written in C++.
 See ``chapters/16_making_it_fast``.
 
+The extension also carries ``bnbook.nn``'s own short path for that call, its
+ATen operations called from C++ (``eager_rows``): the same numbers as the
+Python Function, without its per-call Python. ``bnbook.nn``'s layers take it
+once the extension is loaded, or on their first training call when it is
+built already (:func:`load_built`, which never builds).
+
 The kernels build with ``torch.utils.cpp_extension`` where a C++ compiler is
 present, into torch's extension cache, so the second run only loads them
 (well under a second). Where they cannot be built, :func:`available` is False,
@@ -28,6 +34,7 @@ written with differentiable operations, so second derivatives are exact.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -47,6 +54,7 @@ __all__ = [
     "FusedBatchNormFunction",
     "available",
     "load",
+    "load_built",
     "status",
 ]
 
@@ -61,22 +69,32 @@ BUILD_WAIT_ENV = "BNBOOK_BUILD_WAIT"
 _BUILD_WAIT_S = 600.0
 
 
+def _module_name() -> str:
+    """The extension's name, which carries a hash of its source: each version builds apart."""
+    return "bnbook_bn_kernels_" + hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
+
+
+def _disabled() -> bool:
+    return os.environ.get(DISABLE_ENV, "").strip() not in ("", "0")
+
+
 def load(verbose: bool = False) -> Any:
     """Build (first time) or load (afterwards) the kernels; None when that is not possible here."""
     if _state["tried"]:
         return _state["module"]
     _state["tried"] = True
-    if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
+    if _disabled():
         _state["error"] = f"{DISABLE_ENV} is set"
         return None
     try:
         from torch.utils import cpp_extension
 
-        build_dir = Path(cpp_extension._get_build_directory("bnbook_bn_kernels", verbose))
+        name = _module_name()
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose))
         wait = float(os.environ.get(BUILD_WAIT_ENV, _BUILD_WAIT_S))
         with _build_lock(build_dir, wait):
             _state["module"] = cpp_extension.load(
-                name="bnbook_bn_kernels",
+                name=name,
                 sources=[str(_SOURCE)],
                 extra_cflags=["-O3", "-fopenmp"],
                 extra_ldflags=["-fopenmp"],
@@ -87,7 +105,37 @@ def load(verbose: bool = False) -> Any:
         _state["error"] = (
             f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         )
+    if _state["module"] is not None:  # bnbook.nn's layers run their short path from C++ from now on
+        _eager.use_compiled_rows(_state["module"].eager_rows)
     return _state["module"]
+
+
+def load_built() -> Any:
+    """The kernels if they are loaded, or built already and free to load now; never builds them.
+
+    ``bnbook.nn`` asks this on its first training call, so that its layers run
+    their short path from C++ where the kernels were built (``make dev`` builds
+    them), and never wait for a compiler. None when the kernels are not built
+    for this source, another process is building them, or
+    ``BNBOOK_NO_EXTENSION`` is set; :func:`load` can still build them later.
+    """
+    if _state["module"] is not None or _state["tried"] or _disabled():
+        return _state["module"]
+    import fcntl
+
+    from torch.utils import cpp_extension
+
+    name = _module_name()
+    build_dir = Path(cpp_extension._get_build_directory(name, False))
+    if not (build_dir / f"{name}.so").is_file():
+        return None
+    with open(build_dir / "bnbook-build.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # being built right now: not ready
+            return None
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return load()  # finds the build up to date, and loads it
 
 
 @contextlib.contextmanager

@@ -371,6 +371,102 @@ struct TrainRows : public torch::autograd::Function<TrainRows> {
   }
 };
 
+// bnbook.nn's short path for the plain training call on (N, C) input (_TrainRowsFunction in
+// bnbook/nn/_batchnorm.py), operation for operation and in the same order, so the same numbers bit for
+// bit: ATen's own operations, not the fused kernels, called from C++ so that the Python around them
+// (about a microsecond or more per operation, and the Python autograd Function) is not paid per call.
+// tests/test_nn_compiled.py compares the two with torch.equal.
+struct EagerRows : public torch::autograd::Function<EagerRows> {
+  // A 0-dim tensor of like's dtype holding value, as bnbook.nn's _const; kept, since making one
+  // costs about as much as the arithmetic on a small layer's per-channel vectors.
+  static torch::Tensor constant(double value, const torch::Tensor& like) {
+    struct Kept {
+      double value;
+      c10::ScalarType dtype;
+      torch::Tensor tensor;
+    };
+    thread_local std::vector<Kept> kept;
+    const auto dtype = like.scalar_type();
+    for (const auto& k : kept) {
+      if (k.value == value && k.dtype == dtype) return k.tensor;
+    }
+    if (kept.size() >= 64) kept.clear();
+    kept.push_back({value, dtype, torch::scalar_tensor(value, like.options().device(torch::kCPU))});
+    return kept.back().tensor;
+  }
+
+  // torch.linalg.vecdot(a, b, dim=0) for real a and b: the same product and sum, without its checks.
+  static torch::Tensor vecdot0(const torch::Tensor& a, const torch::Tensor& b) { return (a * b).sum(0); }
+
+  static torch::Tensor forward(torch::autograd::AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& weight, const torch::Tensor& bias,
+                               const torch::Tensor& running_mean, const torch::Tensor& running_var, double eps,
+                               double momentum) {
+    const int64_t n = x.size(0);
+    torch::Tensor mean, xc, sumsq, invstd, k, y;
+    {
+      // Below autograd and the version counters: these operations make fresh tensors of their own.
+      at::AutoDispatchBelowADInplaceOrView below;
+      mean = x.sum(0).mul_(constant(1.0 / static_cast<double>(n), x));
+      xc = x - mean;
+      sumsq = vecdot0(xc, xc);
+      invstd = at::add(constant(eps, x), sumsq, 1.0 / static_cast<double>(n)).rsqrt_();
+      k = invstd * weight;
+    }
+    {
+      // The running buffers: below autograd (they take no gradient) but not below the version
+      // counters, which in-place updates bump as usual.
+      at::AutoDispatchBelowAutograd below;
+      at::_foreach_lerp_({running_mean, running_var},
+                         {mean, sumsq * constant(1.0 / static_cast<double>(n - 1), x)}, momentum);
+    }
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      y = at::addcmul_out(xc, bias, xc, k);
+    }
+    ctx->save_for_backward({x, weight, mean, invstd, k});
+    ctx->saved_data["eps"] = eps;
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor &x = saved[0], &weight = saved[1], &mean = saved[2], &invstd = saved[3], &k = saved[4];
+    const torch::Tensor& dy = grads[0];
+    const bool need_x = ctx->needs_input_grad(0);
+    torch::Tensor dx, dw, db;
+    if (torch::GradMode::is_enabled()) {  // create_graph=True: bnbook.nn's _backward_differentiable
+      const double eps = ctx->saved_data["eps"].toDouble();
+      const double m = static_cast<double>(std::max<int64_t>(x.size(0), 1));
+      auto xc = x - x.mean({0}, true);
+      auto inv = at::rsqrt((xc * xc).mean({0}, true) + eps);
+      auto x_hat = xc * inv;
+      db = dy.sum({0});
+      dw = (dy * x_hat).sum({0});
+      auto kk = inv * weight.view({1, -1});
+      dx = kk * (dy - db.view({1, -1}) / m - x_hat * dw.view({1, -1}) / m);
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below;  // grad mode is off: nothing here is recorded
+      auto xc = x - mean;
+      db = dy.sum(0);
+      auto dot = vecdot0(dy, xc);
+      if (need_x) {
+        auto k_n = k * constant(-1.0 / static_cast<double>(x.size(0)), k);
+        auto c1 = (k_n * invstd).mul_(invstd);  // torch._foreach_mul's products, one at a time
+        dw = dot * invstd;
+        auto c0 = db * k_n;
+        dx = at::addcmul(c0, dy, k).addcmul_(xc, dot * c1);
+      } else {
+        dw = dot.mul_(invstd);
+      }
+    }
+    const torch::Tensor none;
+    return {need_x ? dx : none, ctx->needs_input_grad(1) ? dw : none, ctx->needs_input_grad(2) ? db : none,
+            none, none, none, none};
+  }
+};
+
 }  // namespace bnbook_fast
 
 namespace {
@@ -381,6 +477,12 @@ torch::Tensor train_rows(const torch::Tensor& x, const torch::Tensor& weight, co
   return bnbook_fast::TrainRows::apply(x, weight, bias, running_mean, running_var, eps, momentum);
 }
 
+torch::Tensor eager_rows(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                         const torch::Tensor& running_mean, const torch::Tensor& running_var, double eps,
+                         double momentum) {
+  return bnbook_fast::EagerRows::apply(x, weight, bias, running_mean, running_var, eps, momentum);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -389,6 +491,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "batch norm forward with batch statistics, updating the running buffers in place");
   m.def("backward_train", &backward_train, "batch norm backward");
   m.def("train_rows", &train_rows, "the plain (N, C) training call, as one C++ autograd node");
+  m.def("eager_rows", &eager_rows,
+        "bnbook.nn's short path for the plain (N, C) training call, its operations called from C++");
   m.def("forward_affine", &forward_affine, "per-channel affine map (eval mode)");
   m.def("forward_eval", &forward_eval, "batch norm forward with the running statistics, in one pass");
   m.def("isa", []() { return use_avx2() ? std::string("avx2+fma") : std::string("x86-64"); },

@@ -12,6 +12,16 @@ variance, and which never calls torch's native batch-norm kernel.
 The Function also supports what torch's own layer supports: double backward
 (gradient penalties), ``torch.func.vmap`` (eval mode) and forward-mode AD
 (``torch.func.jvp``), and non-reentrant activation checkpointing.
+
+The plain training call on ``(N, C)`` input, a small network's usual case,
+takes a short path with fewer tensor operations (:class:`_TrainRowsFunction`).
+On a small batch the Python around those operations costs more than they do,
+so where bnbook's C++ kernels are built (``make dev`` builds them; see
+:mod:`bnbook.fast`) the layers run a copy of that Function written in C++:
+the same ATen operations in the same order, so the same numbers bit for bit,
+as one autograd node. The layers never build anything themselves; without the
+kernels they run the Python Function. ``make bench`` times both against
+torch's layer.
 """
 
 from __future__ import annotations
@@ -395,6 +405,10 @@ class _TrainRowsFunction(torch.autograd.Function):
     functorch transform, forward-mode AD and compiler; everything else takes
     :class:`BatchNormFunction`. Under ``create_graph=True`` the backward pass
     is the differentiable one that :class:`BatchNormFunction` uses.
+
+    ``EagerRows`` in ``bnbook/fast/_bn_kernels.cpp`` is this Function written
+    in C++ (see :func:`use_compiled_rows`): a change here must be made there too,
+    and ``tests/test_nn_compiled.py`` fails until the two agree bit for bit.
     """
 
     @staticmethod
@@ -434,9 +448,48 @@ class _TrainRowsFunction(torch.autograd.Function):
 
 
 _TRAIN_ROWS = super(torch.autograd.Function, _TrainRowsFunction).apply  # no per-call signature binding
+
+
+def use_compiled_rows(compiled: Any) -> None:
+    """Run the short path from C++ on CPU tensors: ``compiled`` is :class:`_TrainRowsFunction` written there.
+
+    ``bnbook.fast``'s extension carries a copy of :class:`_TrainRowsFunction`,
+    the same ATen operations in the same order (so the same numbers, bit for
+    bit; ``tests/test_nn_compiled.py`` checks it), as one autograd node written
+    in C++. On a small batch the Python around the operations costs more than
+    the operations, and that copy does without it. ``bnbook.fast`` calls this
+    when its extension loads; ``None`` goes back to the Python Function.
+    """
+    if compiled is None:
+        TRAIN_ROWS_PATHS[BatchNormFunction] = _TRAIN_ROWS
+        return
+
+    def rows(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
+             eps: float, momentum: float) -> Tensor:
+        if x.is_cpu:
+            return compiled(x, weight, bias, running_mean, running_var, eps, momentum)
+        return _TRAIN_ROWS(x, weight, bias, running_mean, running_var, eps, momentum)
+
+    TRAIN_ROWS_PATHS[BatchNormFunction] = rows
+
+
+def _first_rows_call(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor, running_var: Tensor,
+                     eps: float, momentum: float) -> Tensor:
+    """The short path's first call: the compiled copy if the kernels are built already, else Python.
+
+    Nothing is built here (a compiler may take a minute, or be missing): the
+    layers only load what ``make dev`` or an earlier ``bnbook.fast.load()`` built.
+    """
+    TRAIN_ROWS_PATHS[BatchNormFunction] = _TRAIN_ROWS
+    from bnbook import fast  # loading the extension calls use_compiled_rows
+
+    fast.load_built()
+    return TRAIN_ROWS_PATHS[BatchNormFunction](x, weight, bias, running_mean, running_var, eps, momentum)
+
+
 #: The short path of each computing Function for the plain training call on (N, C) input, called as
 #: ``path(x, weight, bias, running_mean, running_var, eps, momentum) -> y``; ``bnbook.fast`` adds its own.
-TRAIN_ROWS_PATHS: dict[Any, Any] = {BatchNormFunction: _TRAIN_ROWS}
+TRAIN_ROWS_PATHS: dict[Any, Any] = {BatchNormFunction: _first_rows_call}
 _FULL_DTYPES = (torch.float32, torch.float64)
 
 
