@@ -59,13 +59,45 @@ def test_compiled_short_path_equals_the_python_one_bit_for_bit(dtype, shape, gra
         assert py[0].abs().max() > 0.1 and py[2 if grads[1] else 1].abs().max() > 0  # not trivially equal
 
 
-def test_compiled_short_path_takes_strided_input_as_python_does() -> None:
+@pytest.mark.parametrize("layout", ["column-major x and dy", "expanded dy", "column-major x"])
+def test_compiled_short_path_takes_strided_input_as_python_does(layout) -> None:
     x, dy, w, b = _inputs((9, 40), torch.float64)
-    xt, dyt = x.T.contiguous().T, dy.T.contiguous().T  # column-major (N, C)
-    assert not xt.is_contiguous()
-    py = _run(eager._TRAIN_ROWS, xt, dyt, w, b, 1e-5, 0.1)
-    cc = _run(fast.load().eager_rows, xt, dyt, w, b, 1e-5, 0.1)
+    if layout != "expanded dy":
+        x = x.T.contiguous().T
+        assert not x.is_contiguous()
+    if layout == "column-major x and dy":
+        dy = dy.T.contiguous().T
+    elif layout == "expanded dy":
+        dy = dy[:1].expand_as(dy)  # stride 0 along the batch, as from a sum's backward
+    py = _run(eager._TRAIN_ROWS, x, dy, w, b, 1e-5, 0.1)
+    cc = _run(fast.load().eager_rows, x, dy, w, b, 1e-5, 0.1)
     assert all(_equal(p, c) for p, c in zip(py, cc, strict=True))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(4096, 1024), (100000, 8)], ids=str)
+def test_compiled_short_path_equals_python_on_inputs_that_run_in_parallel(threads, shape) -> None:
+    """Large enough for ATen to split its loops across threads: still the same numbers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x, dy, w, b = _inputs(shape, torch.float32, seed=7)
+        py = _run(eager._TRAIN_ROWS, x, dy, w, b, 1e-5, 0.1)
+        cc = _run(fast.load().eager_rows, x, dy, w, b, 1e-5, 0.1)
+    finally:
+        torch.set_num_threads(before)
+    assert all(_equal(p, c) for p, c in zip(py, cc, strict=True))
+
+
+def test_the_output_is_versioned_as_by_the_python_path() -> None:
+    """The output is written in place into a temporary on both paths: its version counter reads the same."""
+    x, _, w, b = _inputs((6, 3), torch.float64)
+    versions = []
+    for path in (eager._TRAIN_ROWS, fast.load().eager_rows):
+        rm, rv = torch.zeros(3, dtype=x.dtype), torch.ones(3, dtype=x.dtype)
+        y = path(x.clone().requires_grad_(), w, b, rm, rv, 1e-5, 0.1)
+        versions.append(y._version)
+    assert versions[0] == versions[1]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -159,3 +191,28 @@ def test_load_built_skips_a_build_in_progress(tmp_path, monkeypatch) -> None:
     with open(tmp_path / "bnbook-build.lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # another build holds the folder
         assert fast.load_built() is None
+
+
+def test_load_built_imports_a_finished_build_without_the_build_tool() -> None:
+    """A checkout changes the source file's time, not its text: the build is used as it is, at once."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import time, torch\n"
+        "from torch.utils import cpp_extension\n"
+        "def refuse(*a, **k): raise SystemExit('the build tool was called')\n"
+        "cpp_extension.load = refuse\n"
+        "from bnbook import fast, nn\n"
+        "t = time.perf_counter()\n"
+        "y = nn.BatchNorm1d(4)(torch.randn(8, 4, requires_grad=True))\n"
+        "print(round(time.perf_counter() - t, 2), y.grad_fn.name())\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", script]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seconds, node = done.stdout.split(maxsplit=1)
+    assert "EagerRows" in node
+    assert float(seconds) < 10  # a load, not a build (which takes about half a minute)

@@ -7,6 +7,10 @@ three of them at every step). Both layers are timed in one loop, round after
 round (torch's, then bnbook's, each for a fixed number of calls), and each
 round gives one ratio; the report is the median ratio with the 3rd-lowest and
 3rd-highest as its range, so a noisy machine slows both alike.
+
+In training, bnbook.nn's short path runs from C++ where bnbook's kernels are
+built (see :mod:`bnbook.nn._batchnorm`); the Python Function is then timed
+too, in the same rounds, so the report shows what each path costs.
 """
 
 from __future__ import annotations
@@ -145,6 +149,9 @@ def print_overhead(rows: list[Overhead], file=None) -> bool:
             f"{'met' if met else 'MISSED'}",
             file=file,
         )
+        if r.mode == "train" and r.path == "Python":
+            print(f"  {'':<5} (bnbook's kernels are not built here, so bnbook.nn runs its short path in "
+                  "Python; `make dev` builds them)", file=file)
         if r.python_ratio is not None:
             p = r.python_ratio
             print(

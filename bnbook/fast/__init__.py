@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,9 +70,19 @@ BUILD_WAIT_ENV = "BNBOOK_BUILD_WAIT"
 _BUILD_WAIT_S = 600.0
 
 
+_CFLAGS = ["-O3", "-fopenmp"]
+_LDFLAGS = ["-fopenmp"]
+
+
 def _module_name() -> str:
-    """The extension's name, which carries a hash of its source: each version builds apart."""
-    return "bnbook_bn_kernels_" + hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:12]
+    """The extension's name: a hash of its source, the build flags, torch's version and Python's ABI.
+
+    A build is therefore only ever loaded by the code it was built from, and
+    :func:`load_built` can import a finished build without asking ninja.
+    """
+    key = hashlib.sha256(_SOURCE.read_bytes())
+    key.update(repr((_CFLAGS, _LDFLAGS, torch.__version__, sysconfig.get_config_var("SOABI"))).encode())
+    return "bnbook_bn_kernels_" + key.hexdigest()[:12]
 
 
 def _disabled() -> bool:
@@ -96,8 +107,8 @@ def load(verbose: bool = False) -> Any:
             _state["module"] = cpp_extension.load(
                 name=name,
                 sources=[str(_SOURCE)],
-                extra_cflags=["-O3", "-fopenmp"],
-                extra_ldflags=["-fopenmp"],
+                extra_cflags=_CFLAGS,
+                extra_ldflags=_LDFLAGS,
                 build_directory=str(build_dir),
                 verbose=verbose,
             )
@@ -115,27 +126,43 @@ def load_built() -> Any:
 
     ``bnbook.nn`` asks this on its first training call, so that its layers run
     their short path from C++ where the kernels were built (``make dev`` builds
-    them), and never wait for a compiler. None when the kernels are not built
-    for this source, another process is building them, or
-    ``BNBOOK_NO_EXTENSION`` is set; :func:`load` can still build them later.
+    them), and never wait for a compiler. A finished build is imported as it
+    is, without the build tool (which would rebuild a source whose file time
+    changed, after a checkout for example): its name says which source, flags
+    and torch it was built from. None when there is no such build, another
+    process is building one right now, or ``BNBOOK_NO_EXTENSION`` is set;
+    :func:`load` can still build the kernels later.
     """
     if _state["module"] is not None or _state["tried"] or _disabled():
         return _state["module"]
     import fcntl
+    import importlib.util
 
     from torch.utils import cpp_extension
 
     name = _module_name()
     build_dir = Path(cpp_extension._get_build_directory(name, False))
-    if not (build_dir / f"{name}.so").is_file():
+    library = build_dir / f"{name}.so"
+    if not library.is_file():
         return None
     with open(build_dir / "bnbook-build.lock", "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:  # being built right now: not ready
             return None
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return load()  # finds the build up to date, and loads it
+        try:
+            spec = importlib.util.spec_from_file_location(name, library)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except Exception:  # a damaged or foreign file: leave it to load()
+            return None
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    if not hasattr(module, "eager_rows"):
+        return None
+    _state.update(module=module, tried=True, error=None)
+    _eager.use_compiled_rows(module.eager_rows)
+    return module
 
 
 @contextlib.contextmanager

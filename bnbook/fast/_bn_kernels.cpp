@@ -420,10 +420,7 @@ struct EagerRows : public torch::autograd::Function<EagerRows> {
       at::_foreach_lerp_({running_mean, running_var},
                          {mean, sumsq * constant(1.0 / static_cast<double>(n - 1), x)}, momentum);
     }
-    {
-      at::AutoDispatchBelowADInplaceOrView below;
-      y = at::addcmul_out(xc, bias, xc, k);
-    }
+    y = at::addcmul_out(xc, bias, xc, k);  // in place on xc, versioned as in Python
     ctx->save_for_backward({x, weight, mean, invstd, k});
     ctx->saved_data["eps"] = eps;
     return y;
