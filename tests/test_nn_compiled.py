@@ -10,6 +10,8 @@ produces must be the Python Function's: compared here with ``torch.equal``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -179,22 +181,53 @@ def test_load_built_never_builds(tmp_path, monkeypatch) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def _copy_of_the_build(tmp_path, cut: int | None = None):
+    """The real library and its stamp, copied into ``tmp_path`` (the library cut to ``cut`` bytes)."""
+    from torch.utils import cpp_extension
+
+    fast.load()
+    name = fast._module_name()
+    build = Path(cpp_extension._get_build_directory(name, False))
+    data = (build / f"{name}.so").read_bytes()
+    (tmp_path / f"{name}.so").write_bytes(data if cut is None else data[:cut])
+    (tmp_path / f"{name}.so.built").write_text((build / f"{name}.so.built").read_text())
+    return name
+
+
 def test_load_built_skips_a_build_in_progress(tmp_path, monkeypatch) -> None:
     import fcntl
 
     from torch.utils import cpp_extension
 
+    name = _copy_of_the_build(tmp_path)
+    assert (tmp_path / f"{name}.so.built").read_text() == fast._stamp(tmp_path / f"{name}.so")  # whole
     monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
     monkeypatch.setattr(fast, "_state", {"module": None, "error": None, "tried": False})
     monkeypatch.setattr(fast, "load", lambda verbose=False: pytest.fail("must not wait for the build"))
-    (tmp_path / f"{fast._module_name()}.so").write_bytes(b"")
     with open(tmp_path / "bnbook-build.lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)  # another build holds the folder
         assert fast.load_built() is None
 
 
+@pytest.mark.parametrize("cut", [0, 4096, "half"])
+def test_a_library_cut_short_is_never_imported(tmp_path, cut) -> None:
+    """What a build killed while linking leaves: importing it would crash the process, not raise."""
+    from torch.utils import cpp_extension
+
+    fast.load()
+    name = fast._module_name()
+    size = (Path(cpp_extension._get_build_directory(name, False)) / f"{name}.so").stat().st_size
+    _copy_of_the_build(tmp_path, size // 2 if cut == "half" else cut)
+    assert fast._import_finished(name, tmp_path) is None
+    (tmp_path / f"{name}.so.built").unlink()  # and a library without its stamp is not imported either
+    assert fast._import_finished(name, tmp_path) is None
+
+
 def test_load_built_imports_a_finished_build_without_the_build_tool() -> None:
-    """A checkout changes the source file's time, not its text: the build is used as it is, at once."""
+    """A checkout changes the source file's time, not its text: the build is used as it is, at once.
+
+    Both by bnbook.nn's first training call and by ``bnbook.fast.load``.
+    """
     import os
     import subprocess
     import sys
@@ -207,6 +240,8 @@ def test_load_built_imports_a_finished_build_without_the_build_tool() -> None:
         "from bnbook import fast, nn\n"
         "t = time.perf_counter()\n"
         "y = nn.BatchNorm1d(4)(torch.randn(8, 4, requires_grad=True))\n"
+        "assert fast.load() is not None\n"
+        "assert fast.BatchNorm2d(3)(torch.randn(4, 3, 2, 2)).shape == (4, 3, 2, 2)\n"
         "print(round(time.perf_counter() - t, 2), y.grad_fn.name())\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

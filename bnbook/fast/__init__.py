@@ -89,8 +89,45 @@ def _disabled() -> bool:
     return os.environ.get(DISABLE_ENV, "").strip() not in ("", "0")
 
 
+def _stamp(library: Path) -> str:
+    """What a finished build leaves beside its library: the library's size and hash."""
+    data = library.read_bytes()
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}\n"
+
+
+def _import_finished(name: str, build_dir: Path) -> Any:
+    """Import the library of a finished build as it is; None if there is none, or it is not whole.
+
+    Only a library whose stamp (written once its build succeeded) still
+    matches is imported: a build killed half-way leaves a cut library, which
+    would crash the process on import rather than raise.
+    """
+    import importlib.util
+
+    library, stamp = build_dir / f"{name}.so", build_dir / f"{name}.so.built"
+    try:
+        if not (library.is_file() and stamp.is_file() and stamp.read_text() == _stamp(library)):
+            return None
+        spec = importlib.util.spec_from_file_location(name, library)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception:  # unreadable, or not a library of this Python: leave it to a build
+        return None
+    return module if hasattr(module, "eager_rows") else None
+
+
+def _loaded(module: Any) -> Any:
+    _state.update(module=module, tried=True, error=None)
+    _eager.use_compiled_rows(module.eager_rows)  # bnbook.nn runs its short path from C++ from now on
+    return module
+
+
 def load(verbose: bool = False) -> Any:
-    """Build (first time) or load (afterwards) the kernels; None when that is not possible here."""
+    """Load the kernels (building them the first time); None when that is not possible here.
+
+    A finished build of this very source is imported as it is; the build tool
+    runs only when there is none (or it is not whole).
+    """
     if _state["tried"]:
         return _state["module"]
     _state["tried"] = True
@@ -104,21 +141,27 @@ def load(verbose: bool = False) -> Any:
         build_dir = Path(cpp_extension._get_build_directory(name, verbose))
         wait = float(os.environ.get(BUILD_WAIT_ENV, _BUILD_WAIT_S))
         with _build_lock(build_dir, wait):
-            _state["module"] = cpp_extension.load(
-                name=name,
-                sources=[str(_SOURCE)],
-                extra_cflags=_CFLAGS,
-                extra_ldflags=_LDFLAGS,
-                build_directory=str(build_dir),
-                verbose=verbose,
-            )
+            module = _import_finished(name, build_dir)
+            if module is None:
+                (build_dir / f"{name}.so.built").unlink(missing_ok=True)
+                module = cpp_extension.load(
+                    name=name,
+                    sources=[str(_SOURCE)],
+                    extra_cflags=list(_CFLAGS),  # copies: the build tool extends the lists it is given
+                    extra_ldflags=list(_LDFLAGS),
+                    build_directory=str(build_dir),
+                    verbose=verbose,
+                )
+                library = build_dir / f"{name}.so"
+                partial = library.with_suffix(".so.built.partial")
+                partial.write_text(_stamp(library))
+                partial.replace(library.with_suffix(".so.built"))
     except Exception as err:  # no compiler, no ninja, a failed build, a build that never ends: fall back
         _state["error"] = (
             f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
         )
-    if _state["module"] is not None:  # bnbook.nn's layers run their short path from C++ from now on
-        _eager.use_compiled_rows(_state["module"].eager_rows)
-    return _state["module"]
+        return None
+    return _loaded(module)
 
 
 def load_built() -> Any:
@@ -129,21 +172,19 @@ def load_built() -> Any:
     them), and never wait for a compiler. A finished build is imported as it
     is, without the build tool (which would rebuild a source whose file time
     changed, after a checkout for example): its name says which source, flags
-    and torch it was built from. None when there is no such build, another
+    and torch it was built from. None when there is no finished build, another
     process is building one right now, or ``BNBOOK_NO_EXTENSION`` is set;
     :func:`load` can still build the kernels later.
     """
     if _state["module"] is not None or _state["tried"] or _disabled():
         return _state["module"]
     import fcntl
-    import importlib.util
 
     from torch.utils import cpp_extension
 
     name = _module_name()
     build_dir = Path(cpp_extension._get_build_directory(name, False))
-    library = build_dir / f"{name}.so"
-    if not library.is_file():
+    if not (build_dir / f"{name}.so").is_file():
         return None
     with open(build_dir / "bnbook-build.lock", "a+") as handle:
         try:
@@ -151,18 +192,10 @@ def load_built() -> Any:
         except BlockingIOError:  # being built right now: not ready
             return None
         try:
-            spec = importlib.util.spec_from_file_location(name, library)
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        except Exception:  # a damaged or foreign file: leave it to load()
-            return None
+            module = _import_finished(name, build_dir)
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-    if not hasattr(module, "eager_rows"):
-        return None
-    _state.update(module=module, tried=True, error=None)
-    _eager.use_compiled_rows(module.eager_rows)
-    return module
+    return None if module is None else _loaded(module)
 
 
 @contextlib.contextmanager
