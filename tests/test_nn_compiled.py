@@ -209,6 +209,19 @@ def test_load_built_skips_a_build_in_progress(tmp_path, monkeypatch) -> None:
         assert fast.load_built() is None
 
 
+def test_a_cache_that_cannot_be_written_leaves_the_layers_on_python(monkeypatch) -> None:
+    from torch.utils import cpp_extension
+
+    def read_only(name, verbose):
+        raise PermissionError("[Errno 13] Permission denied: '/read-only/torch_extensions'")
+
+    monkeypatch.setattr(cpp_extension, "_get_build_directory", read_only)
+    monkeypatch.setattr(fast, "_state", {"module": None, "error": None, "tried": False})
+    monkeypatch.setitem(eager.TRAIN_ROWS_PATHS, eager.BatchNormFunction, eager._first_rows_call)
+    y = bnn.BatchNorm1d(3)(torch.randn(5, 3, requires_grad=True))  # the first call asks load_built
+    assert type(y.grad_fn).__name__ == "_TrainRowsFunctionBackward"
+
+
 @pytest.mark.parametrize("cut", [0, 4096, "half"])
 def test_a_library_cut_short_is_never_imported(tmp_path, cut) -> None:
     """What a build killed while linking leaves: importing it would crash the process, not raise."""

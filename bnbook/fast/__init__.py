@@ -183,18 +183,21 @@ def load_built() -> Any:
     from torch.utils import cpp_extension
 
     name = _module_name()
-    build_dir = Path(cpp_extension._get_build_directory(name, False))
-    if not (build_dir / f"{name}.so").is_file():
-        return None
-    with open(build_dir / "bnbook-build.lock", "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # being built right now: not ready
+    try:
+        build_dir = Path(cpp_extension._get_build_directory(name, False))
+        if not (build_dir / f"{name}.so").is_file():
             return None
-        try:
-            module = _import_finished(name, build_dir)
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        with open(build_dir / "bnbook-build.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # being built right now: not ready
+                return None
+            try:
+                module = _import_finished(name, build_dir)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    except OSError:  # a cache folder that cannot be made or written: a layer's call must not fail for it
+        return None
     return None if module is None else _loaded(module)
 
 

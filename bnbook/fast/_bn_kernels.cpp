@@ -327,6 +327,21 @@ std::vector<torch::Tensor> forward_eval(torch::Tensor x, torch::Tensor running_m
 
 namespace bnbook_fast {
 
+// Under create_graph=True both nodes below run bnbook.nn's _backward_differentiable for (N, C) input
+// with batch statistics: the closed form written with differentiable operations, the mean and variance
+// recomputed from x so that their dependence on x is part of the graph (second derivatives are exact).
+static void differentiable_rows_backward(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& dy,
+                                         double eps, torch::Tensor& dx, torch::Tensor& dw, torch::Tensor& db) {
+  const double m = static_cast<double>(std::max<int64_t>(x.size(0), 1));
+  auto xc = x - x.mean({0}, true);
+  auto invstd = torch::rsqrt((xc * xc).mean({0}, true) + eps);
+  auto x_hat = xc * invstd;
+  db = dy.sum({0});
+  dw = (dy * x_hat).sum({0});
+  auto k = invstd * weight.view({1, -1});
+  dx = k * (dy - db.view({1, -1}) / m - x_hat * dw.view({1, -1}) / m);
+}
+
 // The plain training call on (N, C) input as one autograd node written in C++: the same kernel calls
 // as bnbook.fast's Python Function, without the Python around them (on a small batch that costs
 // more than the kernels). Arguments: x (N, C), weight, bias, running_mean, running_var (C,), all
@@ -350,15 +365,7 @@ struct TrainRows : public torch::autograd::Function<TrainRows> {
     const torch::Tensor& dy = grads[0];
     torch::Tensor dx, dw, db;
     if (torch::GradMode::is_enabled()) {  // create_graph=True: a backward pass that can be differentiated
-      const double eps = ctx->saved_data["eps"].toDouble();
-      const double m = static_cast<double>(std::max<int64_t>(x.size(0), 1));
-      auto xc = x - x.mean({0}, true);
-      auto invstd = torch::rsqrt((xc * xc).mean({0}, true) + eps);
-      auto x_hat = xc * invstd;
-      db = dy.sum({0});
-      dw = (dy * x_hat).sum({0});
-      auto k = invstd * weight.view({1, -1});
-      dx = k * (dy - db.view({1, -1}) / m - x_hat * dw.view({1, -1}) / m);
+      differentiable_rows_backward(x, weight, dy, ctx->saved_data["eps"].toDouble(), dx, dw, db);
     } else {
       auto r = backward_train(dy.contiguous(), x, weight, saved[2], saved[3], true);
       dx = r[0];
@@ -434,15 +441,7 @@ struct EagerRows : public torch::autograd::Function<EagerRows> {
     const bool need_x = ctx->needs_input_grad(0);
     torch::Tensor dx, dw, db;
     if (torch::GradMode::is_enabled()) {  // create_graph=True: bnbook.nn's _backward_differentiable
-      const double eps = ctx->saved_data["eps"].toDouble();
-      const double m = static_cast<double>(std::max<int64_t>(x.size(0), 1));
-      auto xc = x - x.mean({0}, true);
-      auto inv = at::rsqrt((xc * xc).mean({0}, true) + eps);
-      auto x_hat = xc * inv;
-      db = dy.sum({0});
-      dw = (dy * x_hat).sum({0});
-      auto kk = inv * weight.view({1, -1});
-      dx = kk * (dy - db.view({1, -1}) / m - x_hat * dw.view({1, -1}) / m);
+      differentiable_rows_backward(x, weight, dy, ctx->saved_data["eps"].toDouble(), dx, dw, db);
     } else {
       at::AutoDispatchBelowADInplaceOrView below;  // grad mode is off: nothing here is recorded
       auto xc = x - mean;
