@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -40,7 +41,15 @@ import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bnbook.batched import ACTIVATIONS, BatchedMLP, evaluate_batched, member_forward, train_batched
+from bnbook import parallel
+from bnbook.batched import (
+    ACTIVATIONS,
+    BatchedHistory,
+    BatchedMLP,
+    evaluate_batched,
+    member_forward,
+    train_batched,
+)
 from bnbook.data import load_digits
 from bnbook.models import lsuv_init
 from bnbook.plots import band, series
@@ -404,25 +413,45 @@ def run_nets(
 ) -> dict[str, Sweep]:
     """:func:`run` for each network of :data:`NETS` in ``names`` over the same ``settings``.
 
-    The plain networks share one batched model, batch norm gets its own. A
-    setting's ``init`` (for example ``"normal"`` with an ``init_scale``)
+    The plain networks share one batched model, batch norm gets its own; the
+    two train side by side in worker processes (:func:`bnbook.parallel.run`,
+    one thread each, so the numbers do not depend on the number of cores).
+    A setting's ``init`` (for example ``"normal"`` with an ``init_scale``)
     overrides the network's own; ``lsuv`` stays the network's. With a
     :class:`FixedSet`, its runs are also measured on the fixed set while
     they train (see :func:`smoothness_of`).
     """
-    out: dict[str, Sweep] = {}
-    for bn in (False, True):
-        group = [n for n in names if NETS[n]["batch_norm"] == bn]
-        if not group:
-            continue
-        rows = [{"init": NETS[n]["init"], **s, "lsuv": NETS[n]["lsuv"]} for n in group for s in settings]
-        if fixed_set is not None:
-            chosen = [n in fixed_set.names and s["lr"] in fixed_set.lrs for n in group for s in settings]
-            kw["fixed"] = (chosen, fixed_set) if any(chosen) else None
-        res = run(data, rows, seeds, batch_norm=bn, **kw)
+    return run_many(data, [dict(names=names, settings=settings, seeds=seeds, fixed_set=fixed_set, **kw)])[0]
+
+
+def run_many(data: Data, jobs: Sequence[Mapping]) -> list[dict[str, Sweep]]:
+    """:func:`run_nets` for every job (a mapping of its arguments after ``data``), all side by side.
+
+    Every batched model of every job is one call of :func:`bnbook.parallel.run`,
+    so a grid of sweeps (over depths, say) keeps all workers busy; each
+    job's result is what :func:`run_nets` returns for it, number for number.
+    """
+    calls, slots = [], []
+    for j, job in enumerate(jobs):
+        job = dict(job)
+        names, settings, seeds = job.pop("names"), job.pop("settings"), job.pop("seeds")
+        fixed_set = job.pop("fixed_set", None)
+        for bn in (False, True):
+            group = [n for n in names if NETS[n]["batch_norm"] == bn]
+            if not group:
+                continue
+            rows = [{"init": NETS[n]["init"], **s, "lsuv": NETS[n]["lsuv"]} for n in group for s in settings]
+            kw = dict(job)
+            if fixed_set is not None:
+                chosen = [n in fixed_set.names and s["lr"] in fixed_set.lrs for n in group for s in settings]
+                kw["fixed"] = (chosen, fixed_set) if any(chosen) else None
+            calls.append(partial(run, data, rows, seeds, batch_norm=bn, **kw))
+            slots.append((j, group, len(settings)))
+    found: list[dict[str, Sweep]] = [{} for _ in jobs]
+    for (j, group, n_settings), res in zip(slots, parallel.run(calls), strict=True):
         for i, n in enumerate(group):
-            out[n] = res.take(slice(i * len(settings), (i + 1) * len(settings)))
-    return {n: out[n] for n in names}
+            found[j][n] = res.take(slice(i * n_settings, (i + 1) * n_settings))
+    return [{n: got[n] for n in job["names"]} for job, got in zip(jobs, found, strict=True)]
 
 
 def smoothness_of(
@@ -471,23 +500,16 @@ def continue_runs(
     for name, sw in first.items():
         rows = [next(j for j, s in enumerate(sw.settings) if s["lr"] == lr) for lr in lrs[name]]
         models.setdefault(id(sw.model), []).append((name, rows))
-    out: dict[str, Sweep] = {}
+    selections = []
     for picks in models.values():
         runs = [(first[n], j, r) for n, rows in picks for j in rows for r in range(first[n].loss.shape[1])]
         sel = first[picks[0][0]].model.select([sw.member_index(j, r) for sw, j, r in runs])
-        hist = train_batched(
-            sel,
-            data.x_train,
-            data.y_train,
-            lrs=[sw.settings[j]["lr"] for sw, j, _ in runs],
-            steps=steps - start,
-            batch_size=batch_size,
-            seeds=[s + 1000 for s in sel.seeds],
-            x_eval=data.x_test,
-            y_eval=data.y_test,
-        )
-        _, va = evaluate_batched(sel, data.x_val, data.y_val)
-        _, te = evaluate_batched(sel, data.x_test, data.y_test)
+        selections.append((picks, sel, [sw.settings[j]["lr"] for sw, j, _ in runs]))
+    trained = parallel.run(  # the batched models side by side, in worker processes
+        [partial(_train_on, data, sel, rates, steps - start, batch_size) for _, sel, rates in selections]
+    )
+    out: dict[str, Sweep] = {}
+    for (picks, _, _), (sel, hist, va, te) in zip(selections, trained, strict=True):
         done = 0
         for n, rows in picks:
             sw, r = first[n], first[n].loss.shape[1]
@@ -512,6 +534,26 @@ def continue_runs(
                 sel,
             )
     return {n: out[n] for n in lrs}
+
+
+def _train_on(
+    data: Data, sel: BatchedMLP, lrs: list[float], steps: int, batch_size: int
+) -> tuple[BatchedMLP, BatchedHistory, np.ndarray, np.ndarray]:
+    """:func:`continue_runs`'s second part for one batched model: it, its history, val and test accuracy."""
+    hist = train_batched(
+        sel,
+        data.x_train,
+        data.y_train,
+        lrs=lrs,
+        steps=steps,
+        batch_size=batch_size,
+        seeds=[s + 1000 for s in sel.seeds],
+        x_eval=data.x_test,
+        y_eval=data.y_test,
+    )
+    _, va = evaluate_batched(sel, data.x_val, data.y_val)
+    _, te = evaluate_batched(sel, data.x_test, data.y_test)
+    return sel, hist, va, te
 
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -791,33 +833,66 @@ def overfit(
     """
     xs, ys = data.x_train[:n_train], data.y_train[:n_train]
     sizes = [data.x_train.shape[1]] + [width] * depth + [10]
-    r = len(seeds) * len(lrs)
     runs = [s for _ in lrs for s in seeds]  # learning rate outer, seed inner
     rates = [lr for lr in lrs for _ in seeds]
-    out: dict[str, dict[str, np.ndarray]] = {}
-
-    def record(names: list[str], model: BatchedMLP, fwd=None) -> None:
-        ltr, atr = evaluate_members(model, xs, ys, fwd)
-        lte, ate = evaluate_members(model, data.x_test, data.y_test, fwd)
-        for i, n in enumerate(names):
-            s = slice(i * r, (i + 1) * r)
-            out[n] = {
-                key: v[s].reshape(len(lrs), len(seeds))
-                for key, v in (("train_acc", atr), ("test_acc", ate), ("train_loss", ltr), ("test_loss", lte))
-            }
-
-    if plain:
-        group, model = _members(data, list(plain), runs, sizes, xs)[False]
-        train_batched(model, xs, ys, rates * len(group), steps, batch_size)  # what train_members does, faster
-        record(group, model)
     stats: list[tuple[str, int | None]] = [(f"ghost{g}", g) for g in ghost_sizes]
     stats += [("bn", batch_size), ("full", None)]
+    common = dict(data=data, xs=xs, ys=ys, sizes=sizes, runs=runs, rates=rates, steps=steps)
+    common["batch_size"] = batch_size
+    # Three calls side by side: the plain networks, batch norm with batch (and ghost) statistics, and
+    # batch norm with full-set statistics (about half the work on its own). Members never interact, so
+    # the split changes no number.
+    calls = [partial(_overfit_bn, stats=stats[-1:], **common)]
+    calls.append(partial(_overfit_bn, stats=stats[:-1], **common))
+    if plain:
+        calls.append(partial(_overfit_plain, names=list(plain), **common))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for part in parallel.run(calls):
+        out.update(part)
+    order = [*plain, *(n for n, _ in stats)]
+    return {n: {key: v.reshape(len(lrs), len(seeds)) for key, v in out[n].items()} for n in order}
+
+
+def _overfit_record(
+    names: Sequence[str], model: BatchedMLP, data: Data, xs: torch.Tensor, ys: torch.Tensor, fwd=None
+) -> dict[str, dict[str, np.ndarray]]:
+    """Train and test loss and accuracy of each consecutive block of members, one block per name."""
+    ltr, atr = evaluate_members(model, xs, ys, fwd)
+    lte, ate = evaluate_members(model, data.x_test, data.y_test, fwd)
+    r = model.k // len(names)
+    parts = (("train_acc", atr), ("test_acc", ate), ("train_loss", ltr), ("test_loss", lte))
+    return {n: {key: v[i * r : (i + 1) * r] for key, v in parts} for i, n in enumerate(names)}
+
+
+def _overfit_plain(
+    names: list[str], data: Data, xs: torch.Tensor, ys: torch.Tensor, sizes: list[int], runs: list[int],
+    rates: list[float], steps: int, batch_size: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The plain networks of :func:`overfit`."""
+    group, model = _members(data, names, runs, sizes, xs)[False]
+    train_batched(model, xs, ys, rates * len(group), steps, batch_size)  # what train_members does, faster
+    return _overfit_record(group, model, data, xs, ys)
+
+
+def _overfit_bn(
+    stats: list[tuple[str, int | None]], data: Data, xs: torch.Tensor, ys: torch.Tensor, sizes: list[int],
+    runs: list[int], rates: list[float], steps: int, batch_size: int,
+) -> dict[str, dict[str, np.ndarray]]:
+    """The batch-normalized networks of :func:`overfit` named in ``stats`` (name, ghost size or None)."""
+    r = len(runs)
     bn = BatchedMLP(sizes, seeds=[s for _ in stats for s in runs], batch_norm=True, device=xs.device)
     groups = [(r, g) for _, g in stats]
-    fwd = lambda m, xb: forward_stats(m, xb, groups, xs)  # noqa: E731
+    fwd = partial(_forward_groups, groups=groups, x_full=xs)
     train_members(bn, xs, ys, rates * len(stats), steps, batch_size, forward=fwd)
-    record([n for n, _ in stats], bn, lambda m, xb: forward_stats(m, xb, [(m.k, None)], xs))
-    return out
+    return _overfit_record([n for n, _ in stats], bn, data, xs, ys, partial(_forward_full, x_full=xs))
+
+
+def _forward_groups(model: BatchedMLP, xb: torch.Tensor, groups, x_full: torch.Tensor) -> torch.Tensor:
+    return forward_stats(model, xb, groups, x_full)
+
+
+def _forward_full(model: BatchedMLP, xb: torch.Tensor, x_full: torch.Tensor) -> torch.Tensor:
+    return forward_stats(model, xb, [(model.k, None)], x_full)
 
 
 def smoothness(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from types import MappingProxyType
 from typing import NamedTuple
 
@@ -42,7 +43,8 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from bnbook import nn as bnn
-from bnbook.batched import ACTIVATIONS, BatchedMLP, evaluate_batched, train_batched
+from bnbook import parallel
+from bnbook.batched import ACTIVATIONS, BatchedHistory, BatchedMLP, evaluate_batched, train_batched
 from bnbook.models import accuracy, lsuv_init, mlp, train_classifier
 from bnbook.plots import COLORS, SERIES, band, histogram, series
 from bnbook.stats import Paired, paired
@@ -728,9 +730,10 @@ def train_controls(
     with :func:`bnbook.batched.train_batched` for ``steps`` steps on
     mini-batches drawn with that seed (the same mini-batches for all four,
     and the same as :func:`record_training` with that seed), and evaluated on
-    ``(x_held, y_held)`` every ``eval_every`` steps. On the CPU it runs on one
-    thread (see ``_one_cpu_thread``), so the result does not depend on the
-    number of threads.
+    ``(x_held, y_held)`` every ``eval_every`` steps. The plain networks and
+    batch norm train side by side in worker processes with one thread each
+    (:func:`bnbook.parallel.run`), so the result does not depend on the
+    number of threads or cores.
 
     With ``watch_unit`` set, the networks of the first ``watch_seeds`` seeds
     are also watched while they train, as :func:`record_training` watches a
@@ -745,26 +748,18 @@ def train_controls(
     n = len(seeds)
     watched = list(range(min(watch_seeds, n))) if watch_unit is not None else []
     plain, bn = batched_controls(sizes, seeds, x_train, activation, lsuv_size, device=x_train.device)
-    common = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every}
-
-    def watcher(members: list[int]):
-        def record(_step: int, model: BatchedMLP) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            z = batched_hidden_input(model, x_held, members)
-            _, acc = evaluate_batched(model, x_held, y_held, members=members)
-            return _to_numpy(z[:, :, watch_unit]), _to_numpy(z.median(dim=1).values), acc
-
-        return record
-
+    evals = {"x_eval": x_held, "y_eval": y_held, "steps": steps, "batch_size": batch_size}
+    evals["eval_every"] = eval_every
     w = len(watched)
-    watch: dict[str, dict] = {"plain": {}, "bn": {}}
-    if watched:
-        plain_rows = [j * n + s for j in range(3) for s in watched]
-        watch["plain"] = {"record": watcher(plain_rows), "record_every": watch_every}
-        watch["bn"] = {"record": watcher(watched), "record_every": watch_every}
-    evals = {"x_eval": x_held, "y_eval": y_held, **common}
-    with _one_cpu_thread(x_train.device):
-        h_plain = train_batched(plain, x_train, y_train, lr, **evals, **watch["plain"])
-        h_bn = train_batched(bn, x_train, y_train, lr, **evals, **watch["bn"])
+    plain_rows = [j * n + s for j in range(3) for s in watched]
+    watch = dict(x_held=x_held, y_held=y_held, unit=watch_unit, every=watch_every)
+    # the plain networks and batch norm side by side, in worker processes (one thread each)
+    h_plain, h_bn = parallel.run(
+        [
+            partial(_train_watched, plain, x_train, y_train, lr, evals, members=plain_rows, **watch),
+            partial(_train_watched, bn, x_train, y_train, lr, evals, members=watched, **watch),
+        ]
+    )
     accuracy = {name: h_plain.eval_acc[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
     diverged = {name: h_plain.diverged[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
     accuracy["bn"], diverged["bn"] = h_bn.eval_acc, h_bn.diverged
@@ -802,7 +797,8 @@ def train_lsuv_vs_bn(
     members of :func:`train_controls` for ``seeds[k]`` and draws the same
     mini-batches, so the two functions agree on these networks; leaving out
     the two slow networks makes many seeds and a fine reading cheap. The
-    result's ``accuracy`` has the keys ``"lsuv"`` and ``"bn"``.
+    result's ``accuracy`` has the keys ``"lsuv"`` and ``"bn"``. The two train
+    side by side, as in :func:`train_controls`.
 
     With ``until`` set, a member's accuracy is no longer read once it has
     reached that level (its later readings are NaN, except the last one at
@@ -821,30 +817,58 @@ def train_lsuv_vs_bn(
     lsuv_init(plain, torch.stack([lsuv_batch(x_train, s, lsuv_size) for s in seeds]))
     plain, bn = plain.to(x_train.device), bn.to(x_train.device)
     if until is None:
-        common = {"steps": steps, "batch_size": batch_size, "eval_every": eval_every}
-        with _one_cpu_thread(x_train.device):
-            h_plain = train_batched(plain, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
-            h_bn = train_batched(bn, x_train, y_train, lr, x_eval=x_held, y_eval=y_held, **common)
+        evals = {"x_eval": x_held, "y_eval": y_held, "steps": steps, "batch_size": batch_size}
+        evals["eval_every"] = eval_every
+        calls = [partial(train_batched, m, x_train, y_train, lr, **evals) for m in (plain, bn)]
+        h_plain, h_bn = parallel.run(calls)
         accuracy = {"lsuv": h_plain.eval_acc, "bn": h_bn.eval_acc}
         diverged = {"lsuv": h_plain.diverged, "bn": h_bn.diverged}
         return InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged)
     if eval_every < 1 or steps % eval_every:
         raise ValueError(f"with until, eval_every must divide steps ({steps}), got {eval_every}")
     accuracy, diverged = {}, {}
-    with _one_cpu_thread(x_train.device):
-        for name, model in (("lsuv", plain), ("bn", bn)):
-            reader = _Reader(x_held, y_held, until, steps, len(seeds))
-            hist = train_batched(
-                model, x_train, y_train, lr, steps, batch_size, record=reader, record_every=eval_every
-            )
-            acc = np.stack(hist.records, axis=1)
-            # as train_batched reports it: chance from the reading at which a member had diverged
-            bad = np.isnan(hist.loss)
-            first = np.where(bad.any(axis=1), bad.argmax(axis=1) + 1, steps + 1)
-            acc[np.arange(0, steps + 1, eval_every)[None, :] >= first[:, None]] = 1.0 / sizes[-1]
-            accuracy[name] = acc
-            diverged[name] = hist.diverged | ~np.isfinite(reader.last_loss)
+    read = dict(x_held=x_held, y_held=y_held, until=until, steps=steps, batch_size=batch_size)
+    read["every"] = eval_every
+    runs = parallel.run([partial(_train_until, m, x_train, y_train, lr, **read) for m in (plain, bn)])
+    for name, (hist, last_loss) in zip(("lsuv", "bn"), runs, strict=True):
+        acc = np.stack(hist.records, axis=1)
+        # as train_batched reports it: chance from the reading at which a member had diverged
+        bad = np.isnan(hist.loss)
+        first = np.where(bad.any(axis=1), bad.argmax(axis=1) + 1, steps + 1)
+        acc[np.arange(0, steps + 1, eval_every)[None, :] >= first[:, None]] = 1.0 / sizes[-1]
+        accuracy[name] = acc
+        diverged[name] = hist.diverged | ~np.isfinite(last_loss)
     return InitControl(np.arange(0, steps + 1, eval_every), float(lr), seeds, accuracy, diverged)
+
+
+def _watch(
+    step: int, model: BatchedMLP, x_held: torch.Tensor, y_held: torch.Tensor, members: list[int], unit: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`train_controls`'s record hook: a unit's inputs, every unit's median input, accuracy."""
+    z = batched_hidden_input(model, x_held, members)
+    _, acc = evaluate_batched(model, x_held, y_held, members=members)
+    return _to_numpy(z[:, :, unit]), _to_numpy(z.median(dim=1).values), acc
+
+
+def _train_watched(
+    model: BatchedMLP, x_train: torch.Tensor, y_train: torch.Tensor, lr: float, evals: dict,
+    members: list[int], x_held: torch.Tensor, y_held: torch.Tensor, unit: int | None, every: int,
+) -> BatchedHistory:
+    """:func:`bnbook.batched.train_batched`, watching ``members`` (if any) every ``every`` steps."""
+    if not members:
+        return train_batched(model, x_train, y_train, lr, **evals)
+    hook = partial(_watch, x_held=x_held, y_held=y_held, members=members, unit=unit)
+    return train_batched(model, x_train, y_train, lr, **evals, record=hook, record_every=every)
+
+
+def _train_until(
+    model: BatchedMLP, x_train: torch.Tensor, y_train: torch.Tensor, lr: float, x_held: torch.Tensor,
+    y_held: torch.Tensor, until: float, steps: int, batch_size: int, every: int,
+) -> tuple[BatchedHistory, np.ndarray]:
+    """:func:`train_lsuv_vs_bn`'s reading with ``until``: the history and the held-out loss at the end."""
+    reader = _Reader(x_held, y_held, until, steps, model.k)
+    hist = train_batched(model, x_train, y_train, lr, steps, batch_size, record=reader, record_every=every)
+    return hist, reader.last_loss
 
 
 class _Reader:
