@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from bnbook import nn as bnn
+from bnbook import parallel
 from bnbook.grouped import GroupedMLP, class_sorted_order, grouped_accuracy, shuffled_order, train_grouped
 from bnbook.plots import COLORS, PALETTE, series
 
@@ -254,30 +256,63 @@ def sweep(
             return shuffled_order(len(x_tr), steps[i], int(settings[i]), order_seeds)
         return orders(i, steps[i], order_seeds)
 
-    def train(order: torch.Tensor, n_copies: int) -> GroupedMLP:
-        bs, n_steps = order.shape[1], order.shape[0]
-        torch.manual_seed(0)
-        net = GroupedMLP(methods, copies * n_copies, momentum=momentum_per_32 * bs / 32).to(x_tr.device)
-        lr = _lr_vector(len(methods), lrs * n_copies, len(seeds), bs).to(x_tr.device)
-        limits = scaled_schedule(n_steps) if "BatchRenorm" in methods else None
-        return train_grouped(net, x_tr, y_tr, order, lr, limits=limits)
-
     if len(steps) != len(settings):
         raise ValueError(f"need one step count per setting, got {len(steps)} for {len(settings)}")
+    common = dict(methods=methods, momentum_per_32=momentum_per_32, x=x_tr, y=y_tr)
     if together:  # every setting is a block of copies of one grouped network
         if len(set(steps)) != 1:
             raise ValueError(f"settings trained together need the same steps, got {list(steps)}")
-        net = train(torch.cat([order_of(i) for i in range(len(settings))], 2), len(settings))
+        n = len(settings)
+        order = torch.cat([order_of(i) for i in range(n)], 2)
+        net = _train_net(copies=copies * n, order=order, lrs=list(lrs) * n, n_seeds=len(seeds), **common)
         shape = (len(methods), len(settings), len(lrs), len(seeds))
         val[:] = grouped_accuracy(net, x_val, y_val).reshape(shape).transpose(1, 0, 2, 3)
         test[:] = grouped_accuracy(net, x_te, y_te).reshape(shape).transpose(1, 0, 2, 3)
     else:
+        # The settings train side by side in worker processes (one thread each). A lone setting is
+        # split in two halves of its seeds instead: every copy has its own initial weights (from its
+        # seed) and its own batches, and the copies never interact, so the split changes no number.
+        calls, slots = [], []
         for i, setting in enumerate(settings):
-            net = train(order_of(i), 1)
-            val[i], test[i] = _evaluate(net, x_val, y_val, len(lrs)), _evaluate(net, x_te, y_te, len(lrs))
-            if setting in keep:
-                kept[setting] = net
+            order = order_of(i)
+            halves = 2 if len(settings) == 1 and setting not in keep and len(seeds) > 1 else 1
+            for cols in np.array_split(np.arange(len(seeds)), halves):
+                cols = cols.tolist()
+                part = [lr_i * len(seeds) + j for lr_i in range(len(lrs)) for j in cols]
+                calls.append(
+                    partial(
+                        _train_and_evaluate, copies=[copies[c] for c in part], order=order[:, :, part],
+                        lrs=lrs, n_seeds=len(cols), data=data, keep=setting in keep, **common,
+                    )
+                )
+                slots.append((i, cols))
+        for (i, cols), (v, t, net) in zip(slots, parallel.run(calls), strict=True):
+            val[i][:, :, cols], test[i][:, :, cols] = v, t
+            if net is not None:
+                kept[settings[i]] = net
     return Sweep(tuple(settings), tuple(methods), np.asarray(lrs, float), tuple(steps), val, test), kept
+
+
+def _train_net(
+    methods: Sequence[str], copies: list[int], order: torch.Tensor, lrs: Sequence[float], n_seeds: int,
+    momentum_per_32: float, x: torch.Tensor, y: torch.Tensor,
+) -> GroupedMLP:
+    """One grouped network of :func:`sweep`: ``copies`` (seeds, learning rate outer) per method, trained."""
+    bs, n_steps = order.shape[1], order.shape[0]
+    torch.manual_seed(0)
+    net = GroupedMLP(methods, copies, momentum=momentum_per_32 * bs / 32).to(x.device)
+    lr = _lr_vector(len(methods), lrs, n_seeds, bs).to(x.device)
+    limits = scaled_schedule(n_steps) if "BatchRenorm" in methods else None
+    return train_grouped(net, x, y, order, lr, limits=limits)
+
+
+def _train_and_evaluate(
+    data: Sequence[torch.Tensor], keep: bool, lrs: Sequence[float], **kw
+) -> tuple[np.ndarray, np.ndarray, GroupedMLP | None]:
+    """:func:`_train_net`, then validation and test accuracy (methods, L, seeds); the net if ``keep``."""
+    net = _train_net(lrs=lrs, **kw)
+    _, _, x_val, y_val, x_te, y_te = data
+    return _evaluate(net, x_val, y_val, len(lrs)), _evaluate(net, x_te, y_te, len(lrs)), net if keep else None
 
 
 def sorted_orders(
@@ -396,21 +431,29 @@ def finetune_on_shift(
     copies = [s for _ in lrs for s in seeds]
     val = np.zeros((len(batch_sizes), len(FINETUNE), len(lrs), len(seeds)))
     test = np.zeros_like(val)
-    all_steps = []
-    for i, bs in enumerate(batch_sizes):
+    all_steps, calls = [], []
+    for bs in batch_sizes:  # built here, trained side by side in worker processes (one thread each)
         n_steps = samples // bs
         all_steps.append(n_steps)
         net = GroupedMLP(FINETUNE, copies, momentum=momentum_per_32 * bs / 32).to(x_tr.device)
         _load(net, [pre, pre, recal])
         order = shuffled_order(len(x_tr), n_steps, bs, [2000 + s for s in copies])
-        train_grouped(
-            net, shifted[0], y_tr, order, _lr_vector(len(FINETUNE), lrs, len(seeds), bs).to(x_tr.device)
-        )
-        val[i] = _evaluate(net, shifted[2], y_val, len(lrs))
-        test[i] = _evaluate(net, shifted[4], y_te, len(lrs))
+        lr = _lr_vector(len(FINETUNE), lrs, len(seeds), bs).to(x_tr.device)
+        calls.append(partial(_finetune, net, shifted, order, lr, len(lrs)))
+    for i, (v, t) in enumerate(parallel.run(calls)):
+        val[i], test[i] = v, t
     return FineTune(
         Sweep(tuple(batch_sizes), FINETUNE, np.asarray(lrs, float), tuple(all_steps), val, test), pretrained
     )
+
+
+def _finetune(
+    net: GroupedMLP, data: Sequence[torch.Tensor], order: torch.Tensor, lr: torch.Tensor, n_lrs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One batch size of :func:`finetune_on_shift`: train ``net``, then its validation and test accuracy."""
+    x_tr, y_tr, x_val, y_val, x_te, y_te = data
+    train_grouped(net, x_tr, y_tr, order, lr)
+    return _evaluate(net, x_val, y_val, n_lrs), _evaluate(net, x_te, y_te, n_lrs)
 
 
 def plot_comparison(ax, batch_sizes: Sequence[int], acc: np.ndarray, names: Sequence[str]) -> None:
