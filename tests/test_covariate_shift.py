@@ -100,6 +100,25 @@ def test_lsuv_vs_bn_matches_train_controls(digits) -> None:
     assert set(rows) == {"lsuv", "bn"} and rows["lsuv"].reach_diff.n == 2
 
 
+def test_controls_many_is_train_controls_per_rate_in_workers_or_not(digits, monkeypatch) -> None:
+    x_train, y_train, x_held, y_held = digits
+    jobs = {1.0: dict(steps=20, eval_every=5, lsuv_size=64, watch_unit=0, watch_seeds=1, watch_every=10),
+            0.3: dict(steps=10, eval_every=5, lsuv_size=64)}
+    monkeypatch.setenv("BNBOOK_WORKERS", "2")
+    many = demo.train_controls_many(SIZES, [1, 2], x_train, y_train, x_held, y_held, jobs)
+    monkeypatch.setenv("BNBOOK_WORKERS", "0")
+    for lr, kw in jobs.items():
+        one = demo.train_controls(SIZES, [1, 2], lr, x_train, y_train, x_held, y_held, **kw)
+        assert many[lr].lr == lr and np.array_equal(many[lr].steps, one.steps)
+        for name in demo.CONTROLS:
+            assert np.array_equal(many[lr].accuracy[name], one.accuracy[name])
+            assert np.array_equal(many[lr].diverged[name], one.diverged[name])
+        assert list(many[lr].records) == list(one.records) == (list(demo.CONTROLS) if lr == 1.0 else [])
+        for name, recs in one.records.items():
+            for a, b in zip(recs, many[lr].records[name], strict=True):
+                assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
+
+
 def test_plots_use_the_book_wide_series() -> None:
     from bnbook.plots import series
 

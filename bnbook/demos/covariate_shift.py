@@ -78,6 +78,7 @@ __all__ = [
     "stack_shifts",
     "steps_to_reach",
     "train_controls",
+    "train_controls_many",
     "train_lsuv_vs_bn",
     "xavier_init_",
 ]
@@ -744,35 +745,63 @@ def train_controls(
     :class:`TrainingRecord` in the result's ``records``, one per watched seed
     and network, so a study of the drift needs no second training run.
     """
+    job = dict(
+        steps=steps, eval_every=eval_every, batch_size=batch_size, lsuv_size=lsuv_size, activation=activation,
+        watch_unit=watch_unit, watch_seeds=watch_seeds, watch_every=watch_every,
+    )
+    return train_controls_many(sizes, seeds, x_train, y_train, x_held, y_held, {lr: job})[lr]
+
+
+def train_controls_many(
+    sizes: Sequence[int],
+    seeds: Sequence[int],
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_held: torch.Tensor,
+    y_held: torch.Tensor,
+    jobs: Mapping[float, Mapping],
+) -> dict[float, InitControl]:
+    """:func:`train_controls` at several learning rates, ``{lr: its keyword arguments}``, all side by side.
+
+    Every learning rate's plain networks and batch norm are two calls of
+    :func:`bnbook.parallel.run`, all submitted at once, so the workers stay
+    busy; each result is what :func:`train_controls` returns for that rate.
+    """
     seeds = tuple(int(s) for s in seeds)
     n = len(seeds)
-    watched = list(range(min(watch_seeds, n))) if watch_unit is not None else []
-    plain, bn = batched_controls(sizes, seeds, x_train, activation, lsuv_size, device=x_train.device)
-    evals = {"x_eval": x_held, "y_eval": y_held, "steps": steps, "batch_size": batch_size}
-    evals["eval_every"] = eval_every
-    w = len(watched)
-    plain_rows = [j * n + s for j in range(3) for s in watched]
-    watch = dict(x_held=x_held, y_held=y_held, unit=watch_unit, every=watch_every)
-    # the plain networks and batch norm side by side, in worker processes (one thread each)
-    h_plain, h_bn = parallel.run(
-        [
-            partial(_train_watched, plain, x_train, y_train, lr, evals, members=plain_rows, **watch),
-            partial(_train_watched, bn, x_train, y_train, lr, evals, members=watched, **watch),
-        ]
-    )
-    accuracy = {name: h_plain.eval_acc[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
-    diverged = {name: h_plain.diverged[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
-    accuracy["bn"], diverged["bn"] = h_bn.eval_acc, h_bn.diverged
-    records: dict[str, list[TrainingRecord]] = {}
-    for hist, names in ((h_plain, CONTROLS[:3]), (h_bn, CONTROLS[3:])) if watched else ():
-        values, medians, accs = (np.stack([r[part] for r in hist.records]) for part in range(3))
-        at = np.arange(len(hist.records)) * watch_every
-        for j, name in enumerate(names):
-            rows = [(j * w + s, j * n + s) for s in range(w)]  # (row among the watched, member)
-            records[name] = [
-                TrainingRecord(at, values[:, r], medians[:, r], accs[:, r], hist.loss[m]) for r, m in rows
-            ]
-    return InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged, records)
+    calls, plan = [], {}
+    for lr, job in jobs.items():
+        job = {"eval_every": 10, "batch_size": 60, "lsuv_size": 256, "activation": "sigmoid",
+               "watch_unit": None, "watch_seeds": 0, "watch_every": 25, **job}
+        watched = list(range(min(job["watch_seeds"], n))) if job["watch_unit"] is not None else []
+        plain, bn = batched_controls(
+            sizes, seeds, x_train, job["activation"], job["lsuv_size"], device=x_train.device
+        )
+        evals = {"x_eval": x_held, "y_eval": y_held, "steps": job["steps"], "batch_size": job["batch_size"]}
+        evals["eval_every"] = job["eval_every"]
+        plain_rows = [j * n + s for j in range(3) for s in watched]
+        watch = dict(x_held=x_held, y_held=y_held, unit=job["watch_unit"], every=job["watch_every"])
+        calls.append(partial(_train_watched, plain, x_train, y_train, lr, evals, members=plain_rows, **watch))
+        calls.append(partial(_train_watched, bn, x_train, y_train, lr, evals, members=watched, **watch))
+        plan[lr] = (len(watched), job["watch_every"])
+    done = iter(parallel.run(calls))  # the plain networks and batch norm of every rate, side by side
+    out = {}
+    for lr, (w, watch_every) in plan.items():
+        h_plain, h_bn = next(done), next(done)
+        accuracy = {name: h_plain.eval_acc[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
+        diverged = {name: h_plain.diverged[j * n : (j + 1) * n] for j, name in enumerate(CONTROLS[:3])}
+        accuracy["bn"], diverged["bn"] = h_bn.eval_acc, h_bn.diverged
+        records: dict[str, list[TrainingRecord]] = {}
+        for hist, names in ((h_plain, CONTROLS[:3]), (h_bn, CONTROLS[3:])) if w else ():
+            values, medians, accs = (np.stack([r[part] for r in hist.records]) for part in range(3))
+            at = np.arange(len(hist.records)) * watch_every
+            for j, name in enumerate(names):
+                rows = [(j * w + s, j * n + s) for s in range(w)]  # (row among the watched, member)
+                records[name] = [
+                    TrainingRecord(at, values[:, r], medians[:, r], accs[:, r], hist.loss[m]) for r, m in rows
+                ]
+        out[lr] = InitControl(h_plain.eval_steps, float(lr), seeds, accuracy, diverged, records)
+    return out
 
 
 def train_lsuv_vs_bn(

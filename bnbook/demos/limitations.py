@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from typing import NamedTuple
 
 import numpy as np
@@ -44,7 +43,6 @@ from matplotlib.ticker import NullFormatter
 from torch import nn
 
 from bnbook import nn as bnn
-from bnbook import parallel
 from bnbook.grouped import (
     GroupedCNN,
     GroupedMLP,
@@ -218,23 +216,12 @@ def norm_grid(
     x_tr, y_tr, x_te, y_te = data
     grouped = {"cnn": GroupedCNN, "mlp": GroupedMLP}[arch]
     out = np.zeros((len(batch_sizes), len(norms), len(seeds)))
-    calls = []
-    for bs in batch_sizes:  # built here, trained side by side in worker processes (one thread each)
+    for b, bs in enumerate(batch_sizes):
         net = grouped(norms, seeds, momentum=momentum).to(x_tr.device)
         order = shuffled_order(len(x_tr), samples // bs, bs, [1000 + s for s in seeds])
-        calls.append(partial(_train_and_score, net, x_tr, y_tr, order, lr_per_32 * bs / 32, x_te, y_te))
-    for b, acc in enumerate(parallel.run(calls)):
-        out[b] = acc
+        train_grouped(net, x_tr, y_tr, order, lr_per_32 * bs / 32)
+        out[b] = grouped_accuracy(net, x_te, y_te)
     return out
-
-
-def _train_and_score(
-    net: GroupedMLP | GroupedCNN, x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, lr: float,
-    x_te: torch.Tensor, y_te: torch.Tensor,
-) -> np.ndarray:
-    """:func:`bnbook.grouped.train_grouped`, then eval-mode test accuracy (norms, copies)."""
-    train_grouped(net, x, y, order, lr)
-    return grouped_accuracy(net, x_te, y_te)
 
 
 def plot_norm_grid(ax, batch_sizes: Sequence[int], acc: np.ndarray, norms: Sequence[str] = NORMS) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from functools import partial
 from typing import NamedTuple
 
 import matplotlib.pyplot as plt
@@ -22,7 +21,6 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from bnbook import nn as bnn
-from bnbook import parallel
 from bnbook.models import lsuv_init
 from bnbook.plots import COLORS, band, histogram, series
 
@@ -472,81 +470,60 @@ def train_placements(
     """
     if init not in ("default", "lsuv"):
         raise ValueError(f"init must be 'default' or 'lsuv', got {init!r}")
-    grid = [(lr, seed) for lr in lrs for seed in seeds]
-    kw = dict(grid=grid, data=data, sizes=sizes, steps=steps, batch_size=batch_size)
-    kw.update(record_every=record_every)
-    kw.update(init=init, activation=activation, fixed_norm=fixed_norm)
-    # one stack per placement, side by side in worker processes (one thread each)
-    per_placement = parallel.run([partial(_train_placement, placement, **kw) for placement in placements])
-    return [run for runs in per_placement for run in runs]
-
-
-def _train_placement(
-    placement: str,
-    grid: list[tuple[float, int]],
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    sizes: Sequence[int],
-    steps: int,
-    batch_size: int,
-    record_every: int,
-    init: str,
-    activation: str,
-    fixed_norm: bool,
-) -> list[PlacementRun]:
-    """:func:`train_placements` for one placement: every (learning rate, seed) of ``grid`` in one stack."""
     x_train, y_train, x_test, y_test = data
-    nets = []
-    for _, seed in grid:
-        torch.manual_seed(seed)
-        net = placement_mlp(sizes, placement, activation=activation)
-        net = net.to(device=x_train.device, dtype=x_train.dtype)
-        if init == "lsuv":
-            lsuv_init(net, x_train)
-        nets.append(net)
-    z_init = [activation_inputs(net, x_test) for net in nets]
-    w_init = [_hidden_norms(net) for net in nets]
-    stack = PlacementStack(nets)
-    hist = np.stack(
-        train_stack(
-            stack,
-            x_train,
-            y_train,
-            [lr for lr, _ in grid],
-            [s for _, s in grid],
-            steps,
-            batch_size,
-            record=partial(_record_stack, data=data),
-            record_every=record_every,
-            fixed_norm=fixed_norm,
-        )
-    )  # (records, 2, members)
-    stack.eval()
-    members = stack.unstack()
     runs = []
-    for m, (lr, seed) in enumerate(grid):
-        net = members[m]
-        runs.append(
-            PlacementRun(
-                placement,
-                lr,
-                seed,
-                np.arange(hist.shape[0]) * record_every,
-                hist[:, 0, m],
-                hist[:, 1, m],
-                z_init[m],
-                activation_inputs(net, x_test),
-                init,
-                net,
-                activation,
-                (w_init[m], _hidden_norms(net)),
+    for placement in placements:
+        grid = [(lr, seed) for lr in lrs for seed in seeds]
+        nets = []
+        for _, seed in grid:
+            torch.manual_seed(seed)
+            net = placement_mlp(sizes, placement, activation=activation)
+            net = net.to(device=x_train.device, dtype=x_train.dtype)
+            if init == "lsuv":
+                lsuv_init(net, x_train)
+            nets.append(net)
+        z_init = [activation_inputs(net, x_test) for net in nets]
+        w_init = [_hidden_norms(net) for net in nets]
+        stack = PlacementStack(nets)
+
+        def record(_step, st):
+            return _evaluate_stack(st, x_train, y_train, x_test, y_test)
+
+        hist = np.stack(
+            train_stack(
+                stack,
+                x_train,
+                y_train,
+                [lr for lr, _ in grid],
+                [s for _, s in grid],
+                steps,
+                batch_size,
+                record=record,
+                record_every=record_every,
+                fixed_norm=fixed_norm,
             )
-        )
+        )  # (records, 2, members)
+        stack.eval()
+        members = stack.unstack()
+        for m, (lr, seed) in enumerate(grid):
+            net = members[m]
+            runs.append(
+                PlacementRun(
+                    placement,
+                    lr,
+                    seed,
+                    np.arange(hist.shape[0]) * record_every,
+                    hist[:, 0, m],
+                    hist[:, 1, m],
+                    z_init[m],
+                    activation_inputs(net, x_test),
+                    init,
+                    net,
+                    activation,
+                    (w_init[m], _hidden_norms(net)),
+                )
+            )
     return runs
-
-
-def _record_stack(_step: int, stack: PlacementStack, data: tuple) -> np.ndarray:
-    x_train, y_train, x_test, y_test = data
-    return _evaluate_stack(stack, x_train, y_train, x_test, y_test)
 
 
 def _hidden_norms(net: nn.Sequential) -> np.ndarray:
