@@ -32,6 +32,7 @@ import atexit
 import os
 import pickle
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -48,6 +49,7 @@ __all__ = ["run", "workers", "one_thread", "shutdown"]
 PRELOAD = ("numpy", "torch", "bnbook.batched", "bnbook.training")
 
 _lock = threading.Lock()
+_in_worker = False  # set in the workers: a call that itself calls run() runs its calls in process
 _pool: ProcessPoolExecutor | None = None
 _pool_size = 0
 
@@ -85,8 +87,10 @@ def one_thread():
 def _init_worker() -> None:
     # An interrupt (Ctrl-C, a notebook's stop button) reaches the whole process group: the parent
     # handles it by stopping the workers, which must not print tracebacks of their own.
+    global _in_worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    _in_worker = True
 
 
 def _call(task: partial) -> Any:
@@ -99,7 +103,9 @@ def _check(tasks: Sequence[Any]) -> None:
             raise TypeError(f"call {i} is not callable: {t!r}")
         fn = t.func if isinstance(t, partial) else t
         name = getattr(fn, "__qualname__", "")
-        if "<locals>" in name or "<lambda>" in name or not getattr(fn, "__module__", None):
+        module = getattr(fn, "__module__", None)
+        in_notebook = module == "__main__" and not hasattr(sys.modules.get("__main__"), "__file__")
+        if "<locals>" in name or "<lambda>" in name or not module or in_notebook:
             raise ValueError(
                 f"call {i} ({name or fn!r}) must be a function defined at module level "
                 "(or a partial of one), so that a worker process can import it"
@@ -185,7 +191,7 @@ def run(tasks: Sequence[Callable[[], Any]]) -> list[Any]:
     """
     tasks = list(tasks)
     _check(tasks)
-    n = min(workers(), len(tasks))
+    n = 1 if _in_worker else min(workers(), len(tasks))
     if n < 2 or not all(_on_cpu(t.args) and _on_cpu(t.keywords) for t in tasks if isinstance(t, partial)):
         with one_thread():
             return [t() for t in tasks]
@@ -205,9 +211,9 @@ def run(tasks: Sequence[Callable[[], Any]]) -> list[Any]:
     except BrokenProcessPool as e:
         shutdown(kill=True)
         raise RuntimeError(
-            "a worker process died before its call finished; the workers were stopped. (A script that "
-            "calls bnbook.parallel.run must do so under `if __name__ == \"__main__\":`, since each "
-            "worker imports the script's main module.)"
+            "a worker process died before its call finished (killed, out of memory, or unable to import "
+            "its call); the workers were stopped. A script that calls bnbook.parallel.run must do so "
+            "under `if __name__ == \"__main__\":`, and its functions must be importable by name."
         ) from e
     except Exception:
         for f in futures:  # a call raised: the calls not yet started need not run

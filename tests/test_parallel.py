@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from functools import partial
@@ -146,3 +148,24 @@ def test_chapter_sweeps_same_in_workers_and_in_process(two_workers, monkeypatch)
     for k in there[1]:
         for key, v in there[1][k].items():
             assert v.shape == (2, 2) and np.array_equal(v, here[1][k][key]), (k, key)
+
+
+def test_a_call_that_runs_calls_itself_runs_them_in_its_worker(two_workers, tmp_path):
+    # nested: the inner calls run in the worker's own process, and the script still exits
+    script = tmp_path / "nested.py"
+    script.write_text(
+        "from functools import partial\n"
+        "from bnbook import parallel\n"
+        "from test_parallel import inner_pids\n"
+        "if __name__ == '__main__':\n"
+        "    out = parallel.run([partial(inner_pids, 2), partial(inner_pids, 3)])\n"
+        "    assert all(len(set(p)) == 1 for p in out), out\n"
+        "    print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), *sys.path])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def inner_pids(n: int) -> list[int]:
+    return [pid for _, pid, _ in parallel.run([partial(where_and_threads, k) for k in range(n)])]

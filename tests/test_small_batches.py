@@ -114,3 +114,17 @@ def test_sweep_together_trains_each_setting_as_it_would_alone() -> None:
     assert kept == {}
     with pytest.raises(ValueError, match="same steps"):
         sb.sweep(data, ["shuffled", "one class"], [16, 20], [0], [0.1], together=True, **kw)
+
+
+@pytest.mark.parametrize("batch", [3, 4])
+def test_a_lone_batch_size_gives_what_it_gives_beside_another(batch, monkeypatch) -> None:
+    # a lone even batch size trains in two halves of its seeds, side by side; an odd one is not split
+    from bnbook.data import load_digits
+
+    monkeypatch.setenv("BNBOOK_WORKERS", "2")
+    d = load_digits(seed=0)
+    xa, ya = torch.tensor(d.x_train), torch.tensor(d.y_train)
+    data = (xa[270:], ya[270:], xa[:270], ya[:270], torch.tensor(d.x_test), torch.tensor(d.y_test))
+    lone, _ = sb.sweep(data, [batch], [40], [0, 1, 2, 3, 4], [0.4], methods=("BatchNorm",))
+    pair, _ = sb.sweep(data, [batch, 8], [40, 40], [0, 1, 2, 3, 4], [0.4], methods=("BatchNorm",))
+    assert np.array_equal(lone.val[0], pair.val[0]) and np.array_equal(lone.test[0], pair.test[0])

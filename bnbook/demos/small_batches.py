@@ -269,13 +269,16 @@ def sweep(
         val[:] = grouped_accuracy(net, x_val, y_val).reshape(shape).transpose(1, 0, 2, 3)
         test[:] = grouped_accuracy(net, x_te, y_te).reshape(shape).transpose(1, 0, 2, 3)
     else:
-        # The settings train side by side in worker processes (one thread each). A lone setting is
+        # The settings train side by side in worker processes (one thread each). A lone batch size is
         # split in two halves of its seeds instead: every copy has its own initial weights (from its
-        # seed) and its own batches, and the copies never interact, so the split changes no number.
+        # seed) and its own batches, and the copies never interact. Only an even batch size is split:
+        # at an odd one a copy's result depends, in its last bits, on its position in the grouped
+        # network (tests/test_small_batches.py checks both).
         calls, slots = [], []
         for i, setting in enumerate(settings):
             order = order_of(i)
-            halves = 2 if len(settings) == 1 and setting not in keep and len(seeds) > 1 else 1
+            lone = len(settings) == 1 and setting not in keep and len(seeds) > 1
+            halves = 2 if lone and orders is None and int(setting) % 2 == 0 else 1
             for cols in np.array_split(np.arange(len(seeds)), halves):
                 cols = cols.tolist()
                 part = [lr_i * len(seeds) + j for lr_i in range(len(lrs)) for j in cols]
