@@ -57,6 +57,8 @@ _pool_size = 0
 def workers() -> int:
     """How many worker processes :func:`run` may use: ``BNBOOK_WORKERS`` if set, else the usable cores.
 
+    The usable cores are those this process may run on, capped by a container's CPU quota.
+
     Raises
     ------
     ValueError
@@ -68,9 +70,19 @@ def workers() -> int:
             raise ValueError(f"BNBOOK_WORKERS must be a non-negative integer, got {raw!r}")
         return int(raw)
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return min(cores, _cgroup_cpus() or cores)
+
+
+def _cgroup_cpus() -> int | None:
+    """The CPUs a container's cgroup quota allows (``cpu.max``, as on Binder), or None without a quota."""
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        return None if quota == "max" else max(1, int(int(quota) // int(period)))
+    except (OSError, ValueError):
+        return None
 
 
 @contextmanager

@@ -169,3 +169,16 @@ def test_a_call_that_runs_calls_itself_runs_them_in_its_worker(two_workers, tmp_
 
 def inner_pids(n: int) -> list[int]:
     return [pid for _, pid, _ in parallel.run([partial(where_and_threads, k) for k in range(n)])]
+
+
+QUOTAS = [("100000 100000", 1), ("250000 100000", 2), ("max 100000", None)]
+
+
+@pytest.mark.parametrize(("text", "expected"), QUOTAS)
+def test_a_container_quota_caps_the_workers(monkeypatch, text, expected):
+    import io
+
+    monkeypatch.delenv("BNBOOK_WORKERS", raising=False)
+    monkeypatch.setattr(parallel, "open", lambda *a, **k: io.StringIO(text), raising=False)
+    assert parallel._cgroup_cpus() == expected
+    assert parallel.workers() == min(len(os.sched_getaffinity(0)), expected or 10**6)

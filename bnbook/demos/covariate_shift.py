@@ -119,12 +119,8 @@ def _one_cpu_thread(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with parallel.one_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _activation_positions(model: nn.Sequential) -> list[int]:
