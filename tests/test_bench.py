@@ -385,3 +385,28 @@ def test_backward_kernels_gives_a_ratio_per_thread_count_or_none(monkeypatch) ->
         speed.backward_kernels(tiny, memory="fresh")
     monkeypatch.setattr(fast, "available", lambda: False)
     assert speed.backward_kernels(tiny, rounds=3) is None
+
+
+def test_page_faults_counts_every_step_and_restores_the_cache(monkeypatch) -> None:
+    """At 64 MiB glibc maps each fresh output anew: without the cache both outputs of a step fault in full."""
+    from bnbook import fast
+    from bnbook.demos import speed
+
+    if not fast.available():
+        assert speed.page_faults(mib=(1,), steps=1) is None
+        return
+    fast.set_cache_limit(300 * 2**20)  # room for both outputs of a 64 MiB step
+    try:
+        found = speed.page_faults(mib=(64,), steps=2, warmup=2)
+        assert list(found) == [64] and list(found[64]) == list(speed.FAULT_STEPS)
+        if sys.platform.startswith("linux"):
+            assert found[64]["bnbook.fast, cache off"] > 1.5, found
+        assert 0 <= found[64]["bnbook.fast"] < 0.05, found
+        assert fast.cache_info()["limit"] == 300 * 2**20 and fast.cache_info()["blocks"] == 0
+        with pytest.raises(ValueError, match="steps"):
+            speed.page_faults(steps=0)
+        assert fast.cache_info()["limit"] == 300 * 2**20
+    finally:
+        fast.set_cache_limit(512 * 2**20)
+    monkeypatch.setattr(fast, "available", lambda: False)
+    assert speed.page_faults(mib=(1,)) is None

@@ -371,6 +371,64 @@ def memory_study(
     return out
 
 
+#: The three training steps :func:`page_faults` counts, in the order it runs them.
+FAULT_STEPS = ("torch native", "bnbook.fast, cache off", "bnbook.fast")
+
+
+def page_faults(mib: Sequence[float] = (16, 64), steps: int = 5, warmup: int = 3) -> dict[float, dict] | None:
+    """Page faults per training step (forward+backward, NCHW float32), in tensors' worth of pages.
+
+    For each size, torch's native layer, ``bnbook.fast`` with its output cache
+    turned off (``set_cache_limit(0)``) and ``bnbook.fast`` as shipped each run
+    ``warmup`` steps, then ``steps`` counted ones; the operating system's count
+    of minor page faults (``getrusage``) over the counted steps, per step, is
+    divided by the number of 4 KiB pages in one tensor. The count is this
+    process's, so it depends on what the process allocated before: a measure
+    of what a real program sees, not a constant. Returns ``{mib: {step name:
+    tensors' worth of pages faulted per step}}``, or None where the fused
+    kernels or ``resource.getrusage`` are not available. The cache's limit is
+    restored afterwards, and the blocks it took are given back.
+    """
+    from bnbook import fast
+
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    if not fast.available():
+        return None
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps}, {warmup}")
+
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    limit = fast.cache_info()["limit"]
+    out: dict[float, dict] = {}
+    try:
+        for size in mib:
+            shape = bench.shape_for_mib(size)
+            gen = torch.Generator().manual_seed(0)
+            x, dy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+            pages = x.numel() * x.element_size() / 4096
+            counts = {}
+            for name in FAULT_STEPS:
+                fast.set_cache_limit(0 if name.endswith("cache off") else limit)
+                entry = bench.NATIVE if name == "torch native" else "bnbook.fast.BatchNorm2d"
+                step = bench.ENTRIES[entry](x, dy, True)
+                for _ in range(warmup):
+                    step()
+                before = faults()
+                for _ in range(steps):
+                    step()
+                counts[name] = (faults() - before) / steps / pages
+            out[size] = counts
+    finally:
+        fast.set_cache_limit(limit)
+        fast.empty_cache()
+    return out
+
+
 def spread(r: Sequence[float]) -> float:
     """High over low of a ``(median, low, high)`` cell: how far its rounds disagree."""
     return r[2] / r[1] if r[1] > 0 else math.inf

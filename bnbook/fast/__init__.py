@@ -17,6 +17,15 @@ Python Function, without its per-call Python. ``bnbook.nn``'s layers take it
 once the extension is loaded, or on their first training call when it is
 built already (:func:`load_built`, which never builds).
 
+Large outputs come from a small cache of freed blocks, aligned for huge
+pages: training outputs (``y``, ``dx``) from 4 MiB, eval outputs from 32 MiB.
+The C library maps a block of 32 MiB or more fresh from the system every
+time, and gives smaller ones back between training steps; a fresh block's
+first touch faults once per 4 KiB page, which at 64 MiB takes longer than the
+kernel. The cache holds at most 512 MiB of blocks that no tensor uses;
+:func:`cache_info` shows what it holds, :func:`empty_cache` frees it and
+:func:`set_cache_limit` bounds it (0 turns it off).
+
 The kernels build with ``torch.utils.cpp_extension`` where a C++ compiler is
 present, into torch's extension cache, so the second run only loads them
 (well under a second). Where they cannot be built, :func:`available` is False,
@@ -54,8 +63,11 @@ __all__ = [
     "BatchNorm3d",
     "FusedBatchNormFunction",
     "available",
+    "cache_info",
+    "empty_cache",
     "load",
     "load_built",
+    "set_cache_limit",
     "status",
 ]
 
@@ -244,6 +256,37 @@ def status() -> str:
     if available():
         return "fused C++ kernels loaded"
     return f"fused kernels unavailable ({_state['error']}); using bnbook.nn's eager path"
+
+
+def cache_info() -> dict[str, int]:
+    """What the output cache holds: bytes and blocks held, its limit, and its hits and misses so far.
+
+    All zeros (with the default limit) when the kernels are not loaded.
+    """
+    ext = _state["module"] if _state["tried"] else load()
+    held, blocks, limit, hits, misses = ext.cache_info() if ext is not None else (0, 0, _CACHE_LIMIT, 0, 0)
+    return {"bytes": held, "blocks": blocks, "limit": limit, "hits": hits, "misses": misses}
+
+
+def empty_cache() -> None:
+    """Give every block the output cache holds back to the system (tensors in use keep theirs)."""
+    ext = _state["module"] if _state["tried"] else load()
+    if ext is not None:
+        ext.empty_cache()
+
+
+def set_cache_limit(nbytes: int) -> None:
+    """Bound the bytes of freed output blocks the cache may keep; 0 turns it off. Frees what is above."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+        raise ValueError(f"the cache limit must be a whole number of bytes >= 0, got {nbytes!r}")
+    ext = load()
+    if ext is None:
+        raise RuntimeError(f"the fused kernels are not loaded: {status()}")
+    ext.set_cache_limit(nbytes)
+
+
+#: The output cache's default limit, in bytes.
+_CACHE_LIMIT = 512 * 2**20
 
 
 def _fusable(x: Tensor) -> bool:

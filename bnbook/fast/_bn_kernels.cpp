@@ -13,9 +13,17 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include <ATen/EmptyTensor.h>
+#include <c10/core/CPUAllocator.h>
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -26,7 +34,8 @@ struct View {
   bool rows;
 };
 
-// y = (a - ca[c]) * al[c] + be[c] + (b - cb[c]) * ga[c]; b (and cb, ga) may be null.
+// y = (a - ca[c]) * al[c] + be[c] + (b - cb[c]) * ga[c]; b (and cb, ga) may be null; without b, ca may
+// be null too (y = a * al[c] + be[c], the eval map).
 template <typename T>
 struct Affine {
   const T* ca;
@@ -109,6 +118,152 @@ void as_double(const c10::optional<torch::Tensor>& t, int64_t C, double fill, do
   });
 }
 
+// Large outputs come from a small cache of freed blocks. The C library maps a block of 32 MiB or
+// more fresh from the system on every allocation, and gives smaller ones back to it whenever the
+// free space at the top of its heap grows past a threshold, as it does between training steps;
+// a fresh block's first touch faults once per 4 KiB page, and at 64 MiB that costs several times
+// the kernel itself. Here such a block is aligned to 2 MiB and marked for huge pages, and when its
+// tensor dies it waits, up to a limit, for the next output of the same rounded size; the most
+// recently freed block goes first, as it is the likeliest still in the CPU's caches. Training
+// outputs (y and dx) use the cache from kTrainMin bytes, where the library's trimming was measured
+// to fault every step. An eval output uses it from kEvalMin only: below that the library reuses
+// the block just freed with no faults, and that block, shared with every other allocation, is
+// more often in the CPU's caches than one kept apart. The cache keeps memory the process no
+// longer uses (cache_info, empty_cache and set_cache_limit in Python show and bound it).
+constexpr size_t kTrainMin = size_t{1} << 22;  // 4 MiB
+constexpr size_t kEvalMin = size_t{1} << 25;   // 32 MiB, the C library's largest mmap threshold
+constexpr size_t kHuge = size_t{1} << 21;      // 2 MiB, the huge-page size on x86-64
+
+class OutputCache final : public c10::Allocator {
+ public:
+  struct Block {
+    void* ptr;
+    size_t bytes;
+  };
+
+  c10::DataPtr allocate(size_t n) override {
+    if (off()) return c10::GetCPUAllocator()->allocate(n);
+    const size_t bytes = (n + kHuge - 1) / kHuge * kHuge;
+    void* ptr = take(bytes);
+    if (ptr == nullptr) {
+      ptr = std::aligned_alloc(kHuge, bytes);
+      if (ptr == nullptr) {  // give the cached blocks back and try once more
+        empty();
+        ptr = std::aligned_alloc(kHuge, bytes);
+      }
+      TORCH_CHECK(ptr != nullptr, "bnbook.fast: out of memory allocating ", bytes, " bytes");
+#ifdef MADV_HUGEPAGE
+      madvise(ptr, bytes, MADV_HUGEPAGE);  // advice only: without huge pages nothing changes
+#endif
+    }
+    return {ptr, new Block{ptr, bytes}, &OutputCache::release, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    std::memcpy(dest, src, count);
+  }
+
+  static OutputCache& get() {
+    static auto* cache = new OutputCache();  // never destroyed: a tensor may outlive static teardown
+    return *cache;
+  }
+
+  void empty() {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& kv : free_) drop.insert(drop.end(), kv.second.begin(), kv.second.end());
+      free_.clear();
+      cached_ = 0;
+    }
+    for (void* p : drop) std::free(p);
+  }
+
+  void set_limit(size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      limit_ = bytes;
+    }
+    trim();
+  }
+
+  std::vector<int64_t> info() {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t blocks = 0;
+    for (auto& kv : free_) blocks += kv.second.size();
+    return {static_cast<int64_t>(cached_), static_cast<int64_t>(blocks), static_cast<int64_t>(limit_),
+            static_cast<int64_t>(hits_), static_cast<int64_t>(misses_)};
+  }
+
+ private:
+  static void release(void* ctx) {
+    auto* block = static_cast<Block*>(ctx);
+    get().put(block->ptr, block->bytes);
+    delete block;
+  }
+
+  bool off() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return limit_ == 0;
+  }
+
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(bytes);
+    if (it == free_.end()) {
+      ++misses_;
+      return nullptr;
+    }
+    ++hits_;
+    void* ptr = it->second.back();  // last in, first out
+    it->second.pop_back();
+    if (it->second.empty()) free_.erase(it);
+    cached_ -= bytes;
+    return ptr;
+  }
+
+  void put(void* ptr, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (cached_ + bytes <= limit_) {
+        free_[bytes].push_back(ptr);
+        cached_ += bytes;
+        return;
+      }
+    }
+    std::free(ptr);
+  }
+
+  void trim() {  // free the largest blocks until the cache fits its limit
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while (cached_ > limit_ && !free_.empty()) {
+        auto last = std::prev(free_.end());
+        cached_ -= last->first;
+        drop.push_back(last->second.back());
+        last->second.pop_back();
+        if (last->second.empty()) free_.erase(last);
+      }
+    }
+    for (void* p : drop) std::free(p);
+  }
+
+  std::mutex mu_;
+  std::map<size_t, std::vector<void*>> free_;  // rounded size -> blocks, the newest last
+  size_t cached_ = 0, limit_ = size_t{1} << 29, hits_ = 0, misses_ = 0;  // limit: 512 MiB
+};
+
+// An uninitialised output with x's sizes, strides (x is contiguous or channels-last) and dtype;
+// from the cache (in resizable storage) when it has at least min_bytes, else from torch's allocator.
+torch::Tensor output_like(const torch::Tensor& x, size_t min_bytes) {
+  const size_t nbytes = at::detail::computeStorageNbytes(x.sizes(), x.strides(), x.element_size());
+  if (nbytes < min_bytes) return torch::empty_like(x);
+  c10::Allocator* cache = &OutputCache::get();
+  c10::Storage storage(c10::Storage::use_byte_size_t(), nbytes, cache->allocate(nbytes), cache, true);
+  return torch::empty({0}, x.options()).set_(std::move(storage), 0, x.sizes(), x.strides());
+}
+
 // Training forward: returns (y, mean, invstd), mean and invstd in double, shape (C,).
 // With running buffers given (and more than one value per channel), also updates them in place:
 // running = (1 - momentum) * running + momentum * batch statistic, with the unbiased variance.
@@ -120,7 +275,7 @@ std::vector<torch::Tensor> forward_train_impl(const torch::Tensor& x, const c10:
   const int64_t C = v.C, count = v.N * v.M;
   auto opts64 = x.options().dtype(torch::kDouble);
   auto mean = torch::empty({C}, opts64), invstd = torch::empty({C}, opts64);
-  auto y = torch::empty_like(x);
+  auto y = output_like(x, kTrainMin);
   std::vector<double> buf(6 * static_cast<size_t>(C));
   double *shift = buf.data(), *s1 = shift + C, *s2 = s1 + C, *w = s2 + C, *b = w + C, *tmp = b + C;
   as_double(weight, C, 1.0, w);
@@ -221,7 +376,7 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
   const int64_t C = v.C;
   auto opts64 = x.options().dtype(torch::kDouble);
   auto sum_dy = torch::empty({C}, opts64), sum_dy_xhat = torch::empty({C}, opts64);
-  auto dx = torch::empty_like(x);
+  auto dx = output_like(x, kTrainMin);
   std::vector<double> buf(5 * static_cast<size_t>(C));
   double *s1 = buf.data(), *s2 = s1 + C, *s3 = s2 + C, *d0 = s3 + C, *w = d0 + C;
   as_double(weight, C, 1.0, w);
@@ -279,7 +434,7 @@ std::vector<torch::Tensor> backward_train(torch::Tensor dy, torch::Tensor x, c10
 // Eval forward: y = (x - center) * alpha + beta with per-channel center, alpha, beta.
 torch::Tensor forward_affine(torch::Tensor x, torch::Tensor center, torch::Tensor alpha, torch::Tensor beta) {
   const View v = view_of(x);
-  auto y = torch::empty_like(x);
+  auto y = output_like(x, kEvalMin);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_forward_affine", [&] {
     auto c0 = center.to(x.scalar_type()).contiguous(), a = alpha.to(x.scalar_type()).contiguous(),
          b = beta.to(x.scalar_type()).contiguous();
@@ -299,7 +454,7 @@ std::vector<torch::Tensor> forward_eval(torch::Tensor x, torch::Tensor running_m
   const int64_t C = v.C;
   auto opts64 = x.options().dtype(torch::kDouble);
   auto mean = torch::empty({C}, opts64), invstd = torch::empty({C}, opts64);
-  auto y = torch::empty_like(x);
+  auto y = output_like(x, kEvalMin);
   std::vector<double> buf(3 * static_cast<size_t>(C));
   double *w = buf.data(), *b = w + C, *var = b + C;
   auto* pm = mean.data_ptr<double>();
@@ -309,16 +464,17 @@ std::vector<torch::Tensor> forward_eval(torch::Tensor x, torch::Tensor running_m
   as_double(weight, C, 1.0, w);
   as_double(bias, C, 0.0, b);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_forward_eval", [&] {
-    std::vector<scalar_t> coef(3 * static_cast<size_t>(C));
-    scalar_t *center = coef.data(), *alpha = center + C, *beta = alpha + C;
+    // y = x * alpha + beta, alpha = weight * invstd and beta = bias - mean * alpha, as torch's eval
+    // kernel has it: two per-channel operands per value instead of three (the pair is found in double)
+    std::vector<scalar_t> coef(2 * static_cast<size_t>(C));
+    scalar_t *alpha = coef.data(), *beta = alpha + C;
     for (int64_t c = 0; c < C; ++c) {
       pi[c] = 1.0 / std::sqrt(var[c] + eps);
-      center[c] = static_cast<scalar_t>(pm[c]);
       alpha[c] = static_cast<scalar_t>(pi[c] * w[c]);
-      beta[c] = static_cast<scalar_t>(b[c]);
+      beta[c] = static_cast<scalar_t>(b[c] - pm[c] * pi[c] * w[c]);
     }
     affine<scalar_t>(v, x.data_ptr<scalar_t>(), nullptr, y.data_ptr<scalar_t>(),
-                     Affine<scalar_t>{center, alpha, beta, nullptr, nullptr});
+                     Affine<scalar_t>{nullptr, alpha, beta, nullptr, nullptr});
   });
   return {y, mean, invstd};
 }
@@ -491,7 +647,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bnbook.nn's short path for the plain (N, C) training call, its operations called from C++");
   m.def("forward_affine", &forward_affine, "per-channel affine map (eval mode)");
   m.def("forward_eval", &forward_eval, "batch norm forward with the running statistics, in one pass");
-  m.def("isa", []() { return use_avx2() ? std::string("avx2+fma") : std::string("x86-64"); },
+  m.def("cache_info", []() { return OutputCache::get().info(); },
+        "the output cache: bytes held, blocks held, limit in bytes, hits, misses");
+  m.def("empty_cache", []() { OutputCache::get().empty(); }, "free every block the output cache holds");
+  m.def("set_cache_limit", [](int64_t bytes) {
+          TORCH_CHECK(bytes >= 0, "the cache limit must be >= 0 bytes, got ", bytes);
+          OutputCache::get().set_limit(static_cast<size_t>(bytes));
+        }, "bound the bytes the output cache may hold (0 turns it off), freeing blocks above it");
+  m.def("isa", []() {
+          return std::string(use_avx2() ? "avx2+fma" : "x86-64");
+        },
         "the instruction set the loops run with");
 }
 
@@ -782,17 +947,21 @@ void sums(const View& v, bool stats, const T* a, const T* b, const double* k, do
 
 template <typename T>
 void affine_planes(const T* a, const T* b, T* out, int64_t N, int64_t C, int64_t M, const Affine<T>& f) {
+  // __restrict__: the output never overlaps an input, so loads need not wait for earlier stores
   at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(M, 1)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t c = i % C;
-      const T a0 = f.ca[c], a1 = f.al[c], b1 = f.be[c];
-      const T* pa = a + i * M;
-      T* po = out + i * M;
+      const T a0 = f.ca ? f.ca[c] : T(0), a1 = f.al[c], b1 = f.be[c];
+      const T* __restrict__ pa = a + i * M;
+      T* __restrict__ po = out + i * M;
       if (b) {
         const T b0 = f.cb[c], g1 = f.ga[c];
-        const T* pb = b + i * M;
+        const T* __restrict__ pb = b + i * M;
 #pragma omp simd
         for (int64_t m = 0; m < M; ++m) po[m] = (pa[m] - a0) * a1 + b1 + (pb[m] - b0) * g1;
+      } else if (!f.ca) {
+#pragma omp simd
+        for (int64_t m = 0; m < M; ++m) po[m] = pa[m] * a1 + b1;
       } else {
 #pragma omp simd
         for (int64_t m = 0; m < M; ++m) po[m] = (pa[m] - a0) * a1 + b1;
@@ -803,15 +972,19 @@ void affine_planes(const T* a, const T* b, T* out, int64_t N, int64_t C, int64_t
 
 template <typename T>
 void affine_rows(const T* a, const T* b, T* out, int64_t R, int64_t C, const Affine<T>& f) {
-  const T *ca = f.ca, *al = f.al, *be = f.be, *cb = f.cb, *ga = f.ga;
+  const T *__restrict__ ca = f.ca, *__restrict__ al = f.al, *__restrict__ be = f.be, *__restrict__ cb = f.cb,
+          *__restrict__ ga = f.ga;
   at::parallel_for(0, R, std::max<int64_t>(1, kGrain / std::max<int64_t>(C, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const T* pa = a + r * C;
-      T* po = out + r * C;
+      const T* __restrict__ pa = a + r * C;
+      T* __restrict__ po = out + r * C;
       if (b) {
-        const T* pb = b + r * C;
+        const T* __restrict__ pb = b + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) po[c] = (pa[c] - ca[c]) * al[c] + be[c] + (pb[c] - cb[c]) * ga[c];
+      } else if (!ca) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) po[c] = pa[c] * al[c] + be[c];
       } else {
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) po[c] = (pa[c] - ca[c]) * al[c] + be[c];
