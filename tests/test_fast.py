@@ -371,3 +371,43 @@ def test_a_non_finite_dy_gives_torchs_inf_and_nan(layout, bad, train) -> None:
         assert torch.equal(ref.isneginf(), got.isneginf())
         finite = ref.isfinite()
         torch.testing.assert_close(got[finite], ref[finite], rtol=1e-4, atol=1e-5)
+
+
+_ROWS_SCRIPT = """
+import sys, torch
+from bnbook import fast
+gen = torch.Generator().manual_seed(11)
+out = []
+for shape, fmt in (((300, 37), None), ((6, 37, 5, 7), torch.channels_last)):
+    x = torch.randn(shape, generator=gen) * 3 + 2
+    dy = torch.randn(shape, generator=gen)
+    if fmt is not None:
+        x, dy = x.contiguous(memory_format=fmt), dy.contiguous(memory_format=fmt)
+    layer = (fast.BatchNorm1d if len(shape) == 2 else fast.BatchNorm2d)(37)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2.0, generator=gen)
+        layer.bias.uniform_(-1.0, 1.0, generator=gen)
+    xi = x.clone().requires_grad_()
+    y = layer(xi)
+    y.backward(dy)
+    with torch.no_grad():
+        out += [y.detach(), xi.grad, layer.eval()(x)]
+torch.save(out, sys.argv[1])
+print(fast.load().isa())
+"""
+
+
+def test_avx512_row_loops_give_the_same_bits_as_avx2(tmp_path) -> None:
+    """The element-wise loops over rows run on AVX-512 where the CPU has it; the results do not change."""
+    import os
+
+    runs = {}
+    for name, extra in (("default", {}), ("avx2", {"BNBOOK_NO_AVX512": "1"})):
+        path = tmp_path / f"{name}.pt"
+        env = {**os.environ, **extra}
+        done = subprocess.run([sys.executable, "-c", _ROWS_SCRIPT, str(path)], env=env, capture_output=True,
+                              text=True, timeout=300, check=True)
+        runs[name] = (torch.load(path), done.stdout.strip())
+    assert "avx512" not in runs["avx2"][1]
+    for a, b in zip(runs["default"][0], runs["avx2"][0], strict=True):
+        assert torch.equal(a, b)

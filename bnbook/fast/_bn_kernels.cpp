@@ -6,8 +6,11 @@
 //   planes: contiguous (N, C, M) memory, M > 1 (NCHW, NCDHW, BatchNorm1d's (N, C, L)): each
 //           (n, c) plane of M values is contiguous;
 //   rows:   (R, C) memory with C contiguous (channels-last, NDHWC, and BatchNorm1d's (N, C)).
-// The loops are compiled twice, for plain x86-64 and for AVX2 with FMA, and the second is used
-// where the CPU has it (the file includes itself once per instruction set; see the end of the file).
+// The loops are compiled for plain x86-64, for AVX2 with FMA and for AVX-512, and the widest the CPU
+// has is used: AVX2 for the sums and the loops over planes, AVX-512 for the element-wise loops over
+// rows (measured faster there, and one value's arithmetic is the same at any width, so the results
+// are the same bit for bit); BNBOOK_NO_AVX512=1 keeps everything on AVX2. The file includes itself
+// once per instruction set; see the end of the file.
 #ifndef BNBOOK_KERNEL_BODY
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -34,8 +37,8 @@ struct View {
   bool rows;
 };
 
-// y = (a - ca[c]) * al[c] + be[c] + (b - cb[c]) * ga[c]; b (and cb, ga) may be null; without b, ca may
-// be null too (y = a * al[c] + be[c], the eval map).
+// y = (a - ca[c]) * al[c] + be[c] + (b - cb[c]) * ga[c]; b (and cb, ga) may be null; in rows without
+// b, ca may be null too (y = a * al[c] + be[c], the eval map of rows).
 template <typename T>
 struct Affine {
   const T* ca;
@@ -62,10 +65,27 @@ namespace bnbook_avx2 {
 }
 #pragma GCC pop_options
 #define BNBOOK_HAVE_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,fma")
+namespace bnbook_avx512 {
+#include __FILE__
+}
+#pragma GCC pop_options
 #endif
 #undef BNBOOK_KERNEL_BODY
 
 namespace {
+
+bool use_avx512() {
+#ifdef BNBOOK_HAVE_AVX2
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                          std::getenv("BNBOOK_NO_AVX512") == nullptr;
+  return yes;
+#else
+  return false;
+#endif
+}
 
 bool use_avx2() {
 #ifdef BNBOOK_HAVE_AVX2
@@ -99,6 +119,8 @@ void sums(const View& v, bool stats, const T* a, const T* b, const double* k, do
 template <typename T>
 void affine(const View& v, const T* a, const T* b, T* out, const Affine<T>& f) {
 #ifdef BNBOOK_HAVE_AVX2
+  // rows of channels on AVX-512 where the CPU has it (measured faster there; planes were not)
+  if (v.rows && use_avx512()) return bnbook_avx512::affine<T>(v, a, b, out, f);
   if (use_avx2()) return bnbook_avx2::affine<T>(v, a, b, out, f);
 #endif
   bnbook_base::affine<T>(v, a, b, out, f);
@@ -464,17 +486,20 @@ std::vector<torch::Tensor> forward_eval(torch::Tensor x, torch::Tensor running_m
   as_double(weight, C, 1.0, w);
   as_double(bias, C, 0.0, b);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_forward_eval", [&] {
-    // y = x * alpha + beta, alpha = weight * invstd and beta = bias - mean * alpha, as torch's eval
-    // kernel has it: two per-channel operands per value instead of three (the pair is found in double)
-    std::vector<scalar_t> coef(2 * static_cast<size_t>(C));
-    scalar_t *alpha = coef.data(), *beta = alpha + C;
+    // Rows: y = x * alpha + beta, alpha = weight * invstd and beta = bias - mean * alpha, as torch's
+    // eval kernel has it, two per-channel operands per value (the pair is found in double); measured
+    // faster than subtracting the mean first. Planes: y = (x - mean) * alpha + bias, three scalars
+    // per plane, as fast there and exact in the subtraction when x sits far from zero.
+    std::vector<scalar_t> coef(3 * static_cast<size_t>(C));
+    scalar_t *center = coef.data(), *alpha = center + C, *beta = alpha + C;
     for (int64_t c = 0; c < C; ++c) {
       pi[c] = 1.0 / std::sqrt(var[c] + eps);
+      center[c] = static_cast<scalar_t>(pm[c]);
       alpha[c] = static_cast<scalar_t>(pi[c] * w[c]);
-      beta[c] = static_cast<scalar_t>(b[c] - pm[c] * pi[c] * w[c]);
+      beta[c] = static_cast<scalar_t>(v.rows ? b[c] - pm[c] * pi[c] * w[c] : b[c]);
     }
     affine<scalar_t>(v, x.data_ptr<scalar_t>(), nullptr, y.data_ptr<scalar_t>(),
-                     Affine<scalar_t>{nullptr, alpha, beta, nullptr, nullptr});
+                     Affine<scalar_t>{v.rows ? nullptr : center, alpha, beta, nullptr, nullptr});
   });
   return {y, mean, invstd};
 }
@@ -655,7 +680,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           OutputCache::get().set_limit(static_cast<size_t>(bytes));
         }, "bound the bytes the output cache may hold (0 turns it off), freeing blocks above it");
   m.def("isa", []() {
-          return std::string(use_avx2() ? "avx2+fma" : "x86-64");
+          if (!use_avx2()) return std::string("x86-64");
+          return std::string(use_avx512() ? "avx2+fma; rows' element-wise loops avx512" : "avx2+fma");
         },
         "the instruction set the loops run with");
 }
@@ -947,21 +973,17 @@ void sums(const View& v, bool stats, const T* a, const T* b, const double* k, do
 
 template <typename T>
 void affine_planes(const T* a, const T* b, T* out, int64_t N, int64_t C, int64_t M, const Affine<T>& f) {
-  // __restrict__: the output never overlaps an input, so loads need not wait for earlier stores
   at::parallel_for(0, N * C, std::max<int64_t>(1, kGrain / std::max<int64_t>(M, 1)), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t c = i % C;
-      const T a0 = f.ca ? f.ca[c] : T(0), a1 = f.al[c], b1 = f.be[c];
-      const T* __restrict__ pa = a + i * M;
-      T* __restrict__ po = out + i * M;
+      const T a0 = f.ca[c], a1 = f.al[c], b1 = f.be[c];
+      const T* pa = a + i * M;
+      T* po = out + i * M;
       if (b) {
         const T b0 = f.cb[c], g1 = f.ga[c];
-        const T* __restrict__ pb = b + i * M;
+        const T* pb = b + i * M;
 #pragma omp simd
         for (int64_t m = 0; m < M; ++m) po[m] = (pa[m] - a0) * a1 + b1 + (pb[m] - b0) * g1;
-      } else if (!f.ca) {
-#pragma omp simd
-        for (int64_t m = 0; m < M; ++m) po[m] = pa[m] * a1 + b1;
       } else {
 #pragma omp simd
         for (int64_t m = 0; m < M; ++m) po[m] = (pa[m] - a0) * a1 + b1;
