@@ -375,19 +375,51 @@ def memory_study(
 FAULT_STEPS = ("torch native", "bnbook.fast, cache off", "bnbook.fast")
 
 
-def page_faults(mib: Sequence[float] = (16, 64), steps: int = 5, warmup: int = 3) -> dict[float, dict] | None:
+def page_faults(
+    mib: Sequence[float] = (16, 64), steps: int = 5, warmup: int = 3, fresh_process: bool = True,
+    timeout_s: float = 120.0,
+) -> dict[float, dict] | None:
     """Page faults per training step (forward+backward, NCHW float32), in tensors' worth of pages.
 
     For each size, torch's native layer, ``bnbook.fast`` with its output cache
     turned off (``set_cache_limit(0)``) and ``bnbook.fast`` as shipped each run
     ``warmup`` steps, then ``steps`` counted ones; the operating system's count
     of minor page faults (``getrusage``) over the counted steps, per step, is
-    divided by the number of 4 KiB pages in one tensor. The count is this
-    process's, so it depends on what the process allocated before: a measure
-    of what a real program sees, not a constant. Returns ``{mib: {step name:
-    tensors' worth of pages faulted per step}}``, or None where the fused
-    kernels or ``resource.getrusage`` are not available. The cache's limit is
-    restored afterwards, and the blocks it took are given back.
+    divided by the number of 4 KiB pages in one tensor. The count depends on
+    what the process allocated and freed before (a large free region in the
+    heap serves big requests without new pages), so by default each of the
+    three runs in a fresh process of its own, whose heap is clean;
+    ``fresh_process=False`` counts all three here, one after another.
+    Returns ``{mib: {step name: tensors' worth of pages faulted per step}}``,
+    or None where the fused kernels, ``resource.getrusage`` or the child
+    process are not available.
+    """
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps}, {warmup}")
+    from bnbook import fast
+
+    if not fast.available():
+        return None
+    if not fresh_process:
+        return _page_faults_here(list(mib), steps, warmup)
+    out: dict[float, dict] = {float(m): {} for m in mib}
+    for name in FAULT_STEPS:
+        args = json.dumps([list(mib), steps, warmup, [name]])
+        found = bench.run_child(_FAULTS_CHILD, args, "plain", timeout_s)
+        if found is None:
+            return None
+        for m, counts in found.items():
+            out[float(m)].update(counts)
+    return out
+
+
+def _page_faults_here(
+    mib: Sequence[float], steps: int, warmup: int, names: Sequence[str] = FAULT_STEPS
+) -> dict[float, dict] | None:
+    """The counting loop of :func:`page_faults` for ``names``, here; restores and empties the cache.
+
+    The largest size goes first: a heap that grew for smaller tensors could
+    otherwise serve a large one from its free space, without new pages.
     """
     from bnbook import fast
 
@@ -397,8 +429,6 @@ def page_faults(mib: Sequence[float] = (16, 64), steps: int = 5, warmup: int = 3
         return None
     if not fast.available():
         return None
-    if steps < 1 or warmup < 0:
-        raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps}, {warmup}")
 
     def faults() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -406,13 +436,13 @@ def page_faults(mib: Sequence[float] = (16, 64), steps: int = 5, warmup: int = 3
     limit = fast.cache_info()["limit"]
     out: dict[float, dict] = {}
     try:
-        for size in mib:
+        for size in sorted(mib, reverse=True):
             shape = bench.shape_for_mib(size)
             gen = torch.Generator().manual_seed(0)
             x, dy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
             pages = x.numel() * x.element_size() / 4096
             counts = {}
-            for name in FAULT_STEPS:
+            for name in names:
                 fast.set_cache_limit(0 if name.endswith("cache off") else limit)
                 entry = bench.NATIVE if name == "torch native" else "bnbook.fast.BatchNorm2d"
                 step = bench.ENTRIES[entry](x, dy, True)
@@ -426,7 +456,13 @@ def page_faults(mib: Sequence[float] = (16, 64), steps: int = 5, warmup: int = 3
     finally:
         fast.set_cache_limit(limit)
         fast.empty_cache()
-    return out
+    return {size: out[size] for size in mib}
+
+
+_FAULTS_CHILD = bench.CHILD_PRELUDE + """from bnbook.demos.speed import _page_faults_here
+mib, steps, warmup, names = json.loads(sys.argv[1])
+print(json.dumps(_page_faults_here(mib, steps, warmup, names)))
+"""
 
 
 def spread(r: Sequence[float]) -> float:
