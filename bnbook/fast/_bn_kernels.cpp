@@ -18,6 +18,7 @@
 
 #include <ATen/EmptyTensor.h>
 #include <c10/core/CPUAllocator.h>
+#include <pthread.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -27,6 +28,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 #include <type_traits>
 #include <vector>
 
@@ -186,7 +188,7 @@ class OutputCache final : public c10::Allocator {
   }
 
   static OutputCache& get() {
-    static auto* cache = new OutputCache();  // never destroyed: a tensor may outlive static teardown
+    static auto* cache = make();  // never destroyed: a tensor may outlive static teardown
     return *cache;
   }
 
@@ -218,6 +220,13 @@ class OutputCache final : public c10::Allocator {
   }
 
  private:
+  static OutputCache* make() {
+    auto* cache = new OutputCache();
+    // A child forked while another thread held the lock would wait for it forever: give it a new one.
+    pthread_atfork(nullptr, nullptr, [] { new (&get().mu_) std::mutex(); });
+    return cache;
+  }
+
   static void release(void* ctx) {
     auto* block = static_cast<Block*>(ctx);
     get().put(block->ptr, block->bytes);
