@@ -134,7 +134,7 @@ def test_empty_cache_frees_every_block_but_not_live_tensors() -> None:
     assert torch.equal(keep, ref)
 
 
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "1"])
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "1", None, float("nan"), -(2**70)])
 def test_a_bad_limit_is_refused_and_changes_nothing(bad) -> None:
     before = fast.cache_info()["limit"]
     with pytest.raises(ValueError, match="cache limit"):
@@ -225,3 +225,47 @@ def test_a_forked_child_can_use_the_cache_while_another_thread_uses_it() -> None
     args = [sys.executable, "-c", _FORK_SCRIPT, "20"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_without_cache_takes_torchs_allocator_and_keeps_the_blocks() -> None:
+    layer = fast.BatchNorm2d(64).eval()
+    x = torch.randn(BIG)
+    with torch.no_grad():
+        layer(x)
+        held = fast.cache_info()
+        with fast.without_cache():
+            y = layer(x)
+            assert fast.cache_info()["hits"] == held["hits"] and fast.cache_info()["blocks"] == 1
+        del y  # torch's block goes back to torch, not to the cache
+        assert fast.cache_info()["blocks"] == 1
+        layer(x)
+    assert fast.cache_info()["hits"] == held["hits"] + 1
+
+
+def test_blocks_of_sizes_no_longer_used_make_room() -> None:
+    """A freed block that does not fit under the limit evicts blocks of other sizes, not itself."""
+    fast.set_cache_limit(100 * 2**20)
+    layer = fast.BatchNorm2d(64).eval()
+    with torch.no_grad():
+        a, b = layer(torch.randn(BIG)), layer(torch.randn(BIG))  # two 32 MiB blocks
+        del a, b
+        assert fast.cache_info()["blocks"] == 2
+        bigger = (192, 64, 32, 32)  # 48 MiB: 64 + 48 is over the limit
+        c = layer(torch.randn(bigger))
+        del c
+    info = fast.cache_info()
+    assert info["bytes"] == 32 * 2**20 + 48 * 2**20 and info["blocks"] == 2, info
+    with torch.no_grad():
+        hits = fast.cache_info()["hits"]
+        layer(torch.randn(bigger))
+    assert fast.cache_info()["hits"] == hits + 1
+
+
+def test_a_numpy_integer_is_a_limit() -> None:
+    import numpy as np
+
+    fast.set_cache_limit(np.int64(64 * 2**20))
+    assert fast.cache_info()["limit"] == 64 * 2**20
+    with pytest.raises(ValueError, match="cache limit"):
+        fast.set_cache_limit(2**70)
+    assert fast.cache_info()["limit"] == 64 * 2**20

@@ -42,12 +42,16 @@ __all__ = [
     "print_rows",
 ]
 
+#: The fused layer with its output cache bypassed, as :func:`measured_passes` names it.
+FUSED_NO_CACHE = "bnbook.fast.BatchNorm2d, cache off"
+
 SHORT = {
     bench.PRIMITIVES: "autograd through primitives",
     "bnbook.scratch.BatchNorm": "bnbook.scratch (NumPy)",
     "bnbook.nn.BatchNorm2d": "bnbook.nn (analytic Function)",
     bench.COMPILED: "torch.compile(bnbook.nn)",
     "bnbook.fast.BatchNorm2d": "bnbook.fast (fused C++)",
+    FUSED_NO_CACHE: "bnbook.fast, cache off",
     bench.NATIVE: "torch native",
     bench.FLOOR: "floor (6 reads, 2 writes)",
 }
@@ -287,21 +291,31 @@ def measured_passes(
     """Time of one training forward+backward in units of the floor's passes, measured in this process.
 
     At ``mib`` MiB per tensor (float32, NCHW, the current thread count), each
-    round times torch's native layer, ``bnbook.fast``'s, a sum and a copy, in an
-    order that rotates from round to round. The floor moves 8 passes (6 reads,
+    round times torch's native layer, ``bnbook.fast``'s, ``bnbook.fast``'s with
+    its output cache bypassed (:func:`bnbook.fast.without_cache`, the control),
+    a sum and a copy, in an order that rotates from round to round. The floor moves 8 passes (6 reads,
     2 writes) in ``4 t_sum + 2 t_copy``, so an implementation that takes ``t``
     takes the time of ``8 t / T_floor`` floor passes. That is time, not traffic:
     it includes page faults on fresh outputs, arithmetic and per-call work, and
     it is an upper bound on passes only where the floor's sum and copy run at
     full memory speed. Returns median and range (min-max) over rounds per entry.
     """
+    from bnbook import fast
+
     shape = bench.shape_for_mib(mib)
     gen = torch.Generator().manual_seed(0)
     x, dy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
     dst = torch.empty_like(x)
+    fused = bench.ENTRIES["bnbook.fast.BatchNorm2d"](x, dy, True)
+
+    def fused_without_cache() -> None:
+        with fast.without_cache():
+            fused()
+
     steps = {
         bench.NATIVE: bench.ENTRIES[bench.NATIVE](x, dy, True),
-        "bnbook.fast.BatchNorm2d": bench.ENTRIES["bnbook.fast.BatchNorm2d"](x, dy, True),
+        "bnbook.fast.BatchNorm2d": fused,
+        FUSED_NO_CACHE: fused_without_cache,
         bench.SUM: lambda: x.sum(),
         bench.COPY: lambda: dst.copy_(x),
     }
@@ -315,7 +329,7 @@ def measured_passes(
                 times[name].append(time.perf_counter() - t0)
     floors = bench.floor_seconds(times[bench.SUM], times[bench.COPY])
     out = {}
-    for name in (bench.NATIVE, "bnbook.fast.BatchNorm2d"):
+    for name in (bench.NATIVE, "bnbook.fast.BatchNorm2d", FUSED_NO_CACHE):
         passes = [8 * t / f for t, f in zip(times[name], floors, strict=True)]
         out[name] = (statistics.median(passes), min(passes), max(passes))
     return out

@@ -6,11 +6,8 @@
 //   planes: contiguous (N, C, M) memory, M > 1 (NCHW, NCDHW, BatchNorm1d's (N, C, L)): each
 //           (n, c) plane of M values is contiguous;
 //   rows:   (R, C) memory with C contiguous (channels-last, NDHWC, and BatchNorm1d's (N, C)).
-// The loops are compiled for plain x86-64, for AVX2 with FMA and for AVX-512, and the widest the CPU
-// has is used: AVX2 for the sums and the loops over planes, AVX-512 for the element-wise loops over
-// rows (measured faster there, and one value's arithmetic is the same at any width, so the results
-// are the same bit for bit); BNBOOK_NO_AVX512=1 keeps everything on AVX2. The file includes itself
-// once per instruction set; see the end of the file.
+// The loops are compiled twice, for plain x86-64 and for AVX2 with FMA, and the second is used
+// where the CPU has it (the file includes itself once per instruction set; see the end of the file).
 #ifndef BNBOOK_KERNEL_BODY
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -39,8 +36,7 @@ struct View {
   bool rows;
 };
 
-// y = (a - ca[c]) * al[c] + be[c] + (b - cb[c]) * ga[c]; b (and cb, ga) may be null; in rows without
-// b, ca may be null too (y = a * al[c] + be[c], the eval map of rows).
+// y = (a - ca[c]) * al[c] + be[c] + (b - cb[c]) * ga[c]; b (and cb, ga) may be null.
 template <typename T>
 struct Affine {
   const T* ca;
@@ -67,27 +63,10 @@ namespace bnbook_avx2 {
 }
 #pragma GCC pop_options
 #define BNBOOK_HAVE_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,fma")
-namespace bnbook_avx512 {
-#include __FILE__
-}
-#pragma GCC pop_options
 #endif
 #undef BNBOOK_KERNEL_BODY
 
 namespace {
-
-bool use_avx512() {
-#ifdef BNBOOK_HAVE_AVX2
-  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                          std::getenv("BNBOOK_NO_AVX512") == nullptr;
-  return yes;
-#else
-  return false;
-#endif
-}
 
 bool use_avx2() {
 #ifdef BNBOOK_HAVE_AVX2
@@ -121,8 +100,6 @@ void sums(const View& v, bool stats, const T* a, const T* b, const double* k, do
 template <typename T>
 void affine(const View& v, const T* a, const T* b, T* out, const Affine<T>& f) {
 #ifdef BNBOOK_HAVE_AVX2
-  // rows of channels on AVX-512 where the CPU has it (measured faster there; planes were not)
-  if (v.rows && use_avx512()) return bnbook_avx512::affine<T>(v, a, b, out, f);
   if (use_avx2()) return bnbook_avx2::affine<T>(v, a, b, out, f);
 #endif
   bnbook_base::affine<T>(v, a, b, out, f);
@@ -166,7 +143,7 @@ class OutputCache final : public c10::Allocator {
   };
 
   c10::DataPtr allocate(size_t n) override {
-    if (off()) return c10::GetCPUAllocator()->allocate(n);
+    if (off()) return c10::GetCPUAllocator()->allocate(n);  // turned off, or bypassed for now
     const size_t bytes = (n + kHuge - 1) / kHuge * kHuge;
     void* ptr = take(bytes);
     if (ptr == nullptr) {
@@ -203,6 +180,12 @@ class OutputCache final : public c10::Allocator {
     for (void* p : drop) std::free(p);
   }
 
+  // While bypassed, new outputs come from torch's allocator; the blocks held stay (a control for timing).
+  void set_bypass(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
+    bypass_ = on;
+  }
+
   void set_limit(size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -235,7 +218,7 @@ class OutputCache final : public c10::Allocator {
 
   bool off() {
     std::lock_guard<std::mutex> lock(mu_);
-    return limit_ == 0;
+    return limit_ == 0 || bypass_;
   }
 
   void* take(size_t bytes) {
@@ -254,15 +237,29 @@ class OutputCache final : public c10::Allocator {
   }
 
   void put(void* ptr, size_t bytes) {
+    std::vector<void*> drop;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      // no room: free blocks of other sizes, the largest first, so that sizes no longer used
+      // cannot hold the limit for good
+      while (cached_ + bytes > limit_ && bytes <= limit_) {
+        auto victim = free_.end();
+        for (auto it = free_.begin(); it != free_.end(); ++it)
+          if (it->first != bytes) victim = it;
+        if (victim == free_.end()) break;
+        drop.push_back(victim->second.front());  // the oldest of that size
+        victim->second.erase(victim->second.begin());
+        cached_ -= victim->first;
+        if (victim->second.empty()) free_.erase(victim);
+      }
       if (cached_ + bytes <= limit_) {
         free_[bytes].push_back(ptr);
         cached_ += bytes;
-        return;
+        ptr = nullptr;
       }
     }
-    std::free(ptr);
+    for (void* p : drop) std::free(p);
+    if (ptr != nullptr) std::free(ptr);
   }
 
   void trim() {  // free the largest blocks until the cache fits its limit
@@ -283,6 +280,7 @@ class OutputCache final : public c10::Allocator {
   std::mutex mu_;
   std::map<size_t, std::vector<void*>> free_;  // rounded size -> blocks, the newest last
   size_t cached_ = 0, limit_ = size_t{1} << 29, hits_ = 0, misses_ = 0;  // limit: 512 MiB
+  bool bypass_ = false;
 };
 
 // An uninitialised output with x's sizes, strides (x is contiguous or channels-last) and dtype;
@@ -495,20 +493,18 @@ std::vector<torch::Tensor> forward_eval(torch::Tensor x, torch::Tensor running_m
   as_double(weight, C, 1.0, w);
   as_double(bias, C, 0.0, b);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bnbook_forward_eval", [&] {
-    // Rows: y = x * alpha + beta, alpha = weight * invstd and beta = bias - mean * alpha, as torch's
-    // eval kernel has it, two per-channel operands per value (the pair is found in double); measured
-    // faster than subtracting the mean first. Planes: y = (x - mean) * alpha + bias, three scalars
-    // per plane, as fast there and exact in the subtraction when x sits far from zero.
+    // y = (x - mean) * alpha + bias with alpha = weight * invstd: the subtraction first, so that an
+    // input far from zero keeps its precision (x * alpha + (bias - mean * alpha) would lose it)
     std::vector<scalar_t> coef(3 * static_cast<size_t>(C));
     scalar_t *center = coef.data(), *alpha = center + C, *beta = alpha + C;
     for (int64_t c = 0; c < C; ++c) {
       pi[c] = 1.0 / std::sqrt(var[c] + eps);
       center[c] = static_cast<scalar_t>(pm[c]);
       alpha[c] = static_cast<scalar_t>(pi[c] * w[c]);
-      beta[c] = static_cast<scalar_t>(v.rows ? b[c] - pm[c] * pi[c] * w[c] : b[c]);
+      beta[c] = static_cast<scalar_t>(b[c]);
     }
     affine<scalar_t>(v, x.data_ptr<scalar_t>(), nullptr, y.data_ptr<scalar_t>(),
-                     Affine<scalar_t>{v.rows ? nullptr : center, alpha, beta, nullptr, nullptr});
+                     Affine<scalar_t>{center, alpha, beta, nullptr, nullptr});
   });
   return {y, mean, invstd};
 }
@@ -688,9 +684,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
           TORCH_CHECK(bytes >= 0, "the cache limit must be >= 0 bytes, got ", bytes);
           OutputCache::get().set_limit(static_cast<size_t>(bytes));
         }, "bound the bytes the output cache may hold (0 turns it off), freeing blocks above it");
+  m.def("set_cache_bypass", [](bool on) { OutputCache::get().set_bypass(on); },
+        "while on, new outputs come from torch's allocator and the cached blocks stay");
   m.def("isa", []() {
-          if (!use_avx2()) return std::string("x86-64");
-          return std::string(use_avx512() ? "avx2+fma; rows' element-wise loops avx512" : "avx2+fma");
+          return std::string(use_avx2() ? "avx2+fma" : "x86-64");
         },
         "the instruction set the loops run with");
 }
@@ -1013,9 +1010,6 @@ void affine_rows(const T* a, const T* b, T* out, int64_t R, int64_t C, const Aff
         const T* __restrict__ pb = b + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) po[c] = (pa[c] - ca[c]) * al[c] + be[c] + (pb[c] - cb[c]) * ga[c];
-      } else if (!ca) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) po[c] = pa[c] * al[c] + be[c];
       } else {
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) po[c] = (pa[c] - ca[c]) * al[c] + be[c];
