@@ -13,6 +13,8 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -23,7 +25,10 @@ from bnbook.plots import MARKERS, PALETTE
 
 __all__ = [
     "TABLE_PATH",
+    "FAULT_STEPS",
+    "FUSED_NO_CACHE",
     "measured_passes",
+    "page_faults",
     "memory_study",
     "spread",
     "stable",
@@ -417,9 +422,12 @@ def page_faults(
     if not fresh_process:
         return _page_faults_here(list(mib), steps, warmup)
     out: dict[float, dict] = {float(m): {} for m in mib}
-    for name in FAULT_STEPS:
-        args = json.dumps([list(mib), steps, warmup, [name]])
-        found = bench.run_child(_FAULTS_CHILD, args, "plain", timeout_s)
+    # the three children run at once: a count of page faults does not depend on sharing the cores
+    calls = [partial(bench.run_child, _FAULTS_CHILD, json.dumps([list(mib), steps, warmup, [name]]), "plain",
+                     timeout_s) for name in FAULT_STEPS]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        results = list(pool.map(lambda call: call(), calls))
+    for found in results:
         if found is None:
             return None
         for m, counts in found.items():
