@@ -269,3 +269,43 @@ def test_a_numpy_integer_is_a_limit() -> None:
     with pytest.raises(ValueError, match="cache limit"):
         fast.set_cache_limit(2**70)
     assert fast.cache_info()["limit"] == 64 * 2**20
+
+
+def test_without_cache_nests_and_survives_exceptions() -> None:
+    layer = fast.BatchNorm2d(64).eval()
+    x = torch.randn(BIG)
+
+    def hits_after_call() -> int:
+        before = fast.cache_info()["hits"]
+        with torch.no_grad():
+            layer(x)
+        return fast.cache_info()["hits"] - before
+
+    with torch.no_grad():
+        layer(x)  # one block in the cache
+    with fast.without_cache():
+        with fast.without_cache():
+            assert hits_after_call() == 0
+        assert hits_after_call() == 0  # the outer block still bypasses
+        with pytest.raises(RuntimeError, match="inner"), fast.without_cache():
+            raise RuntimeError("inner")
+        assert hits_after_call() == 0
+    assert hits_after_call() == 1
+
+
+@pytest.mark.parametrize("shape_fmt", [((4096, 64), None), ((8, 64, 16, 16), torch.channels_last),
+                                       ((131072, 64), None)], ids=["rows", "channels-last", "rows-cached"])
+def test_eval_far_from_zero_keeps_float32_digits(shape_fmt) -> None:
+    """Eval subtracts the mean first in every layout: an input far from zero keeps its precision."""
+    shape, fmt = shape_fmt
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=gen) + 1e4
+    if fmt is not None:
+        x = x.contiguous(memory_format=fmt)
+    layer = (fast.BatchNorm1d if len(shape) == 2 else fast.BatchNorm2d)(64).eval()
+    with torch.no_grad():
+        layer.running_mean.fill_(1e4)
+        layer.running_var.fill_(1.0)
+        y = layer(x)
+    ref = (x.double() - 1e4) / (1.0 + layer.eps) ** 0.5
+    assert (y.double() - ref).abs().max() < 1e-5  # x * alpha + beta would be off by about 1e-3

@@ -26,7 +26,8 @@ kernel. The cache holds at most 512 MiB of blocks that no tensor uses;
 :func:`cache_info` shows what it holds, :func:`empty_cache` frees it and
 :func:`set_cache_limit` bounds it (0 turns it off); inside :func:`without_cache`
 new outputs come from torch's allocator, as a control for timing. When a freed
-block does not fit under the limit, blocks of other sizes make room for it.
+block does not fit under the limit, blocks of other sizes make room for it (so
+sizes that together need more than the limit evict each other: raise it).
 
 The kernels build with ``torch.utils.cpp_extension`` where a C++ compiler is
 present, into torch's extension cache, so the second run only loads them
@@ -299,17 +300,26 @@ def without_cache() -> Iterator[None]:
     """Within the block, new outputs come from torch's allocator; the blocks the cache holds stay.
 
     A control for timing (chapter 16 times the fused step with and without the
-    cache in the same rounds). The setting is the process's, not the thread's.
+    cache in the same rounds). Blocks nest, also across threads: the cache is
+    bypassed until the last open block ends, normally or by an exception. The
+    setting is the process's, not the thread's.
     """
     ext = load()
     if ext is None:
         yield
         return
-    ext.set_cache_bypass(True)
+    with _bypass["lock"]:
+        _bypass["depth"] += 1
+        ext.set_cache_bypass(True)
     try:
         yield
     finally:
-        ext.set_cache_bypass(False)
+        with _bypass["lock"]:
+            _bypass["depth"] -= 1
+            ext.set_cache_bypass(_bypass["depth"] > 0)
+
+
+_bypass: dict[str, Any] = {"depth": 0, "lock": __import__("threading").Lock()}
 
 
 #: The output cache's default limit, in bytes.

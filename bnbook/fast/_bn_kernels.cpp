@@ -127,9 +127,11 @@ void as_double(const c10::optional<torch::Tensor>& t, int64_t C, double fill, do
 // tensor dies it waits, up to a limit, for the next output of the same rounded size; the most
 // recently freed block goes first, as it is the likeliest still in the CPU's caches. Training
 // outputs (y and dx) use the cache from kTrainMin bytes, where the library's trimming was measured
-// to fault every step. An eval output uses it from kEvalMin only: below that the library reuses
-// the block just freed with no faults, and that block, shared with every other allocation, is
-// more often in the CPU's caches than one kept apart. The cache keeps memory the process no
+// to fault at every step. An eval output uses it from kEvalMin only, where the library maps every
+// block anew; below that, in one comparison at 16 MiB, eval ran slower with a block kept apart
+// than with the block the library had just freed. A freed block that does not fit under the limit
+// frees blocks of other sizes; when the sizes in use need more than the limit, they evict each
+// other and the cache stops hitting (raise the limit). The cache keeps memory the process no
 // longer uses (cache_info, empty_cache and set_cache_limit in Python show and bound it).
 constexpr size_t kTrainMin = size_t{1} << 22;  // 4 MiB
 constexpr size_t kEvalMin = size_t{1} << 25;   // 32 MiB, the C library's largest mmap threshold
