@@ -7,6 +7,7 @@ passes over memory by timing, and draws the three figures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
@@ -401,7 +402,7 @@ def page_faults(
     """Page faults per training step (forward+backward, NCHW float32), in tensors' worth of pages.
 
     For each size, torch's native layer, ``bnbook.fast`` with its output cache
-    turned off (``set_cache_limit(0)``) and ``bnbook.fast`` as shipped each run
+    bypassed (:func:`bnbook.fast.without_cache`) and ``bnbook.fast`` as shipped each run
     ``warmup`` steps, then ``steps`` counted ones; the operating system's count
     of minor page faults (``getrusage``) over the counted steps, per step, is
     divided by the number of 4 KiB pages in one tensor. The count depends on
@@ -438,7 +439,7 @@ def page_faults(
 def _page_faults_here(
     mib: Sequence[float], steps: int, warmup: int, names: Sequence[str] = FAULT_STEPS
 ) -> dict[float, dict] | None:
-    """The counting loop of :func:`page_faults` for ``names``, here; restores and empties the cache.
+    """The counting loop of :func:`page_faults` for ``names``, in this process.
 
     The largest size goes first: a heap that grew for smaller tensors could
     otherwise serve a large one from its free space, without new pages.
@@ -455,29 +456,24 @@ def _page_faults_here(
     def faults() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
-    limit = fast.cache_info()["limit"]
     out: dict[float, dict] = {}
-    try:
-        for size in sorted(mib, reverse=True):
-            shape = bench.shape_for_mib(size)
-            gen = torch.Generator().manual_seed(0)
-            x, dy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
-            pages = x.numel() * x.element_size() / 4096
-            counts = {}
-            for name in names:
-                fast.set_cache_limit(0 if name.endswith("cache off") else limit)
-                entry = bench.NATIVE if name == "torch native" else "bnbook.fast.BatchNorm2d"
-                step = bench.ENTRIES[entry](x, dy, True)
+    for size in sorted(mib, reverse=True):
+        shape = bench.shape_for_mib(size)
+        gen = torch.Generator().manual_seed(0)
+        x, dy = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
+        pages = x.numel() * x.element_size() / 4096
+        counts = {}
+        for name in names:
+            entry = bench.NATIVE if name == "torch native" else "bnbook.fast.BatchNorm2d"
+            step = bench.ENTRIES[entry](x, dy, True)
+            with fast.without_cache() if name.endswith("cache off") else contextlib.nullcontext():
                 for _ in range(warmup):
                     step()
                 before = faults()
                 for _ in range(steps):
                     step()
                 counts[name] = (faults() - before) / steps / pages
-            out[size] = counts
-    finally:
-        fast.set_cache_limit(limit)
-        fast.empty_cache()
+        out[size] = counts
     return {size: out[size] for size in mib}
 
 

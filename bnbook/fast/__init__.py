@@ -49,6 +49,7 @@ import contextlib
 import hashlib
 import os
 import sysconfig
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,14 +268,14 @@ def cache_info() -> dict[str, int]:
 
     All zeros (with the default limit) when the kernels are not loaded.
     """
-    ext = _state["module"] if _state["tried"] else load()
+    ext = load()
     held, blocks, limit, hits, misses = ext.cache_info() if ext is not None else (0, 0, _CACHE_LIMIT, 0, 0)
     return {"bytes": held, "blocks": blocks, "limit": limit, "hits": hits, "misses": misses}
 
 
 def empty_cache() -> None:
     """Give every block the output cache holds back to the system (tensors in use keep theirs)."""
-    ext = _state["module"] if _state["tried"] else load()
+    ext = load()
     if ext is not None:
         ext.empty_cache()
 
@@ -319,7 +320,7 @@ def without_cache() -> Iterator[None]:
             ext.set_cache_bypass(_bypass["depth"] > 0)
 
 
-_bypass: dict[str, Any] = {"depth": 0, "lock": __import__("threading").Lock()}
+_bypass: dict[str, Any] = {"depth": 0, "lock": threading.Lock()}
 
 
 #: The output cache's default limit, in bytes.
