@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bnbook.stats import paired, verdict
+from bnbook.stats import _signed_rank_cdf, paired, paired_ranks, verdict
 
 
 def test_paired_difference_against_a_hand_computation() -> None:
@@ -37,3 +37,69 @@ def test_diverged_seeds_are_left_out() -> None:
 def test_shapes_must_match() -> None:
     with pytest.raises(ValueError, match="same length"):
         paired([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 10])
+def test_signed_rank_distribution_against_enumeration(n: int) -> None:
+    signs = np.array(np.meshgrid(*[[0, 1]] * n)).reshape(n, -1)  # every subset of the ranks 1..n
+    totals = (np.arange(1, n + 1)[:, None] * signs).sum(0)
+    exact = np.array([(totals <= t).mean() for t in range(n * (n + 1) // 2 + 1)])
+    np.testing.assert_allclose(_signed_rank_cdf(n), exact, rtol=0, atol=1e-15)
+
+
+def test_rank_interval_excludes_zero_exactly_when_the_signed_rank_test_rejects() -> None:
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    rejected = 0
+    for _ in range(400):
+        n = int(rng.integers(6, 25))
+        d = rng.normal(rng.normal(0.0, 0.6), 1.0, size=n)
+        r = paired_ranks(d, np.zeros(n))
+        rejects = wilcoxon(d, method="exact").pvalue <= 0.05
+        rejected += rejects
+        assert (r.lo > 0 or r.hi < 0) == rejects
+        assert r.lo <= r.estimate <= r.hi
+    assert 50 < rejected < 350  # both outcomes were exercised
+
+
+def test_hodges_lehmann_estimate_is_the_median_of_walsh_averages() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=11), rng.normal(size=11)
+    d = a - b
+    walsh = [(d[i] + d[j]) / 2 for i in range(11) for j in range(i, 11)]
+    r = paired_ranks(a, b)
+    assert r.estimate == pytest.approx(np.median(walsh)) and r.n == 11 and r.n_pos == int((d > 0).sum())
+    shifted = paired_ranks(a + 0.5, b)
+    assert (shifted.estimate, shifted.lo, shifted.hi) == pytest.approx(
+        (r.estimate + 0.5, r.lo + 0.5, r.hi + 0.5)
+    )
+    assert r.text() == f"{r.estimate:+.3f} (95%: {r.lo:+.3f} to {r.hi:+.3f}; {r.n_pos} of 11 seeds positive)"
+
+
+def test_one_run_that_died_does_not_decide_the_rank_verdict() -> None:
+    ours = np.array([0.980, 0.984, 0.973, 0.980, 0.980, 0.980, 0.980, 0.973, 0.978, 0.973])
+    theirs = np.array([0.964, 0.955, 0.964, 0.950, 0.944, 0.973, 0.927, 0.960, 0.964, 0.962])
+    assert verdict(paired(ours, theirs)) == verdict(paired_ranks(ours, theirs)) == "higher"
+    died = theirs.copy()
+    died[3] = 0.087  # the same seed ends near chance
+    assert verdict(paired(ours, died)) == "about the same"  # one seed rules the mean and the t-interval
+    r = paired_ranks(ours, died)
+    assert r.verdict == "higher" and r.estimate == pytest.approx(
+        paired_ranks(ours, theirs).estimate, abs=0.002
+    )
+
+
+def test_rank_interval_needs_six_pairs() -> None:
+    five = paired_ranks([1.0, 2.0, 3.0, 4.0, 5.0], [0.0] * 5)
+    assert (
+        five.n_pos == 5 and math.isnan(five.lo) and math.isnan(five.hi) and verdict(five) == "about the same"
+    )
+    six = paired_ranks([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], [0.0] * 6)
+    assert six.lo == 1.0 and verdict(six) == "higher"  # T = 21: probability 1/64 on each side
+    left_out = paired_ranks([1.0, float("nan"), 2.0, 3.0, 4.0, 5.0, 6.0], [0.0] * 7)
+    assert left_out.n == 6 and left_out == six
+    empty = paired_ranks([float("nan")], [0.0])
+    assert empty.n == 0 and math.isnan(empty.estimate)
+    with pytest.raises(ValueError, match="same length"):
+        paired_ranks([1.0, 2.0], [1.0])

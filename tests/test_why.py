@@ -373,3 +373,19 @@ def test_train_runs_with_weight_decay_and_matched_norms():
         why.train_runs("bn", [0, 1], data, sizes, match_norms=[decayed[0].si_norms[:3]] * 2, **kw)
     with pytest.raises(ValueError, match="decay_on"):
         why.train_runs("bn", [0], data, sizes, decay_on="gamma", **kw)
+    # the chained call that runs both in one worker gives the same runs
+    both = why.train_runs_matched([0, 1], data, sizes, 10, 0.2, 64, 0.05)
+    for mine, theirs in zip((*both[0], *both[1]), (*decayed, *control), strict=True):
+        np.testing.assert_array_equal(mine.loss, theirs.loss)
+        np.testing.assert_array_equal(mine.si_norms, theirs.si_norms)
+
+
+def test_blew_up_reads_the_loss_of_every_step():
+    loss = np.full((4, 6), 2.3)
+    loss[1, 4] = 10.5  # above 10 once, late
+    loss[2, 1] = np.nan  # a run whose loss stopped being a number
+    loss[3, 2] = 10.0  # at the threshold, not above it
+    runs = why.SeedRuns(np.array([6]), np.zeros((4, 1)), np.zeros((4, 1)), loss)
+    assert runs.blew_up().tolist() == [False, True, True, False]
+    assert runs.blew_up(before=4).tolist() == [False, False, True, False]
+    assert runs.blew_up(threshold=5.0).tolist() == [False, True, True, True]

@@ -36,7 +36,7 @@ from torch import nn
 from bnbook.models import lsuv_init
 from bnbook.nn import BatchNorm1d, batch_norm
 from bnbook.plots import MARKERS, PALETTE, band, series
-from bnbook.stats import Paired, paired, verdict
+from bnbook.stats import Paired, RankPaired, paired, paired_ranks, verdict
 
 __all__ = [
     "KINDS",
@@ -45,11 +45,14 @@ __all__ = [
     "NoisyShift",
     "Paired",
     "paired",
+    "paired_ranks",
     "Probe",
+    "RankPaired",
     "Run",
     "SeedRuns",
     "build_mlp",
     "train_runs",
+    "train_runs_matched",
     "train_seeds",
     "distribution_moves",
     "plot_landscape",
@@ -540,6 +543,15 @@ class SeedRuns(NamedTuple):
     train_acc: np.ndarray  # (seeds, evals), on the whole training set, eval mode
     loss: np.ndarray  # (seeds, steps): the training loss of each step
 
+    def blew_up(self, threshold: float = 10.0, before: int | None = None) -> np.ndarray:
+        """Per seed, whether the training loss went above ``threshold`` (or was not finite) at some step.
+
+        The loss of a 10-class network starts near ln 10 = 2.3, so the default is more than four times
+        the start. ``before`` looks only at the first ``before`` steps.
+        """
+        loss = self.loss[:, :before]
+        return ~(loss <= threshold).all(axis=1)
+
 
 class _Stack:
     """Networks of :func:`build_mlp`, one per (kind, seed), stacked along a leading dimension.
@@ -995,6 +1007,40 @@ def train_runs(
         return runs
     n_seeds = len(seeds)
     return {kd: runs[i * n_seeds : (i + 1) * n_seeds] for i, kd in enumerate(kinds)}
+
+
+def train_runs_matched(
+    seeds: Sequence[int],
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    sizes: Sequence[int],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    weight_decay: float,
+) -> tuple[list[Run], list[Run]]:
+    """Decay on the scale-invariant weights, and then the run without decay that follows its norms.
+
+    The first list is ``train_runs("bn", ..., weight_decay, decay_on="scale_invariant")``; the
+    second trains the same seeds without weight decay, with the learning rate of every
+    scale-invariant weight following that run's norms seed by seed (``match_norms``, with the
+    shrink ``1 - lr * weight_decay`` of one decayed step), the control of Hoffer et al. One call
+    runs both, so that :func:`bnbook.parallel.run` can put the pair in one worker beside other runs.
+    """
+    decayed = train_runs(
+        "bn", seeds, data, sizes, steps, lr, batch_size, weight_decay=weight_decay, decay_on="scale_invariant"
+    )
+    matched = train_runs(
+        "bn",
+        seeds,
+        data,
+        sizes,
+        steps,
+        lr,
+        batch_size,
+        match_norms=[r.si_norms for r in decayed],
+        match_shrink=1 - lr * weight_decay,
+    )
+    return decayed, matched
 
 
 # ---------------------------------------------------------------------------------------------------------
