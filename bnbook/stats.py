@@ -122,14 +122,17 @@ class RankPaired(NamedTuple):
         """``"higher"``, ``"lower"`` or ``"about the same"``: :func:`verdict` with its default words."""
         return verdict(self)
 
-    def text(self, digits: int = 3) -> str:
-        """``"+0.011 (95%: +0.003 to +0.019; 17 positive, 2 negative, 1 zero)"`` with ``digits`` decimals."""
+    def text(self, digits: int = 3, counts: bool = True) -> str:
+        """``"+0.011 (95%: +0.003 to +0.019; 17 positive, 2 negative, 1 zero)"`` with ``digits`` decimals.
+
+        ``counts=False`` leaves out the signs of the differences: ``"+0.011 (95%: +0.003 to +0.019)"``.
+        """
         d = digits
+        interval = f"{self.estimate:+.{d}f} (95%: {self.lo:+.{d}f} to {self.hi:+.{d}f}"
+        if not counts:
+            return interval + ")"
         zero = self.n - self.n_pos - self.n_neg
-        return (
-            f"{self.estimate:+.{d}f} (95%: {self.lo:+.{d}f} to {self.hi:+.{d}f}; "
-            f"{self.n_pos} positive, {self.n_neg} negative, {zero} zero)"
-        )
+        return interval + f"; {self.n_pos} positive, {self.n_neg} negative, {zero} zero)"
 
 
 def _signed_rank_cdf(n: int) -> np.ndarray:

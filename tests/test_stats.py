@@ -79,6 +79,7 @@ def test_hodges_lehmann_estimate_is_the_median_of_walsh_averages() -> None:
         r.n_neg == 11 - r.n_pos
         and r.text() == f"{r.estimate:+.3f} (95%: {r.lo:+.3f} to {r.hi:+.3f}; {counts})"
     )
+    assert r.text(counts=False) == f"{r.estimate:+.3f} (95%: {r.lo:+.3f} to {r.hi:+.3f})"
 
 
 def test_one_run_that_died_does_not_decide_the_rank_verdict() -> None:
