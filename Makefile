@@ -64,7 +64,8 @@ ci: dev
 lint: dev
 	$(BIN)/ruff check bnbook tests tools _ext docs
 
-# Two processes share two cores below, each with two OpenMP threads. Torch's batch norm opens a
+# Two processes share two cores below, each with two OpenMP threads (and any other load on the
+# machine does the same to the lax run). Torch's batch norm opens a
 # parallel region even for two values, and with the other core busy such a call took 8 ms
 # (24 us with OMP_WAIT_POLICY=PASSIVE, 15 us with one thread). Passive waiting changes no thread
 # count, so no sum is split differently and every stored output stays the same.
@@ -76,7 +77,7 @@ unit: dev
 # Lax: runs every cell, compares only cells marked NBVAL_CHECK_OUTPUT, so it
 # passes on any reader's hardware.
 notebooks: dev
-	BNBOOK_STATIC=1 $(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(NOTEBOOKS)
+	$(SHARED_CORES) BNBOOK_STATIC=1 $(BIN)/pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env $(NOTEBOOKS)
 
 # Strict: every stored output must equal what a re-run on the CPU produces. Two notebooks run
 # side by side: a kernel's thread count (two here) decides how parallel sums are split, not when
