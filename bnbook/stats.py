@@ -64,6 +64,15 @@ class Paired(NamedTuple):
         return f"{self.mean:+.{d}f} ± {self.se:.{d}f} (95%: {self.lo:+.{d}f} to {self.hi:+.{d}f})"
 
 
+def _differences(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The finite entries of ``a - b`` for two equal-length 1-D sequences (NaN pairs left out)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"need two 1-D sequences of the same length, got shapes {a.shape} and {b.shape}")
+    d = a - b
+    return d[np.isfinite(d)]
+
+
 def paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> Paired:
     """The paired difference ``a - b`` of two equal-length 1-D sequences (one entry per seed).
 
@@ -75,11 +84,7 @@ def paired(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> 
     >>> round(p.mean, 3), p.n, p.n_pos
     (0.1, 3, 3)
     """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"need two 1-D sequences of the same length, got shapes {a.shape} and {b.shape}")
-    d = a - b
-    d = d[np.isfinite(d)]
+    d = _differences(a, b)
     n = int(d.size)
     if n < 2:
         mean = float(d.mean()) if n else math.nan
@@ -164,11 +169,7 @@ def paired_ranks(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarra
     >>> r.n_pos, r.verdict
     (7, 'higher')
     """
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.ndim != 1 or a.shape != b.shape:
-        raise ValueError(f"need two 1-D sequences of the same length, got shapes {a.shape} and {b.shape}")
-    d = a - b
-    d = d[np.isfinite(d)]
+    d = _differences(a, b)
     n = int(d.size)
     n_pos, n_neg = int((d > 0).sum()), int((d < 0).sum())
     if n == 0:
